@@ -1,0 +1,281 @@
+//! `LoaderActor`: singleflight as a mailbox.
+//!
+//! The actor owns the in-flight table (key -> waiters). The first miss of a key opens a flight
+//! and starts the load as a task of its own, detached from every caller: a caller that times
+//! out or disconnects only drops its reply channel, and the others still get the result. When
+//! the load ends the task tells the actor (`LoadFinished`), which hands the result, value or
+//! error, to every waiter. Errors are shared, never cached.
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::ask;
+use super::db::{DbActor, Fetch};
+use crate::cache::Shard;
+use crate::error::LoadError;
+use crate::groups::Group;
+use crate::metrics::Counters;
+use crate::singleflight::{Flights, Joined, TooManyFlights};
+
+pub type LoadResult = Result<Bytes, LoadError>;
+
+/// Loads a key that missed the cache, joining the flight already open for it if any.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Load {
+    pub group: Group,
+    pub key: String,
+    pub reply: oneshot::Sender<LoadResult>,
+}
+
+/// A flight has landed (sent by the load task to the actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LoadFinished {
+    pub group: Group,
+    pub key: Box<str>,
+    pub result: LoadResult,
+}
+
+/// What a load does, cloned into each detached load task.
+#[derive(Clone)]
+pub struct Loader {
+    pub main: Shard,
+    pub hot: Shard,
+    pub db: Addr<DbActor>,
+    pub counters: Counters,
+}
+
+impl Loader {
+    /// Reads both caches. Used again inside singleflight: between a request's miss and its
+    /// `Load` reaching the actor, an earlier flight for the same key may have landed and
+    /// filled the cache (groupcache's `load()` comment spells out this interleaving).
+    pub fn cached(&self, group: Group, key: &str) -> Option<Bytes> {
+        self.main
+            .get(group, key)
+            .or_else(|| self.hot.get(group, key))
+    }
+
+    pub async fn load(&self, group: Group, key: &str) -> LoadResult {
+        self.load_local(group, key).await
+    }
+
+    /// Fetches from the source through `DbActor` and fills the main shard.
+    pub async fn load_local(&self, group: Group, key: &str) -> LoadResult {
+        let counters = self.counters.group(group);
+        counters.loads.increment(1);
+        let rx = ask(&self.db, "source", |reply| Fetch {
+            group,
+            key: key.to_owned(),
+            reply,
+        })?;
+        match rx.await.map_err(|_| LoadError::Stopped)? {
+            Ok(Some(value)) => {
+                self.main.insert(group, key, value.clone());
+                Ok(value)
+            }
+            Ok(None) => Err(LoadError::NotFound),
+            Err(e) => {
+                counters.local_load_errors.increment(1);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<LoadResult>;
+
+pub struct LoaderActor {
+    flights: Flights<(Group, Box<str>), Waiter>,
+    loader: Loader,
+    mailbox: usize,
+}
+
+impl LoaderActor {
+    /// Starts the actor with its mailbox bound already in place (set in `started` it would
+    /// come too late for messages sent right after `start`).
+    pub fn start_bounded(self) -> Addr<Self> {
+        let mailbox = self.mailbox;
+        Self::create(move |ctx| {
+            ctx.set_mailbox_capacity(mailbox);
+            self
+        })
+    }
+
+    pub fn new(loader: Loader, mailbox: usize, max_in_flight: usize) -> Self {
+        LoaderActor {
+            flights: Flights::new(max_in_flight),
+            loader,
+            mailbox,
+        }
+    }
+}
+
+impl Actor for LoaderActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Load> for LoaderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Load, ctx: &mut Self::Context) {
+        let counters = self.loader.counters.group(msg.group);
+        if let Some(value) = self.loader.cached(msg.group, &msg.key) {
+            counters.cache_hits.increment(1);
+            let _ = msg.reply.send(Ok(value));
+            return;
+        }
+        let key: Box<str> = msg.key.into();
+        match self.flights.join((msg.group, key.clone()), msg.reply) {
+            Ok(Joined::Follower) => counters.loads_deduped.increment(1),
+            Ok(Joined::Leader) => {
+                let loader = self.loader.clone();
+                let me = ctx.address();
+                let group = msg.group;
+                actix_rt::spawn(async move {
+                    let result = loader.load(group, &key).await;
+                    // do_send, not try_send: a landed flight must never be dropped, or its
+                    // waiters would hang until their deadline. At most one per open flight.
+                    me.do_send(LoadFinished { group, key, result });
+                });
+            }
+            Err(TooManyFlights(reply)) => {
+                let _ = reply.send(Err(LoadError::Overloaded("in-flight loads")));
+            }
+        }
+    }
+}
+
+impl Handler<LoadFinished> for LoaderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LoadFinished, _: &mut Self::Context) {
+        for waiter in self.flights.finish(&(msg.group, msg.key)) {
+            // A waiter that gave up has dropped its receiver; nothing to do for it.
+            let _ = waiter.send(msg.result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::SourceError;
+    use crate::source::{Source, SourceFuture};
+
+    /// Counts fetches; answers after a delay, with an error for keys starting with "bad".
+    struct SlowCounting {
+        fetches: AtomicUsize,
+        delay: Duration,
+    }
+
+    impl Source for Arc<SlowCounting> {
+        fn fetch(&self, _: Group, key: &str) -> SourceFuture {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let (delay, key) = (self.delay, key.to_owned());
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if key.starts_with("bad") {
+                    Err(SourceError::Query("boom".into()))
+                } else if key.starts_with("missing") {
+                    Ok(None)
+                } else {
+                    Ok(Some(Bytes::from(format!("v-{key}"))))
+                }
+            })
+        }
+    }
+
+    fn setup(
+        delay: Duration,
+        max_in_flight: usize,
+    ) -> (Addr<LoaderActor>, Arc<SlowCounting>, Shard) {
+        crate::metrics::install();
+        let source = Arc::new(SlowCounting {
+            fetches: AtomicUsize::new(0),
+            delay,
+        });
+        let db = DbActor::new(Arc::new(source.clone()), 1024).start_bounded();
+        let main = Shard::new("main", 1 << 20, None);
+        let loader = Loader {
+            main: main.clone(),
+            hot: Shard::new("hot", 1 << 16, None),
+            db,
+            counters: Counters::new(),
+        };
+        (
+            LoaderActor::new(loader, 1024, max_in_flight).start_bounded(),
+            source,
+            main,
+        )
+    }
+
+    fn load(addr: &Addr<LoaderActor>, key: &str) -> oneshot::Receiver<LoadResult> {
+        ask(addr, "loader", |reply| Load {
+            group: Group::Products,
+            key: key.into(),
+            reply,
+        })
+        .unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_misses_cost_one_fetch_and_share_the_value() {
+        let (addr, source, main) = setup(Duration::from_millis(50), 100);
+        let waiters: Vec<_> = (0..100).map(|_| load(&addr, "k")).collect();
+        for w in waiters {
+            assert_eq!(w.await.unwrap().unwrap(), "v-k");
+        }
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(main.get(Group::Products, "k").unwrap(), "v-k");
+        // Now cached: the recheck inside the actor answers without a fetch.
+        assert_eq!(load(&addr, "k").await.unwrap().unwrap(), "v-k");
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[actix_rt::test]
+    async fn errors_are_shared_and_not_cached() {
+        let (addr, source, main) = setup(Duration::from_millis(30), 100);
+        let a = load(&addr, "bad-1");
+        let b = load(&addr, "bad-1");
+        assert!(matches!(a.await.unwrap(), Err(LoadError::Source(_))));
+        assert!(matches!(b.await.unwrap(), Err(LoadError::Source(_))));
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(main.get(Group::Products, "bad-1"), None);
+        // The next request tries again.
+        assert!(load(&addr, "bad-1").await.unwrap().is_err());
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            load(&addr, "missing").await.unwrap(),
+            Err(LoadError::NotFound)
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_waiter_that_gives_up_does_not_fail_the_others() {
+        let (addr, source, _) = setup(Duration::from_millis(80), 100);
+        let first = load(&addr, "k");
+        let second = load(&addr, "k");
+        drop(first); // the caller that started the load goes away
+        assert_eq!(second.await.unwrap().unwrap(), "v-k");
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[actix_rt::test]
+    async fn too_many_distinct_flights_are_shed() {
+        let (addr, _, _) = setup(Duration::from_millis(50), 2);
+        let a = load(&addr, "a");
+        let b = load(&addr, "b");
+        let c = load(&addr, "c");
+        assert_eq!(
+            c.await.unwrap(),
+            Err(LoadError::Overloaded("in-flight loads"))
+        );
+        assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
+    }
+}

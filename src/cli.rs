@@ -1,0 +1,230 @@
+//! The command line: `geecache node`, `geecache up`, `geecache db seed`.
+//!
+//! Every node flag is optional and also read from a `GEECACHE_*` variable; what is given
+//! overrides the config file, which overrides the built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, HitPath, LogFormat, Role, SourceKind, parse_duration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "geecache",
+    version,
+    about = "A distributed read-through cache in front of PostgreSQL"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one cache node (or a frontend with --role frontend).
+    Node(NodeArgs),
+    /// Run a local cluster on 127.0.0.1: N nodes and a frontend on :9999, until Ctrl-C.
+    Up(UpArgs),
+    /// Database tools.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create the tables and fill them with the rows the embedded source serves.
+    Seed {
+        #[arg(long, env = "GEECACHE_DATABASE_URL")]
+        database_url: String,
+        /// Rows of `products` (ids 1..=rows).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Cache nodes to start (peer ports 8001.., client ports 9001..).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub source: SourceKind,
+    #[arg(long, env = "GEECACHE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Client port of the frontend.
+    #[arg(long, default_value_t = 9999)]
+    pub port: u16,
+    /// First peer port; node i uses peer_port + i.
+    #[arg(long, default_value_t = 8001)]
+    pub peer_port: u16,
+    /// First client port of the nodes; node i uses api_port + i.
+    #[arg(long, default_value_t = 9001)]
+    pub api_port: u16,
+    #[arg(long, value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// Extra flags passed to every node and the frontend (after `--`).
+    #[arg(last = true)]
+    pub node_args: Vec<String>,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct NodeArgs {
+    /// TOML file of settings (see config/default.toml).
+    #[arg(long, env = "GEECACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "GEECACHE_ROLE", value_enum)]
+    pub role: Option<Role>,
+    /// Client API listener [default: 0.0.0.0:9999].
+    #[arg(long, env = "GEECACHE_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Peer protocol listener [default: 0.0.0.0:8001].
+    #[arg(long, env = "GEECACHE_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// This node's peer URL, its name on the ring, e.g. http://10.0.1.100:8001.
+    #[arg(long = "self", env = "GEECACHE_SELF")]
+    pub self_url: Option<String>,
+    /// Every node's peer URL, comma-separated (static membership).
+    #[arg(long, env = "GEECACHE_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Virtual nodes per member [default: 150].
+    #[arg(long, env = "GEECACHE_VNODES")]
+    pub vnodes: Option<usize>,
+    /// Shared secret of the peer port (Authorization: Bearer).
+    #[arg(long, env = "GEECACHE_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
+    #[arg(long, env = "GEECACHE_PEER_TIMEOUT", value_parser = parse_duration)]
+    pub peer_timeout: Option<Duration>,
+    /// Cache size in bytes, hot cache included [default: 67108864].
+    #[arg(long, env = "GEECACHE_CACHE_BYTES")]
+    pub cache_bytes: Option<u64>,
+    #[arg(long, env = "GEECACHE_HOT_TTL", value_parser = parse_duration)]
+    pub hot_ttl: Option<Duration>,
+    #[arg(long, env = "GEECACHE_HOT_MIN_QPS")]
+    pub hot_min_qps: Option<f64>,
+    #[arg(long, env = "GEECACHE_HIT_PATH", value_enum)]
+    pub hit_path: Option<HitPath>,
+    #[arg(long, env = "GEECACHE_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    #[arg(long, env = "GEECACHE_LOADER_MAILBOX")]
+    pub loader_mailbox: Option<usize>,
+    #[arg(long, env = "GEECACHE_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    #[arg(long, env = "GEECACHE_WORKERS")]
+    pub workers: Option<usize>,
+    #[arg(long, env = "GEECACHE_DRAIN_DELAY", value_parser = parse_duration)]
+    pub drain_delay: Option<Duration>,
+    #[arg(long, env = "GEECACHE_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    #[arg(long, env = "GEECACHE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Source of truth [default: embedded].
+    #[arg(long, env = "GEECACHE_SOURCE", value_enum)]
+    pub source: Option<SourceKind>,
+    #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[arg(long, env = "GEECACHE_POOL_SIZE")]
+    pub pool_size: Option<usize>,
+    #[arg(long, env = "GEECACHE_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    #[arg(long, env = "GEECACHE_STATEMENT_TIMEOUT", value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// Embedded source: product ids 1..=N [default: 1000000].
+    #[arg(long, env = "GEECACHE_PRODUCTS")]
+    pub products: Option<u64>,
+    /// Embedded source: milliseconds of latency per fetch [default: 5].
+    #[arg(long, env = "GEECACHE_EMBEDDED_LATENCY_MS")]
+    pub embedded_latency_ms: Option<u64>,
+    #[arg(long, env = "GEECACHE_EMBEDDED_ERROR_RATE")]
+    pub embedded_error_rate: Option<f64>,
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+impl NodeArgs {
+    /// Layers defaults, the config file and these flags (env included) into one config.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        set(&mut c.role, self.role);
+        set(&mut c.api_addr, self.api_addr);
+        set(&mut c.peer_addr, self.peer_addr);
+        set(&mut c.self_url, self.self_url.map(Some));
+        set(&mut c.peers, self.peers);
+        set(&mut c.vnodes, self.vnodes);
+        set(&mut c.peer_secret, self.peer_secret.map(Some));
+        set(&mut c.peer_timeout, self.peer_timeout);
+        set(&mut c.cache_bytes, self.cache_bytes);
+        set(&mut c.hot_ttl, self.hot_ttl);
+        set(&mut c.hot_min_qps, self.hot_min_qps);
+        set(&mut c.hit_path, self.hit_path);
+        set(&mut c.request_timeout, self.request_timeout);
+        set(&mut c.loader_mailbox, self.loader_mailbox);
+        set(&mut c.max_in_flight, self.max_in_flight);
+        set(&mut c.workers, self.workers);
+        set(&mut c.drain_delay, self.drain_delay);
+        set(&mut c.shutdown_timeout, self.shutdown_timeout);
+        set(&mut c.log_format, self.log_format);
+        let s = &mut c.source;
+        set(&mut s.kind, self.source);
+        set(&mut s.database_url, self.database_url.map(Some));
+        set(&mut s.pool_size, self.pool_size);
+        set(&mut s.connect_timeout, self.connect_timeout);
+        set(&mut s.statement_timeout, self.statement_timeout);
+        set(&mut s.products, self.products);
+        set(
+            &mut s.embedded_latency,
+            self.embedded_latency_ms.map(Duration::from_millis),
+        );
+        set(&mut s.embedded_error_rate, self.embedded_error_rate);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "geecache",
+            "node",
+            "--cache-bytes",
+            "1048576",
+            "--request-timeout",
+            "250ms",
+            "--peers",
+            "http://a:8001,http://b:8001",
+            "--embedded-latency-ms",
+            "0",
+        ])
+        .unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("not a node command")
+        };
+        let c = args.into_config().unwrap();
+        assert_eq!(c.cache_bytes, 1 << 20);
+        assert_eq!(c.request_timeout, Duration::from_millis(250));
+        assert_eq!(c.peers, ["http://a:8001", "http://b:8001"]);
+        assert_eq!(c.source.embedded_latency, Duration::ZERO);
+        assert_eq!(c.vnodes, 150);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(Cli::try_parse_from(["geecache", "node", "--request-timeout", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["geecache", "node", "--source", "mysql"]).is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! Node configuration: built-in defaults < a TOML file (`--config`) < `GEECACHE_*` environment
+//! variables < command-line flags. `config/default.toml` spells out the defaults.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::groups::Group;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Embedded,
+    Postgres,
+}
+
+/// A node holds a shard of the ring; a frontend holds none and asks the owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Node,
+    Frontend,
+}
+
+/// How the request path reads the local cache on a hit.
+///
+/// `direct` reads moka from the HTTP worker's thread (moka is a concurrent map); `actor` asks
+/// `ShardActor` through its mailbox. Measured by `load/bench-hit.sh`: see the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HitPath {
+    Direct,
+    Actor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 3s, 1m)"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub role: Role,
+    pub api_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    /// This node's peer URL, its name on the ring (e.g. `http://10.0.1.100:8001`).
+    pub self_url: Option<String>,
+    /// Static membership: every node's peer URL (this one included or not).
+    pub peers: Vec<String>,
+    pub vnodes: usize,
+    pub peer_secret: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_timeout: Duration,
+    pub cache_bytes: u64,
+    /// Hot cache TTL: the staleness bound of keys cached away from their owner.
+    #[serde(deserialize_with = "de_duration")]
+    pub hot_ttl: Duration,
+    /// Requests per second, counted on this node, that make a remote key hot.
+    pub hot_min_qps: f64,
+    pub hit_path: HitPath,
+    /// Deadline of one client request that misses the cache.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// Bound of the loader's mailbox; past it, misses are shed with 503.
+    pub loader_mailbox: usize,
+    /// Bound of distinct keys loading at once.
+    pub max_in_flight: usize,
+    /// HTTP worker threads per listener (0 = one per core).
+    pub workers: usize,
+    /// After SIGTERM: how long `/ready` says 503 before the listeners stop accepting.
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_delay: Duration,
+    /// After that: how long in-flight requests may take to finish.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub source: SourceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub database_url: Option<String>,
+    pub pool_size: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub statement_timeout: Duration,
+    pub queries: Queries,
+    /// Embedded source: rows of `products` (ids 1..=products).
+    pub products: u64,
+    #[serde(deserialize_with = "de_duration")]
+    pub embedded_latency: Duration,
+    pub embedded_error_rate: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Queries {
+    pub scores: String,
+    pub products: String,
+}
+
+impl Queries {
+    pub fn as_array(&self) -> [String; 2] {
+        let mut out = [String::new(), String::new()];
+        out[Group::Scores.index()] = self.scores.clone();
+        out[Group::Products.index()] = self.products.clone();
+        out
+    }
+}
+
+impl Default for Queries {
+    fn default() -> Self {
+        Queries {
+            scores: Group::Scores.default_query().into(),
+            products: Group::Products.default_query().into(),
+        }
+    }
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::Embedded,
+            database_url: None,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(2),
+            queries: Queries::default(),
+            products: 1_000_000,
+            embedded_latency: Duration::from_millis(5),
+            embedded_error_rate: 0.0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::Node,
+            api_addr: ([0, 0, 0, 0], 9999).into(),
+            peer_addr: ([0, 0, 0, 0], 8001).into(),
+            self_url: None,
+            peers: Vec::new(),
+            vnodes: 150,
+            peer_secret: None,
+            peer_timeout: Duration::from_secs(2),
+            cache_bytes: 64 << 20,
+            hot_ttl: Duration::from_secs(10),
+            hot_min_qps: 10.0,
+            hit_path: HitPath::Direct,
+            request_timeout: Duration::from_secs(5),
+            loader_mailbox: 4096,
+            max_in_flight: 10_000,
+            workers: 0,
+            drain_delay: Duration::from_millis(0),
+            shutdown_timeout: Duration::from_secs(8),
+            log_format: LogFormat::Json,
+            source: SourceConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+    }
+
+    /// Checks what the types cannot: a usable combination of settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.source.kind == SourceKind::Postgres && self.source.database_url.is_none() {
+            anyhow::bail!("--source postgres needs --database-url (or GEECACHE_DATABASE_URL)");
+        }
+        if self.cache_bytes < 1024 {
+            anyhow::bail!("--cache-bytes must be at least 1024");
+        }
+        if self.vnodes == 0 {
+            anyhow::bail!("--vnodes must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.source.embedded_error_rate) {
+            anyhow::bail!("embedded_error_rate must be within 0.0..=1.0");
+        }
+        if self.loader_mailbox == 0 || self.max_in_flight == 0 {
+            anyhow::bail!("loader_mailbox and max_in_flight must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_matches_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let file = Config::from_file(&path).unwrap();
+        // Debug output covers every field, so a default changed in one place only fails here.
+        assert_eq!(format!("{file:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        assert!(toml::from_str::<Config>("cache_byte = 5").is_err());
+        assert!(toml::from_str::<Config>("request_timeout = \"5 parsecs\"").is_err());
+        let c: Config = toml::from_str("request_timeout = \"250ms\"").unwrap();
+        assert_eq!(c.request_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn postgres_needs_a_url() {
+        let mut c = Config::default();
+        c.source.kind = SourceKind::Postgres;
+        assert!(c.validate().is_err());
+        c.source.database_url = Some("postgres://localhost/x".into());
+        assert!(c.validate().is_ok());
+    }
+}

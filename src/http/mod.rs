@@ -1,0 +1,182 @@
+//! The node's two HTTP listeners: the client API (`api`, `ops`) and the peer protocol.
+
+pub mod api;
+pub mod ops;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, web};
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::actors::shard::{Get, ShardActor};
+use crate::actors::{LoaderActor, ask, loader::Load};
+use crate::cache::Shard;
+use crate::config::HitPath;
+use crate::error::{ApiError, LoadError};
+use crate::groups::{Group, validate_key};
+use crate::metrics::Counters;
+
+/// Liveness and readiness, as a load balancer sees them.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// `None` when ready, else why not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::SeqCst) {
+            Some("draining")
+        } else if !self.ready.load(Ordering::SeqCst) {
+            Some("starting")
+        } else {
+            None
+        }
+    }
+}
+
+/// What every handler of a node shares.
+pub struct AppState {
+    pub main: Shard,
+    pub hot: Shard,
+    pub shard_addr: Addr<ShardActor>,
+    pub loader: Addr<LoaderActor>,
+    pub counters: Counters,
+    pub hit_path: HitPath,
+    pub request_timeout: Duration,
+    pub health: Arc<Health>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// The read-through get shared by the client API and the peer protocol.
+    pub async fn get(&self, group: Group, key: &str) -> Result<Bytes, ApiError> {
+        validate_key(key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+        let counters = self.counters.group(group);
+        counters.gets.increment(1);
+        if let Some(value) = self.cached(group, key).await? {
+            counters.cache_hits.increment(1);
+            return Ok(value);
+        }
+        let rx = ask(&self.loader, "loader", |reply| Load {
+            group,
+            key: key.to_owned(),
+            reply,
+        })?;
+        let result = match tokio::time::timeout(self.request_timeout, rx).await {
+            Err(_) => Err(LoadError::Timeout),
+            Ok(Err(_)) => Err(LoadError::Stopped),
+            Ok(Ok(result)) => result,
+        };
+        Ok(result?)
+    }
+
+    async fn cached(&self, group: Group, key: &str) -> Result<Option<Bytes>, LoadError> {
+        match self.hit_path {
+            HitPath::Direct => Ok(self.main.get(group, key).or_else(|| {
+                let hot = self.hot.get(group, key);
+                if hot.is_some() {
+                    self.counters.group(group).hot_cache_hits.increment(1);
+                }
+                hot
+            })),
+            HitPath::Actor => {
+                let rx = ask(&self.shard_addr, "shard", |reply| Get {
+                    group,
+                    key: key.to_owned(),
+                    reply,
+                })?;
+                rx.await.map_err(|_| LoadError::Stopped)
+            }
+        }
+    }
+}
+
+/// Parses a group name, 404 when unknown.
+pub fn parse_group(name: &str) -> Result<Group, ApiError> {
+    Group::parse(name).ok_or_else(|| {
+        ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "unknown_group",
+            format!("unknown group {name:?} (known: scores, products)"),
+        )
+    })
+}
+
+pub fn value_response(value: Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(value)
+}
+
+/// Records the request latency histogram by route pattern and status.
+pub async fn record_latency(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    metrics::histogram!("geecache_http_request_duration_seconds",
+        "route" => route, "status" => res.status().as_str().to_owned())
+    .record(started.elapsed().as_secs_f64());
+    Ok(res)
+}
+
+/// A JSON 404 for paths nothing serves.
+pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .error_response()
+}
+
+/// A JSON 405 for a known path asked with another method than GET.
+pub async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    let mut res = ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed here; use GET", req.method()),
+    )
+    .error_response();
+    res.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("GET, HEAD"),
+    );
+    res
+}
+
+/// A GET-only resource whose other methods get a JSON 405.
+pub fn get_resource<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(method_not_allowed))
+}

@@ -1,0 +1,52 @@
+//! The `geecache` binary: parses the command line and runs the command.
+
+use clap::Parser;
+use geecache::cli::{Cli, Command, DbCommand};
+use geecache::config::LogFormat;
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => {
+            let config = args.into_config()?;
+            init_logs(config.log_format);
+            actix_rt::System::new().block_on(async move {
+                let node = geecache::node::Node::start(config).await?;
+                node.run_until_signal().await
+            })
+        }
+        Command::Up(_args) => anyhow::bail!("`geecache up` is not available yet"),
+        Command::Db {
+            command: DbCommand::Seed { database_url, rows },
+        } => {
+            init_logs(LogFormat::Pretty);
+            let report = actix_rt::System::new().block_on(geecache::source::seed::seed(
+                &database_url,
+                rows,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            ))?;
+            println!(
+                "seeded scores (3 rows) and products ({} rows) in {:.1} s",
+                report.products,
+                report.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}

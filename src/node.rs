@@ -1,0 +1,183 @@
+//! Starting and stopping one node: actors, the two listeners, signals, drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+
+use crate::actors::{DbActor, LoaderActor, ShardActor, loader::Loader};
+use crate::cache::Shard;
+use crate::config::{Config, Role, SourceKind};
+use crate::http::{self, AppState, Health};
+use crate::source::embedded::EmbeddedConfig;
+use crate::source::postgres::PostgresConfig;
+use crate::source::{EmbeddedSource, PostgresSource, Source};
+
+/// Builds the configured source (no connection is made yet).
+pub fn build_source(config: &Config) -> anyhow::Result<Arc<dyn Source>> {
+    let s = &config.source;
+    Ok(match s.kind {
+        SourceKind::Embedded => Arc::new(EmbeddedSource::new(EmbeddedConfig {
+            products: s.products,
+            latency: s.embedded_latency,
+            error_rate: s.embedded_error_rate,
+        })),
+        SourceKind::Postgres => Arc::new(PostgresSource::new(&PostgresConfig {
+            url: s.database_url.clone().unwrap_or_default(),
+            pool_size: s.pool_size,
+            connect_timeout: s.connect_timeout,
+            statement_timeout: s.statement_timeout,
+            queries: s.queries.as_array(),
+        })?),
+    })
+}
+
+/// Starts the actors of a node on the current actix system and returns the handlers' state.
+pub fn start_actors(config: &Config, source: Arc<dyn Source>) -> AppState {
+    let metrics = crate::metrics::install();
+    let counters = crate::metrics::Counters::new();
+    // groupcache's split: the hot cache gets 1/8 of the bytes. A frontend owns no keys, so
+    // all of its bytes go to the hot cache.
+    let hot_bytes = match config.role {
+        Role::Node => config.cache_bytes / 8,
+        Role::Frontend => config.cache_bytes,
+    };
+    let main = Shard::new("main", config.cache_bytes - hot_bytes, None);
+    let hot = Shard::new("hot", hot_bytes, Some(config.hot_ttl));
+    let mailbox = config.loader_mailbox;
+    let shard_addr = ShardActor::new(main.clone(), hot.clone(), mailbox).start_bounded();
+    let db = DbActor::new(source, mailbox).start_bounded();
+    let loader = LoaderActor::new(
+        Loader {
+            main: main.clone(),
+            hot: hot.clone(),
+            db,
+            counters: counters.clone(),
+        },
+        mailbox,
+        config.max_in_flight,
+    )
+    .start_bounded();
+    AppState {
+        main,
+        hot,
+        shard_addr,
+        loader,
+        counters,
+        hit_path: config.hit_path,
+        request_timeout: config.request_timeout,
+        health: Arc::new(Health::default()),
+        metrics,
+    }
+}
+
+/// The client API app: `/api`, ops endpoints, JSON 404 elsewhere.
+pub fn api_app(
+    state: web::Data<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .wrap(from_fn(http::record_latency))
+        .configure(http::api::configure)
+        .configure(http::ops::configure)
+        .default_service(web::to(http::not_found))
+}
+
+/// A running node.
+pub struct Node {
+    pub api_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    api: ServerHandle,
+    peer: ServerHandle,
+    health: Arc<Health>,
+    config: Config,
+}
+
+impl Node {
+    /// Starts actors and binds both listeners; must run inside an actix system.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let source = build_source(&config)?;
+        let state = web::Data::new(start_actors(&config, source));
+        let health = Arc::clone(&state.health);
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let shutdown = config.shutdown_timeout.as_secs().max(1);
+
+        let api_state = state.clone();
+        let api = HttpServer::new(move || api_app(api_state.clone()))
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(shutdown)
+            .bind(config.api_addr)
+            .map_err(|e| anyhow::anyhow!("cannot bind client API on {}: {e}", config.api_addr))?;
+        let api_addr = api.addrs()[0];
+
+        let peer_state = state.clone();
+        let peer = HttpServer::new(move || {
+            App::new()
+                .app_data(peer_state.clone())
+                .wrap(from_fn(http::record_latency))
+                .default_service(web::to(http::not_found))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(shutdown)
+        .bind(config.peer_addr)
+        .map_err(|e| anyhow::anyhow!("cannot bind peer port on {}: {e}", config.peer_addr))?;
+        let peer_addr = peer.addrs()[0];
+
+        let api = api.run();
+        let peer = peer.run();
+        let (api_handle, peer_handle) = (api.handle(), peer.handle());
+        actix_rt::spawn(api);
+        actix_rt::spawn(peer);
+        health.set_ready();
+        tracing::info!(
+            %api_addr, %peer_addr, role = ?config.role, source = ?config.source.kind,
+            cache_bytes = config.cache_bytes, "node started"
+        );
+        Ok(Node {
+            api_addr,
+            peer_addr,
+            api: api_handle,
+            peer: peer_handle,
+            health,
+            config,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains and stops.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Graceful stop: `/ready` says 503 for `drain_delay` (so a load balancer stops sending),
+    /// then the listeners stop accepting and in-flight requests get `shutdown_timeout`.
+    pub async fn shutdown(self) {
+        self.health.start_draining();
+        if !self.config.drain_delay.is_zero() {
+            tokio::time::sleep(self.config.drain_delay).await;
+        }
+        tokio::join!(self.api.stop(true), self.peer.stop(true));
+        tracing::info!("node stopped");
+    }
+}
