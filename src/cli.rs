@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one cache node (or a frontend with --role frontend).
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run a local cluster on 127.0.0.1: N nodes and a frontend on :9999, until Ctrl-C.
     Up(UpArgs),
     /// Database tools.

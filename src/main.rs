@@ -4,6 +4,11 @@ use clap::Parser;
 use geecache::cli::{Cli, Command, DbCommand};
 use geecache::config::LogFormat;
 
+/// jemalloc keeps the RSS of a full cache close to its byte bound (glibc's per-thread arenas
+/// fragment under many small entries written from several workers); see the README.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -3,9 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix::prelude::*;
 use actix_web::dev::ServerHandle;
-use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::{DbActor, LoaderActor, ShardActor, loader::Loader};
@@ -88,7 +86,6 @@ pub fn api_app(
 > {
     App::new()
         .app_data(state)
-        .wrap(from_fn(http::record_latency))
         .configure(http::api::configure)
         .configure(http::ops::configure)
         .default_service(web::to(http::not_found))
@@ -107,6 +104,14 @@ pub struct Node {
 impl Node {
     /// Starts actors and binds both listeners; must run inside an actix system.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        // Bind and build everything that can fail before any actor starts: an actix system
+        // dropped with actors still starting does not shut down cleanly.
+        let bind = |addr: SocketAddr, what: &str| {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot bind {what} on {addr}: {e}"))
+        };
+        let api_listener = bind(config.api_addr, "client API")?;
+        let peer_listener = bind(config.peer_addr, "peer port")?;
         let source = build_source(&config)?;
         let state = web::Data::new(start_actors(&config, source));
         let health = Arc::clone(&state.health);
@@ -121,22 +126,19 @@ impl Node {
             .workers(workers)
             .disable_signals()
             .shutdown_timeout(shutdown)
-            .bind(config.api_addr)
-            .map_err(|e| anyhow::anyhow!("cannot bind client API on {}: {e}", config.api_addr))?;
+            .listen(api_listener)?;
         let api_addr = api.addrs()[0];
 
         let peer_state = state.clone();
         let peer = HttpServer::new(move || {
             App::new()
                 .app_data(peer_state.clone())
-                .wrap(from_fn(http::record_latency))
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(shutdown)
-        .bind(config.peer_addr)
-        .map_err(|e| anyhow::anyhow!("cannot bind peer port on {}: {e}", config.peer_addr))?;
+        .listen(peer_listener)?;
         let peer_addr = peer.addrs()[0];
 
         let api = api.run();

@@ -18,10 +18,10 @@ fn bad_query(message: String) -> ApiError {
 
 /// `GET /api?key=K[&group=G]`; the group defaults to `scores`, as in the seed.
 async fn by_query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let pairs = query_pairs(req.query_string()).map_err(|e| bad_query(e.to_string()))?;
     let (mut key, mut group) = (None, None);
-    for (name, value) in pairs {
-        let slot = match name.as_str() {
+    for pair in query_pairs(req.query_string()) {
+        let (name, value) = pair.map_err(|e| bad_query(e.to_string()))?;
+        let slot = match &*name {
             "key" => &mut key,
             "group" => &mut group,
             other => return Err(bad_query(format!("unknown parameter {other:?}"))),
@@ -49,4 +49,75 @@ async fn by_path(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     let group = parse_group(&decode(group, false).map_err(bad)?)?;
     let key = decode(key, false).map_err(bad)?;
     Ok(value_response(state.get(group, &key).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use actix_web::test;
+
+    use crate::config::Config;
+    use crate::node::{api_app, start_actors};
+    use crate::source::EmbeddedSource;
+    use crate::source::embedded::EmbeddedConfig;
+
+    fn state() -> actix_web::web::Data<super::AppState> {
+        let source = EmbeddedSource::new(EmbeddedConfig {
+            products: 10,
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+        });
+        actix_web::web::Data::new(start_actors(&Config::default(), Arc::new(source)))
+    }
+
+    #[actix_web::test]
+    async fn answers_values_errors_and_methods() {
+        let state = state();
+        state.health.set_ready();
+        let app = test::init_service(api_app(state)).await;
+        let cases = [
+            ("GET", "/api?key=Tom", 200, "630"),
+            ("GET", "/api?group=scores&key=Jack", 200, "589"),
+            ("GET", "/api/scores/Sam", 200, "567"),
+            ("GET", "/api/products/10", 200, "\"id\":10"),
+            ("GET", "/api/products/11", 404, "not_found"),
+            ("GET", "/api?key=a+b", 404, "not_found"),
+            ("GET", "/api?key=", 400, "bad_key"),
+            ("GET", "/api?key=%E2%82", 400, "not valid UTF-8"),
+            ("GET", "/api?group=x&key=1", 404, "unknown_group"),
+            ("POST", "/api?key=Tom", 405, "method_not_allowed"),
+            ("GET", "/ready", 200, "ready"),
+            ("GET", "/metrics", 200, "geecache_gets_total"),
+        ];
+        for (method, uri, status, needle) in cases {
+            let req = test::TestRequest::default()
+                .method(method.parse().unwrap())
+                .uri(uri)
+                .to_request();
+            let res = test::call_service(&app, req).await;
+            assert_eq!(res.status().as_u16(), status, "{method} {uri}");
+            let body = test::read_body(res).await;
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains(needle), "{method} {uri}: {body}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn draining_node_is_not_ready_but_still_serves() {
+        let state = state();
+        state.health.set_ready();
+        state.health.start_draining();
+        let app = test::init_service(api_app(state)).await;
+        let res =
+            test::call_service(&app, test::TestRequest::get().uri("/ready").to_request()).await;
+        assert_eq!(res.status().as_u16(), 503);
+        let res = test::call_service(
+            &app,
+            test::TestRequest::get().uri("/api?key=Tom").to_request(),
+        )
+        .await;
+        assert_eq!(res.status().as_u16(), 200);
+    }
 }

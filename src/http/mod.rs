@@ -3,6 +3,8 @@
 pub mod api;
 pub mod ops;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,9 +12,11 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
+use actix_web::http::StatusCode;
+use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpResponse, web};
 use bytes::Bytes;
+use metrics::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::actors::shard::{Get, ShardActor};
@@ -112,7 +116,7 @@ impl AppState {
 pub fn parse_group(name: &str) -> Result<Group, ApiError> {
     Group::parse(name).ok_or_else(|| {
         ApiError::new(
-            actix_web::http::StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
             "unknown_group",
             format!("unknown group {name:?} (known: scores, products)"),
         )
@@ -125,28 +129,43 @@ pub fn value_response(value: Bytes) -> HttpResponse {
         .body(value)
 }
 
-/// Records the request latency histogram by route pattern and status.
-pub async fn record_latency(
+thread_local! {
+    /// Latency histograms by (route, status), registered once per worker thread so that the
+    /// request path does no registry lookup and no label allocation.
+    static LATENCY: RefCell<HashMap<(&'static str, u16), Histogram>> = RefCell::new(HashMap::new());
+}
+
+/// Records one request in `geecache_http_request_duration_seconds{route, status}`.
+pub fn observe(route: &'static str, status: StatusCode, started: Instant) {
+    let elapsed = started.elapsed().as_secs_f64();
+    LATENCY.with(|m| {
+        m.borrow_mut()
+            .entry((route, status.as_u16()))
+            .or_insert_with(|| {
+                metrics::histogram!("geecache_http_request_duration_seconds",
+                    "route" => route, "status" => status.as_str().to_owned())
+            })
+            .record(elapsed)
+    });
+}
+
+async fn timed<B: MessageBody>(
+    route: &'static str,
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
     let started = Instant::now();
     let res = next.call(req).await?;
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    metrics::histogram!("geecache_http_request_duration_seconds",
-        "route" => route, "status" => res.status().as_str().to_owned())
-    .record(started.elapsed().as_secs_f64());
+    observe(route, res.status(), started);
     Ok(res)
 }
 
 /// A JSON 404 for paths nothing serves.
 pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
+    observe("unmatched", StatusCode::NOT_FOUND, Instant::now());
     ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
+        StatusCode::NOT_FOUND,
         "no_route",
         format!("no route for {} {}", req.method(), req.path()),
     )
@@ -157,7 +176,7 @@ pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
 pub async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
     let mut res = ApiError::new(
-        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{} is not allowed here; use GET", req.method()),
     )
@@ -169,8 +188,11 @@ pub async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
     res
 }
 
-/// A GET-only resource whose other methods get a JSON 405.
-pub fn get_resource<F, Args>(path: &str, handler: F) -> actix_web::Resource
+/// A GET-only resource, timed under its path, whose other methods get a JSON 405.
+pub fn get_resource<F, Args>(
+    path: &'static str,
+    handler: F,
+) -> impl actix_web::dev::HttpServiceFactory + 'static
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,
@@ -179,4 +201,5 @@ where
     web::resource(path)
         .route(web::get().to(handler))
         .default_service(web::to(method_not_allowed))
+        .wrap(from_fn(move |req, next| timed(path, req, next)))
 }

@@ -43,7 +43,7 @@ impl EmbeddedSource {
                 .map(|(_, v)| Bytes::from_static(v.as_bytes())),
             Group::Products => product_id(key)
                 .filter(|id| (1..=self.config.products).contains(id))
-                .map(|id| Bytes::from(product_value(id))),
+                .map(|id| Bytes::from(product_value(id).into_bytes().into_boxed_slice())),
         }
     }
 

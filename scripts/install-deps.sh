@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and benchmarks need, when missing (Debian/Ubuntu).
+# Tests start their own PostgreSQL cluster from the server binaries; they need no running one.
+set -euo pipefail
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+ls /usr/lib/postgresql/*/lib/pg_stat_statements.so >/dev/null 2>&1 || need+=(postgresql-contrib)
+command -v psql >/dev/null || need+=(postgresql-client)
+command -v wrk >/dev/null || need+=(wrk)
+command -v runuser >/dev/null || need+=(util-linux)
+
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian's package starts a default cluster; the tests do not use it.
+  $SUDO service postgresql stop >/dev/null 2>&1 || true
+else
+  echo "all present"
+fi

@@ -1,0 +1,307 @@
+//! Test fixtures: a private PostgreSQL cluster and real `geecache` node processes.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The directory of PostgreSQL's server binaries: `$GEECACHE_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian's layout).
+pub fn pg_bin() -> PathBuf {
+    if let Ok(dir) = std::env::var("GEECACHE_PG_BIN") {
+        return dir.into();
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql-15), or set GEECACHE_PG_BIN")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+        .expect("no initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+/// A command run as `postgres` when we are root (initdb refuses root).
+fn pg_command(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A throwaway PostgreSQL cluster on a free port, its socket in its own temp dir.
+pub struct Pg {
+    dir: TempDir,
+    pub port: u16,
+}
+
+impl Pg {
+    pub fn start() -> Pg {
+        let dir = tempfile::Builder::new()
+            .prefix("geecache-pg")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown of the test cluster dir failed");
+        }
+        let data = dir.path().join("data");
+        let out = pg_command(&pg_bin().join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'pg_stat_statements'\nfsync = off\n\
+             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n",
+            dir.path().display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let pg = Pg { dir, port };
+        pg.ctl("start");
+        pg.psql("postgres", "CREATE DATABASE geecache");
+        pg.psql("geecache", "CREATE EXTENSION pg_stat_statements");
+        pg
+    }
+
+    fn ctl(&self, action: &str) {
+        let mut c = pg_command(&pg_bin().join("pg_ctl"));
+        c.arg("-D").arg(self.dir.path().join("data"));
+        c.args(["-w", "-t", "30", "-m", "fast"]);
+        c.arg("-l").arg(self.dir.path().join("server.log"));
+        let out = c.arg(action).output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    pub fn restart(&self) {
+        self.ctl("start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/geecache", self.port)
+    }
+
+    /// Runs SQL through psql and returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin().join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// How many times statements matching `pattern` (SQL LIKE) were executed.
+    pub fn calls(&self, pattern: &str) -> i64 {
+        self.psql(
+            "geecache",
+            &format!(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '{pattern}'"
+            ),
+        )
+        .parse()
+        .unwrap()
+    }
+
+    pub fn seed(&self, rows: u64) {
+        let out = Command::new(env!("CARGO_BIN_EXE_geecache"))
+            .args([
+                "db",
+                "seed",
+                "--database-url",
+                &self.url(),
+                "--rows",
+                &rows.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "seed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.psql("geecache", "SELECT pg_stat_statements_reset()");
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = pg_command(&pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A `geecache node` process on free 127.0.0.1 ports; killed when dropped.
+pub struct NodeProc {
+    pub child: Child,
+    pub api: String,
+    pub peer_port: u16,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl NodeProc {
+    pub fn spawn(args: &[&str]) -> NodeProc {
+        Self::spawn_on(free_port(), free_port(), args)
+    }
+
+    pub fn spawn_on(api_port: u16, peer_port: u16, args: &[&str]) -> NodeProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("node.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_geecache"))
+            .arg("node")
+            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+            .args(["--peer-addr", &format!("127.0.0.1:{peer_port}")])
+            .args(["--workers", "2"])
+            .args(args)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let node = NodeProc {
+            child,
+            api: format!("http://127.0.0.1:{api_port}"),
+            peer_port,
+            log,
+            _dir: dir,
+        };
+        node.wait_ready();
+        node
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("{}/ready", self.api);
+        while Instant::now() < deadline {
+            if let Ok(200) = blocking_status(&url) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {} not ready; log:\n{}", self.api, self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of one metric series from `/metrics` (0 when absent).
+    pub async fn metric(&self, client: &reqwest::Client, series: &str) -> f64 {
+        let text = client
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a GET over plain std sockets (readiness polling from sync or async code).
+pub fn blocking_status(url: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))
+}
+
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Vec<u8>) {
+    let r = client.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().await.unwrap().to_vec())
+}

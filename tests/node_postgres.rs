@@ -1,0 +1,225 @@
+//! One real node process against a real PostgreSQL: singleflight counted at the database,
+//! outages, timeouts, and byte-identical answers from the embedded and seeded sources.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{NodeProc, Pg, get};
+use futures_util::future::join_all;
+
+const PRODUCTS_QUERY: &str = "%FROM products WHERE id%";
+
+fn pg_node(pg: &Pg, extra: &[&str]) -> NodeProc {
+    let url = pg.url();
+    let mut args = vec!["--source", "postgres", "--database-url", url.as_str()];
+    args.extend_from_slice(extra);
+    NodeProc::spawn(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_misses_reach_postgres_once() {
+    let pg = Pg::start();
+    pg.seed(1000);
+    let node = pg_node(&pg, &[]);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(600)
+        .build()
+        .unwrap();
+
+    // Hold the table locked so that every request is in flight before the one query can run.
+    let (mut db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = db.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let url = format!("{}/api?group=products&key=777", node.api);
+    let requests: Vec<_> = (0..500)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node
+        .metric(&client, "geecache_gets_total{group=\"products\"}")
+        .await
+        < 500.0
+    {
+        assert!(Instant::now() < deadline, "requests did not all arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.commit().await.unwrap();
+
+    let answers: Vec<_> = join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let expected = geecache::groups::product_value(777).into_bytes();
+    assert!(
+        answers
+            .iter()
+            .all(|(s, body)| *s == 200 && *body == expected)
+    );
+    assert_eq!(
+        pg.calls(PRODUCTS_QUERY),
+        1,
+        "queries that reached PostgreSQL"
+    );
+    assert_eq!(
+        node.metric(&client, "geecache_loads_deduped_total{group=\"products\"}")
+            .await,
+        499.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_is_a_5xx_then_heals_without_restart() {
+    let pg = Pg::start();
+    pg.seed(100);
+    let node = pg_node(
+        &pg,
+        &["--statement-timeout", "1s", "--connect-timeout", "1s"],
+    );
+    let client = reqwest::Client::new();
+    let api = |k: &str| format!("{}/api?group=products&key={k}", node.api);
+
+    assert_eq!(get(&client, &api("1")).await.0, 200);
+    pg.stop();
+
+    let started = Instant::now();
+    let (status, body) = get(&client, &api("2")).await;
+    let took = started.elapsed();
+    let body = String::from_utf8_lossy(&body);
+    assert!((500..600).contains(&status), "{status} {body}");
+    assert!(body.contains("database"), "reason in the body: {body}");
+    assert!(took < Duration::from_secs(3), "answered in {took:?}");
+    // Hits still come from memory, and the node is alive.
+    assert_eq!(get(&client, &api("1")).await.0, 200);
+    assert_eq!(get(&client, &format!("{}/health", node.api)).await.0, 200);
+    // The failure was not cached: the same key again is a fresh try, also failing.
+    assert!(get(&client, &api("2")).await.0 >= 500);
+
+    pg.restart();
+    let (status, body) = get(&client, &api("2")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, geecache::groups::product_value(2).into_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_query_is_a_504_within_the_statement_timeout() {
+    let pg = Pg::start();
+    pg.seed(100);
+    let node = pg_node(&pg, &["--statement-timeout", "500ms"]);
+    let client = reqwest::Client::new();
+    let (mut db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = db.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let (status, body) = get(&client, &format!("{}/api/products/5", node.api)).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("source_timeout"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        get(&client, &format!("{}/api/products/5", node.api))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_and_seeded_postgres_answer_the_same_bytes() {
+    let pg = Pg::start();
+    pg.seed(1000);
+    let on_pg = pg_node(&pg, &[]);
+    let embedded = NodeProc::spawn(&["--products", "1000", "--embedded-latency-ms", "0"]);
+    let client = reqwest::Client::new();
+    let mut paths: Vec<String> = ["Tom", "Jack", "Sam", "Nobody"]
+        .iter()
+        .map(|k| format!("/api?key={k}"))
+        .collect();
+    for id in ["1", "2", "500", "999", "1000", "1001", "0", "abc", "%20"] {
+        paths.push(format!("/api/products/{id}"));
+    }
+    for path in paths {
+        let a = get(&client, &format!("{}{path}", on_pg.api)).await;
+        let b = get(&client, &format!("{}{path}", embedded.api)).await;
+        assert_eq!(a, b, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_documented_4xx() {
+    let node = NodeProc::spawn(&["--embedded-latency-ms", "0"]);
+    let client = reqwest::Client::new();
+    let long = "k".repeat(3000);
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("/api?key=".into(), 400, "bad_key"),
+        ("/api".into(), 400, "bad_query"),
+        (format!("/api?key={long}"), 400, "bad_key"),
+        (format!("/api/scores/{long}"), 400, "bad_key"),
+        ("/api?key=%zz".into(), 400, "bad_query"),
+        ("/api?key=%ff".into(), 400, "bad_query"),
+        ("/api/scores/%g1".into(), 400, "bad_path"),
+        ("/api?key=Tom&key=Sam".into(), 400, "bad_query"),
+        ("/api?key=Tom&colour=red".into(), 400, "bad_query"),
+        ("/api?key=Tom&group=nope".into(), 404, "unknown_group"),
+        ("/api/nope/Tom".into(), 404, "unknown_group"),
+        ("/api?key=Nobody".into(), 404, "not_found"),
+        ("/elsewhere".into(), 404, "no_route"),
+    ];
+    for (path, status, code) in cases {
+        let (s, body) = get(&client, &format!("{}{path}", node.api)).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(s, status, "{path}: {body}");
+        assert!(body.contains(code), "{path}: {body}");
+    }
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let r = client
+            .request(method.clone(), format!("{}/api?key=Tom", node.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method}");
+    }
+    // After all of that the node still answers.
+    assert_eq!(
+        get(&client, &format!("{}/api?key=Tom", node.api)).await,
+        (200, b"630".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let mut node = NodeProc::spawn(&["--embedded-latency-ms", "300"]);
+    let client = reqwest::Client::new();
+    let slow = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{}/api/products/9", node.api));
+        async move { get(&client, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.signal("TERM");
+    // The request in flight when SIGTERM arrived still completes.
+    assert_eq!(slow.await.unwrap().0, 200);
+    let status = tokio::task::spawn_blocking(move || node.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
