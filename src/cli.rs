@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, HitPath, LogFormat, Role, SourceKind, parse_duration};
+use crate::ring::RingHash;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,6 +95,9 @@ pub struct NodeArgs {
     /// Virtual nodes per member [default: 150].
     #[arg(long, env = "GEECACHE_VNODES")]
     pub vnodes: Option<usize>,
+    /// Ring hash: crc32 (GeeCache-compatible) or xxh3 (better balanced) [default: crc32].
+    #[arg(long, env = "GEECACHE_RING_HASH", value_enum)]
+    pub ring_hash: Option<RingHash>,
     /// Shared secret of the peer port (Authorization: Bearer).
     #[arg(long, env = "GEECACHE_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
@@ -162,6 +166,7 @@ impl NodeArgs {
         set(&mut c.self_url, self.self_url.map(Some));
         set(&mut c.peers, self.peers);
         set(&mut c.vnodes, self.vnodes);
+        set(&mut c.ring_hash, self.ring_hash);
         set(&mut c.peer_secret, self.peer_secret.map(Some));
         set(&mut c.peer_timeout, self.peer_timeout);
         set(&mut c.cache_bytes, self.cache_bytes);

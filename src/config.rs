@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::groups::Group;
+use crate::ring::RingHash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +63,8 @@ pub struct Config {
     /// Static membership: every node's peer URL (this one included or not).
     pub peers: Vec<String>,
     pub vnodes: usize,
+    /// Ring hash: crc32 (GeeCache-compatible) or xxh3 (better balanced).
+    pub ring_hash: RingHash,
     pub peer_secret: Option<String>,
     #[serde(deserialize_with = "de_duration")]
     pub peer_timeout: Duration,
@@ -159,6 +162,7 @@ impl Default for Config {
             self_url: None,
             peers: Vec::new(),
             vnodes: 150,
+            ring_hash: RingHash::Crc32,
             peer_secret: None,
             peer_timeout: Duration::from_secs(2),
             cache_bytes: 64 << 20,
@@ -194,6 +198,17 @@ impl Config {
         }
         if self.vnodes == 0 {
             anyhow::bail!("--vnodes must be at least 1");
+        }
+        if self.role == Role::Node && !self.peers.is_empty() && self.self_url.is_none() {
+            anyhow::bail!("--peers needs --self (this node's own peer URL, as the others list it)");
+        }
+        if self.role == Role::Frontend && self.peers.is_empty() {
+            anyhow::bail!("--role frontend needs --peers (the nodes it asks)");
+        }
+        for url in self.peers.iter().chain(&self.self_url) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("peer URL {url:?} must start with http:// or https://");
+            }
         }
         if !(0.0..=1.0).contains(&self.source.embedded_error_rate) {
             anyhow::bail!("embedded_error_rate must be within 0.0..=1.0");

@@ -29,14 +29,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Node(args) => {
-            let config = args.into_config()?;
+            let config = (*args).into_config()?;
             init_logs(config.log_format);
             actix_rt::System::new().block_on(async move {
                 let node = geecache::node::Node::start(config).await?;
                 node.run_until_signal().await
             })
         }
-        Command::Up(_args) => anyhow::bail!("`geecache up` is not available yet"),
+        Command::Up(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(geecache::up::run(args)),
         Command::Db {
             command: DbCommand::Seed { database_url, rows },
         } => {

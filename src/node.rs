@@ -2,14 +2,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::{DbActor, LoaderActor, ShardActor, loader::Loader};
 use crate::cache::Shard;
+use crate::cluster::Cluster;
 use crate::config::{Config, Role, SourceKind};
+use crate::hot::RateTracker;
 use crate::http::{self, AppState, Health};
+use crate::peer_client::{HttpPeerClient, PeerClient};
 use crate::source::embedded::EmbeddedConfig;
 use crate::source::postgres::PostgresConfig;
 use crate::source::{EmbeddedSource, PostgresSource, Source};
@@ -34,7 +38,11 @@ pub fn build_source(config: &Config) -> anyhow::Result<Arc<dyn Source>> {
 }
 
 /// Starts the actors of a node on the current actix system and returns the handlers' state.
-pub fn start_actors(config: &Config, source: Arc<dyn Source>) -> AppState {
+pub fn start_actors(
+    config: &Config,
+    source: Arc<dyn Source>,
+    peers: Arc<dyn PeerClient>,
+) -> AppState {
     let metrics = crate::metrics::install();
     let counters = crate::metrics::Counters::new();
     // groupcache's split: the hot cache gets 1/8 of the bytes. A frontend owns no keys, so
@@ -43,8 +51,16 @@ pub fn start_actors(config: &Config, source: Arc<dyn Source>) -> AppState {
         Role::Node => config.cache_bytes / 8,
         Role::Frontend => config.cache_bytes,
     };
-    let main = Shard::new("main", config.cache_bytes - hot_bytes, None);
+    let main = Shard::new("main", (config.cache_bytes - hot_bytes).max(1024), None);
     let hot = Shard::new("hot", hot_bytes, Some(config.hot_ttl));
+    let cluster = Arc::new(Cluster::from_static(
+        config.self_url.as_deref(),
+        &config.peers,
+        config.role == Role::Node,
+        config.ring_hash,
+        config.vnodes,
+    ));
+    let rates = Arc::new(RateTracker::new(Duration::from_secs(1), 100_000));
     let mailbox = config.loader_mailbox;
     let shard_addr = ShardActor::new(main.clone(), hot.clone(), mailbox).start_bounded();
     let db = DbActor::new(source, mailbox).start_bounded();
@@ -54,6 +70,10 @@ pub fn start_actors(config: &Config, source: Arc<dyn Source>) -> AppState {
             hot: hot.clone(),
             db,
             counters: counters.clone(),
+            cluster: Arc::clone(&cluster),
+            peers,
+            rates: Arc::clone(&rates),
+            hot_min_qps: config.hot_min_qps,
         },
         mailbox,
         config.max_in_flight,
@@ -65,6 +85,11 @@ pub fn start_actors(config: &Config, source: Arc<dyn Source>) -> AppState {
         shard_addr,
         loader,
         counters,
+        cluster,
+        rates,
+        served_rates: Arc::new(RateTracker::new(Duration::from_secs(60), 100_000)),
+        peer_secret: config.peer_secret.clone(),
+        role: config.role,
         hit_path: config.hit_path,
         request_timeout: config.request_timeout,
         health: Arc::new(Health::default()),
@@ -113,7 +138,11 @@ impl Node {
         let api_listener = bind(config.api_addr, "client API")?;
         let peer_listener = bind(config.peer_addr, "peer port")?;
         let source = build_source(&config)?;
-        let state = web::Data::new(start_actors(&config, source));
+        let peers = Arc::new(HttpPeerClient::new(
+            config.peer_timeout,
+            config.peer_secret.as_deref(),
+        )?);
+        let state = web::Data::new(start_actors(&config, source, peers));
         let health = Arc::clone(&state.health);
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -133,6 +162,7 @@ impl Node {
         let peer = HttpServer::new(move || {
             App::new()
                 .app_data(peer_state.clone())
+                .configure(http::peer::configure)
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
@@ -147,9 +177,11 @@ impl Node {
         actix_rt::spawn(api);
         actix_rt::spawn(peer);
         health.set_ready();
+        let view = state.cluster.view();
         tracing::info!(
             %api_addr, %peer_addr, role = ?config.role, source = ?config.source.kind,
-            cache_bytes = config.cache_bytes, "node started"
+            cache_bytes = config.cache_bytes, members = view.ring.members().len(),
+            self_url = config.self_url.as_deref().unwrap_or("-"), "node started"
         );
         Ok(Node {
             api_addr,

@@ -6,6 +6,8 @@
 //! the load ends the task tells the actor (`LoadFinished`), which hands the result, value or
 //! error, to every waiter. Errors are shared, never cached.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -13,9 +15,12 @@ use tokio::sync::oneshot;
 use super::ask;
 use super::db::{DbActor, Fetch};
 use crate::cache::Shard;
+use crate::cluster::{Cluster, Route};
 use crate::error::LoadError;
 use crate::groups::Group;
+use crate::hot::RateTracker;
 use crate::metrics::Counters;
+use crate::peer_client::{PeerClient, PeerError};
 use crate::singleflight::{Flights, Joined, TooManyFlights};
 
 pub type LoadResult = Result<Bytes, LoadError>;
@@ -26,6 +31,9 @@ pub type LoadResult = Result<Bytes, LoadError>;
 pub struct Load {
     pub group: Group,
     pub key: String,
+    /// Load from this node's source even if the ring says another node owns the key: peer
+    /// requests set it, so that a node never forwards a peer's request (no A -> B -> A loops).
+    pub local_only: bool,
     pub reply: oneshot::Sender<LoadResult>,
 }
 
@@ -33,10 +41,14 @@ pub struct Load {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LoadFinished {
-    pub group: Group,
-    pub key: Box<str>,
+    pub flight: FlightKey,
     pub result: LoadResult,
 }
+
+/// One flight per (group, key, goes_to_peer): a peer's request (always served locally) never
+/// joins a flight that is itself waiting on a peer, while on the owner the client API's loads
+/// and the peers' loads of a key share one flight.
+pub type FlightKey = (Group, Box<str>, bool);
 
 /// What a load does, cloned into each detached load task.
 #[derive(Clone)]
@@ -45,6 +57,11 @@ pub struct Loader {
     pub hot: Shard,
     pub db: Addr<DbActor>,
     pub counters: Counters,
+    pub cluster: Arc<Cluster>,
+    pub peers: Arc<dyn PeerClient>,
+    /// Local request rates of keys owned elsewhere (counted by the request path).
+    pub rates: Arc<RateTracker>,
+    pub hot_min_qps: f64,
 }
 
 impl Loader {
@@ -57,12 +74,54 @@ impl Loader {
             .or_else(|| self.hot.get(group, key))
     }
 
-    pub async fn load(&self, group: Group, key: &str) -> LoadResult {
-        self.load_local(group, key).await
+    /// The owner to ask, or `None` to load from this node's source.
+    fn peer_for(&self, key: &str, local_only: bool) -> Option<Arc<str>> {
+        match self.cluster.route(key) {
+            Route::Remote(peer) if !local_only => Some(peer),
+            _ => None,
+        }
     }
 
-    /// Fetches from the source through `DbActor` and fills the main shard.
-    pub async fn load_local(&self, group: Group, key: &str) -> LoadResult {
+    pub async fn load(&self, group: Group, key: &str, peer: Option<Arc<str>>) -> LoadResult {
+        let Some(peer) = peer else {
+            return self.load_local(group, key, &self.main).await;
+        };
+        let counters = self.counters.group(group);
+        match self
+            .peers
+            .fetch(&peer, group, key, self.cluster.epoch())
+            .await
+        {
+            Ok(answer) => {
+                counters.peer_loads.increment(1);
+                if self.is_hot(group, key, answer.minute_qps) {
+                    self.hot.insert(group, key, answer.value.clone());
+                }
+                Ok(answer.value)
+            }
+            Err(PeerError::NotFound) => {
+                counters.peer_loads.increment(1);
+                Err(LoadError::NotFound)
+            }
+            Err(e) => {
+                // As groupcache: a failing owner does not fail the request; load here. The
+                // value goes to the hot cache, whose TTL bounds how long this copy can live.
+                counters.peer_errors.increment(1);
+                tracing::warn!(%peer, group = %group, key, error = %e, "peer load failed; loading locally");
+                self.load_local(group, key, &self.hot).await
+            }
+        }
+    }
+
+    /// Hot: requested here at `hot_min_qps` or more, or, by the owner's count, at that rate
+    /// on every member.
+    fn is_hot(&self, group: Group, key: &str, owner_qps: f64) -> bool {
+        let members = self.cluster.view().ring.members().len().max(1) as f64;
+        self.rates.rate(group, key) >= self.hot_min_qps || owner_qps >= self.hot_min_qps * members
+    }
+
+    /// Fetches from the source through `DbActor` and fills `into`.
+    pub async fn load_local(&self, group: Group, key: &str, into: &Shard) -> LoadResult {
         let counters = self.counters.group(group);
         counters.loads.increment(1);
         let rx = ask(&self.db, "source", |reply| Fetch {
@@ -72,7 +131,7 @@ impl Loader {
         })?;
         match rx.await.map_err(|_| LoadError::Stopped)? {
             Ok(Some(value)) => {
-                self.main.insert(group, key, value.clone());
+                into.insert(group, key, value.clone());
                 Ok(value)
             }
             Ok(None) => Err(LoadError::NotFound),
@@ -87,7 +146,7 @@ impl Loader {
 type Waiter = oneshot::Sender<LoadResult>;
 
 pub struct LoaderActor {
-    flights: Flights<(Group, Box<str>), Waiter>,
+    flights: Flights<FlightKey, Waiter>,
     loader: Loader,
     mailbox: usize,
 }
@@ -126,18 +185,18 @@ impl Handler<Load> for LoaderActor {
             let _ = msg.reply.send(Ok(value));
             return;
         }
-        let key: Box<str> = msg.key.into();
-        match self.flights.join((msg.group, key.clone()), msg.reply) {
+        let peer = self.loader.peer_for(&msg.key, msg.local_only);
+        let flight: FlightKey = (msg.group, msg.key.into(), peer.is_some());
+        match self.flights.join(flight.clone(), msg.reply) {
             Ok(Joined::Follower) => counters.loads_deduped.increment(1),
             Ok(Joined::Leader) => {
                 let loader = self.loader.clone();
                 let me = ctx.address();
-                let group = msg.group;
                 actix_rt::spawn(async move {
-                    let result = loader.load(group, &key).await;
+                    let result = loader.load(flight.0, &flight.1, peer).await;
                     // do_send, not try_send: a landed flight must never be dropped, or its
                     // waiters would hang until their deadline. At most one per open flight.
-                    me.do_send(LoadFinished { group, key, result });
+                    me.do_send(LoadFinished { flight, result });
                 });
             }
             Err(TooManyFlights(reply)) => {
@@ -151,7 +210,7 @@ impl Handler<LoadFinished> for LoaderActor {
     type Result = ();
 
     fn handle(&mut self, msg: LoadFinished, _: &mut Self::Context) {
-        for waiter in self.flights.finish(&(msg.group, msg.key)) {
+        for waiter in self.flights.finish(&msg.flight) {
             // A waiter that gave up has dropped its receiver; nothing to do for it.
             let _ = waiter.send(msg.result.clone());
         }
@@ -160,7 +219,6 @@ impl Handler<LoadFinished> for LoaderActor {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -207,6 +265,18 @@ mod tests {
             hot: Shard::new("hot", 1 << 16, None),
             db,
             counters: Counters::new(),
+            cluster: Arc::new(Cluster::from_static(
+                None,
+                &[],
+                true,
+                Default::default(),
+                10,
+            )),
+            peers: Arc::new(
+                crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None).unwrap(),
+            ),
+            rates: Arc::new(RateTracker::new(Duration::from_secs(1), 100)),
+            hot_min_qps: 10.0,
         };
         (
             LoaderActor::new(loader, 1024, max_in_flight).start_bounded(),
@@ -219,6 +289,7 @@ mod tests {
         ask(addr, "loader", |reply| Load {
             group: Group::Products,
             key: key.into(),
+            local_only: false,
             reply,
         })
         .unwrap()

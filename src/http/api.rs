@@ -69,7 +69,12 @@ mod tests {
             latency: Duration::ZERO,
             error_rate: 0.0,
         });
-        actix_web::web::Data::new(start_actors(&Config::default(), Arc::new(source)))
+        let peers = crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None).unwrap();
+        actix_web::web::Data::new(start_actors(
+            &Config::default(),
+            Arc::new(source),
+            Arc::new(peers),
+        ))
     }
 
     #[actix_web::test]

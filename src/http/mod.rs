@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod ops;
+pub mod peer;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,9 +23,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::actors::shard::{Get, ShardActor};
 use crate::actors::{LoaderActor, ask, loader::Load};
 use crate::cache::Shard;
-use crate::config::HitPath;
+use crate::cluster::{Cluster, Route};
+use crate::config::{HitPath, Role};
 use crate::error::{ApiError, LoadError};
 use crate::groups::{Group, validate_key};
+use crate::hot::RateTracker;
 use crate::metrics::Counters;
 
 /// Liveness and readiness, as a load balancer sees them.
@@ -62,6 +65,13 @@ pub struct AppState {
     pub shard_addr: Addr<ShardActor>,
     pub loader: Addr<LoaderActor>,
     pub counters: Counters,
+    pub cluster: Arc<Cluster>,
+    /// Local request rates of keys owned elsewhere (hot cache promotion).
+    pub rates: Arc<RateTracker>,
+    /// Rates of keys served to peers, reported back as `minute_qps`.
+    pub served_rates: Arc<RateTracker>,
+    pub peer_secret: Option<String>,
+    pub role: Role,
     pub hit_path: HitPath,
     pub request_timeout: Duration,
     pub health: Arc<Health>,
@@ -69,18 +79,55 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The read-through get shared by the client API and the peer protocol.
+    /// The read-through get of the client API: main shard, hot cache, then a load (from the
+    /// owner, or from the source when this node owns the key).
     pub async fn get(&self, group: Group, key: &str) -> Result<Bytes, ApiError> {
         validate_key(key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
         let counters = self.counters.group(group);
         counters.gets.increment(1);
-        if let Some(value) = self.cached(group, key).await? {
+        let cached = match self.hit_path {
+            HitPath::Direct => self.main.get(group, key).or_else(|| {
+                if let Route::Remote(_) = self.cluster.route(key) {
+                    self.rates.hit(group, key);
+                }
+                let hot = self.hot.get(group, key);
+                if hot.is_some() {
+                    counters.hot_cache_hits.increment(1);
+                }
+                hot
+            }),
+            HitPath::Actor => {
+                let rx = ask(&self.shard_addr, "shard", |reply| Get {
+                    group,
+                    key: key.to_owned(),
+                    reply,
+                })?;
+                rx.await.map_err(|_| LoadError::Stopped)?
+            }
+        };
+        if let Some(value) = cached {
             counters.cache_hits.increment(1);
             return Ok(value);
         }
+        self.load(group, key, false).await
+    }
+
+    /// A peer's get: this node's main shard, then a load from this node's source. Never
+    /// forwarded to another peer.
+    pub async fn get_for_peer(&self, group: Group, key: &str) -> Result<Bytes, ApiError> {
+        validate_key(key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+        self.counters.group(group).server_requests.increment(1);
+        if let Some(value) = self.main.get(group, key) {
+            return Ok(value);
+        }
+        self.load(group, key, true).await
+    }
+
+    async fn load(&self, group: Group, key: &str, local_only: bool) -> Result<Bytes, ApiError> {
         let rx = ask(&self.loader, "loader", |reply| Load {
             group,
             key: key.to_owned(),
+            local_only,
             reply,
         })?;
         let result = match tokio::time::timeout(self.request_timeout, rx).await {
@@ -89,26 +136,6 @@ impl AppState {
             Ok(Ok(result)) => result,
         };
         Ok(result?)
-    }
-
-    async fn cached(&self, group: Group, key: &str) -> Result<Option<Bytes>, LoadError> {
-        match self.hit_path {
-            HitPath::Direct => Ok(self.main.get(group, key).or_else(|| {
-                let hot = self.hot.get(group, key);
-                if hot.is_some() {
-                    self.counters.group(group).hot_cache_hits.increment(1);
-                }
-                hot
-            })),
-            HitPath::Actor => {
-                let rx = ask(&self.shard_addr, "shard", |reply| Get {
-                    group,
-                    key: key.to_owned(),
-                    reply,
-                })?;
-                rx.await.map_err(|_| LoadError::Stopped)
-            }
-        }
     }
 }
 

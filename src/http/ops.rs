@@ -1,13 +1,55 @@
-//! Operations endpoints on the client port: `/health`, `/ready`, `/metrics`.
+//! Operations endpoints on the client port: `/health`, `/ready`, `/metrics`, `/cluster`,
+//! `/cluster/owner`.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
 
 use super::{AppState, get_resource};
+use crate::cluster::Route;
+use crate::decode::query_pairs;
+use crate::error::ApiError;
+use crate::groups::validate_key;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_resource("/health", health))
         .service(get_resource("/ready", ready))
-        .service(get_resource("/metrics", metrics));
+        .service(get_resource("/metrics", metrics))
+        .service(get_resource("/cluster", cluster))
+        .service(get_resource("/cluster/owner", owner));
+}
+
+/// This node's view of the cluster.
+async fn cluster(state: web::Data<AppState>) -> HttpResponse {
+    let view = state.cluster.view();
+    HttpResponse::Ok().json(json!({
+        "self": state.cluster.self_name(),
+        "role": format!("{:?}", state.role).to_lowercase(),
+        "membership": "static",
+        "epoch": view.epoch,
+        "vnodes": view.ring.vnodes(),
+        "members": view.ring.members(),
+    }))
+}
+
+/// Which member owns a key under this node's ring.
+async fn owner(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut key = None;
+    for pair in query_pairs(req.query_string()) {
+        let (name, value) = pair.map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+        if name == "key" {
+            key = Some(value);
+        }
+    }
+    let key = key.ok_or_else(|| ApiError::bad_request("bad_query", "missing parameter \"key\""))?;
+    validate_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+    let view = state.cluster.view();
+    let owner = view.ring.owner(&key).map(|m| m.name.to_string());
+    Ok(HttpResponse::Ok().json(json!({
+        "key": key,
+        "owner": owner.or_else(|| state.cluster.self_name().map(str::to_owned)),
+        "local": state.cluster.route(&key) == Route::Local,
+        "epoch": view.epoch,
+    })))
 }
 
 /// The process is alive and its HTTP workers answer.

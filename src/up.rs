@@ -1,0 +1,201 @@
+//! `geecache up`: a local cluster of real node processes on 127.0.0.1, and a frontend.
+//!
+//! Each node is this same binary run as `geecache node` with static membership; their output
+//! is prefixed with their name. Ctrl-C (or SIGTERM) stops them all gracefully.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::cli::UpArgs;
+use crate::config::SourceKind;
+
+struct Proc {
+    name: String,
+    api: String,
+    child: Child,
+}
+
+fn spawn(name: &str, args: Vec<String>, api: String) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe().context("cannot find my own executable")?;
+    let mut child = Command::new(exe)
+        .arg("node")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = format!("[{name}]");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{prefix:<11} {line}");
+            }
+        });
+    }
+    Ok(Proc {
+        name: name.to_owned(),
+        api,
+        child,
+    })
+}
+
+async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in procs.iter_mut() {
+        loop {
+            if let Some(status) = p.child.try_wait()? {
+                anyhow::bail!(
+                    "{} exited during start-up ({status}); see its output above",
+                    p.name
+                );
+            }
+            let ready = client
+                .get(format!("{}/ready", p.api))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{} did not become ready within 30 s", p.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn stop_all(procs: &mut [Proc]) {
+    for p in procs.iter() {
+        if let Some(pid) = p.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for p in procs.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(12), p.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = p.child.kill().await;
+        }
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    if args.source == SourceKind::Postgres && args.database_url.is_none() {
+        anyhow::bail!("--source postgres needs --database-url");
+    }
+    let peer_urls: Vec<String> = (0..args.nodes)
+        .map(|i| format!("http://127.0.0.1:{}", args.peer_port + i))
+        .collect();
+    let common = {
+        let mut a = vec![
+            "--peers".to_owned(),
+            peer_urls.join(","),
+            "--source".to_owned(),
+            format!("{:?}", args.source).to_lowercase(),
+            "--log-format".to_owned(),
+            format!("{:?}", args.log_format).to_lowercase(),
+        ];
+        if let Some(url) = &args.database_url {
+            a.extend(["--database-url".to_owned(), url.clone()]);
+        }
+        a
+    };
+    let mut procs = Vec::new();
+    let started = Instant::now();
+    for (i, peer) in peer_urls.iter().enumerate() {
+        let api = format!("127.0.0.1:{}", args.api_port + i as u16);
+        let mut a = vec![
+            "--api-addr".to_owned(),
+            api.clone(),
+            "--peer-addr".to_owned(),
+            peer.trim_start_matches("http://").to_owned(),
+            "--self".to_owned(),
+            peer.clone(),
+        ];
+        a.extend(common.iter().cloned());
+        a.extend(args.node_args.iter().cloned());
+        procs.push(spawn(
+            &format!("node{}", i + 1),
+            a,
+            format!("http://{api}"),
+        )?);
+    }
+    let front_api = format!("127.0.0.1:{}", args.port);
+    let mut a = vec![
+        "--role".to_owned(),
+        "frontend".to_owned(),
+        "--api-addr".to_owned(),
+        front_api.clone(),
+        "--peer-addr".to_owned(),
+        "127.0.0.1:0".to_owned(),
+    ];
+    a.extend(common.iter().cloned());
+    a.extend(args.node_args.iter().cloned());
+    procs.push(spawn("frontend", a, format!("http://{front_api}"))?);
+
+    if let Err(e) = wait_ready(&mut procs).await {
+        stop_all(&mut procs).await;
+        return Err(e);
+    }
+    println!(
+        "\nGeeCache-rs local cluster up in {} ms: {} node(s), {:?} source",
+        started.elapsed().as_millis(),
+        args.nodes,
+        args.source
+    );
+    for (p, peer) in procs.iter().zip(peer_urls.iter().map(Some).chain([None])) {
+        match peer {
+            Some(peer) => println!("  {:<9} client API {:<24} peer {peer}", p.name, p.api),
+            None => println!("  {:<9} client API {}", p.name, p.api),
+        }
+    }
+    println!(
+        "Try: curl '{}/api?key=Tom'   (Ctrl-C stops them all)\n",
+        procs.last().map_or("", |p| &p.api)
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let reason = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C".to_owned(),
+        _ = term.recv() => "SIGTERM".to_owned(),
+        name = async {
+            loop {
+                for p in procs.iter_mut() {
+                    if let Ok(Some(status)) = p.child.try_wait() {
+                        return format!("{} exited ({status})", p.name);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        } => name,
+    };
+    println!("\n{reason}: stopping the cluster");
+    stop_all(&mut procs).await;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Three real node processes with static membership and a real PostgreSQL: agreement on owners
+//! and values, cluster-wide singleflight, failure of a node, the peer port's guard, `up`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{NodeProc, Pg, free_port, get};
+use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
+use geecache::ring::{Member, Ring, RingHash};
+
+const SECRET: &str = "test-secret";
+
+struct Cluster {
+    nodes: Vec<NodeProc>,
+    peers: Vec<String>,
+}
+
+fn start_cluster(pg: Option<&Pg>, extra: &[&str]) -> Cluster {
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<String> = peer_ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let list = peers.join(",");
+    let url = pg.map(|pg| pg.url());
+    let nodes = peers
+        .iter()
+        .zip(&peer_ports)
+        .map(|(me, &port)| {
+            let mut args = vec!["--self", me, "--peers", &list, "--peer-secret", SECRET];
+            if let Some(url) = &url {
+                args.extend(["--source", "postgres", "--database-url", url]);
+            }
+            args.extend_from_slice(extra);
+            NodeProc::spawn_on(free_port(), port, &args)
+        })
+        .collect();
+    Cluster { nodes, peers }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_agree_on_owners_and_values() {
+    let pg = Pg::start();
+    pg.seed(1000);
+    let c = start_cluster(Some(&pg), &[]);
+    let client = client();
+
+    // Every node answers every key with the same bytes (and the embedded rows' bytes).
+    for id in (1..=1000).step_by(7).chain([1001, 0]) {
+        let expected = if (1..=1000).contains(&id) {
+            (200, geecache::groups::product_value(id).into_bytes())
+        } else {
+            (404, Vec::new())
+        };
+        for n in &c.nodes {
+            let (s, body) = get(&client, &format!("{}/api/products/{id}", n.api)).await;
+            assert_eq!(s, expected.0, "{} key {id}", n.api);
+            if s == 200 {
+                assert_eq!(body, expected.1);
+            }
+        }
+    }
+    for n in &c.nodes {
+        assert_eq!(
+            get(&client, &format!("{}/api?key=Tom", n.api)).await,
+            (200, b"630".to_vec())
+        );
+    }
+
+    // All nodes agree on each of 10,000 owners, and with the library's ring.
+    let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
+    let checks = stream::iter(0..10_000)
+        .map(|i| {
+            let client = client.clone();
+            let apis: Vec<String> = c.nodes.iter().map(|n| n.api.clone()).collect();
+            let expected = ring.owner(&format!("k{i}")).unwrap().name.to_string();
+            async move {
+                for api in apis {
+                    let (s, body) = get(&client, &format!("{api}/cluster/owner?key=k{i}")).await;
+                    assert_eq!(s, 200);
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(v["owner"], expected.as_str(), "k{i} at {api}");
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>();
+    checks.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_misses_over_three_nodes_cost_one_query() {
+    let pg = Pg::start();
+    pg.seed(1000);
+    let c = start_cluster(
+        Some(&pg),
+        &["--request-timeout", "20s", "--peer-timeout", "20s"],
+    );
+    let client = client();
+    let (mut db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = db.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let requests: Vec<_> = (0..600)
+        .map(|i| {
+            let url = format!("{}/api/products/321", c.nodes[i % 3].api);
+            let client = client.clone();
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut gets = 0.0;
+        for n in &c.nodes {
+            gets += n
+                .metric(&client, "geecache_gets_total{group=\"products\"}")
+                .await;
+        }
+        if gets >= 600.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {gets} of 600 requests arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the peer requests land too
+    tx.commit().await.unwrap();
+
+    let expected = geecache::groups::product_value(321).into_bytes();
+    for r in join_all(requests).await {
+        assert_eq!(r.unwrap(), (200, expected.clone()));
+    }
+    assert_eq!(
+        pg.calls("%FROM products WHERE id%"),
+        1,
+        "queries at PostgreSQL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_does_not_fail_its_keys() {
+    let pg = Pg::start();
+    pg.seed(1000);
+    let mut c = start_cluster(Some(&pg), &["--peer-timeout", "1s"]);
+    let client = client();
+    let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
+    let victim = c.peers[2].clone();
+    let owned: Vec<u64> = (1..=1000)
+        .filter(|id| *ring.owner(&id.to_string()).unwrap().name == *victim)
+        .take(50)
+        .collect();
+    assert_eq!(owned.len(), 50);
+
+    c.nodes[2].child.kill().unwrap();
+    c.nodes[2].child.wait().unwrap();
+    for id in &owned {
+        for n in &c.nodes[..2] {
+            let (s, body) = get(&client, &format!("{}/api/products/{id}", n.api)).await;
+            assert_eq!(
+                (s, body),
+                (200, geecache::groups::product_value(*id).into_bytes())
+            );
+        }
+    }
+    let errors = c.nodes[0]
+        .metric(&client, "geecache_peer_errors_total{group=\"products\"}")
+        .await;
+    assert!(errors >= 50.0, "peer errors counted: {errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_is_guarded_and_strict() {
+    let c = start_cluster(None, &["--embedded-latency-ms", "0"]);
+    let client = client();
+    let peer = &c.peers[0];
+    let url = format!("{peer}/_geecache/scores/Tom");
+
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    let wrong = client.get(&url).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = client.get(&url).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let body = ok.bytes().await.unwrap();
+    let r = <geecache::proto::Response as prost::Message>::decode(body).unwrap();
+    assert_eq!(r.value, "630");
+
+    let long = "k".repeat(3000);
+    let cases = [
+        ("/_geecache/scores/".to_owned(), 400),
+        (format!("/_geecache/scores/{long}"), 400),
+        ("/_geecache/scores/%zz".to_owned(), 400),
+        ("/_geecache/nope/Tom".to_owned(), 404),
+        ("/_geecache/scores/Nobody".to_owned(), 404),
+        ("/_geecache/scores".to_owned(), 404),
+        ("/_geecache".to_owned(), 404),
+    ];
+    for (path, status) in cases {
+        let r = client
+            .get(format!("{peer}{path}"))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+    }
+    let post = client.post(&url).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_remote_key_is_served_from_the_hot_cache() {
+    let c = start_cluster(None, &["--embedded-latency-ms", "0", "--hot-min-qps", "5"]);
+    let client = client();
+    let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
+    let remote = (1..)
+        .map(|i: u64| i.to_string())
+        .find(|k| *ring.owner(k).unwrap().name != *c.peers[0])
+        .unwrap();
+    let url = format!("{}/api/products/{remote}", c.nodes[0].api);
+    for _ in 0..100 {
+        assert_eq!(get(&client, &url).await.0, 200);
+    }
+    let hot = c.nodes[0]
+        .metric(&client, "geecache_hot_cache_hits_total{group=\"products\"}")
+        .await;
+    let peer_loads = c.nodes[0]
+        .metric(&client, "geecache_peer_loads_total{group=\"products\"}")
+        .await;
+    assert!(hot >= 80.0, "hot hits {hot}");
+    assert!(peer_loads < 20.0, "peer loads {peer_loads}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_a_local_cluster_behind_a_frontend() {
+    let (port, peer_port, api_port) = (
+        free_port(),
+        41_000 + free_port() % 8000,
+        51_000 + free_port() % 8000,
+    );
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
+        .args(["up", "--nodes", "3", "--log-format", "json"])
+        .args(["--port", &port.to_string()])
+        .args(["--peer-port", &peer_port.to_string()])
+        .args(["--api-port", &api_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let front = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::blocking_status(&format!("{front}/ready")).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "frontend not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client = client();
+    assert_eq!(
+        get(&client, &format!("{front}/api?key=Tom")).await,
+        (200, b"630".to_vec())
+    );
+    for id in 1..=30 {
+        assert_eq!(
+            get(&client, &format!("{front}/api/products/{id}")).await.0,
+            200
+        );
+    }
+    let (_, cluster) = get(&client, &format!("{front}/cluster")).await;
+    let v: serde_json::Value = serde_json::from_slice(&cluster).unwrap();
+    assert_eq!(v["role"], "frontend");
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || up.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
