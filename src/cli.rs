@@ -212,6 +212,8 @@ mod tests {
             "250ms",
             "--peers",
             "http://a:8001,http://b:8001",
+            "--self",
+            "http://a:8001",
             "--embedded-latency-ms",
             "0",
         ])
@@ -231,5 +233,11 @@ mod tests {
     fn bad_flags_are_refused() {
         assert!(Cli::try_parse_from(["geecache", "node", "--request-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["geecache", "node", "--source", "mysql"]).is_err());
+        // Peers without knowing which one is me cannot route.
+        let cli = Cli::try_parse_from(["geecache", "node", "--peers", "http://a:8001"]).unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("not a node command")
+        };
+        assert!(args.into_config().is_err());
     }
 }
