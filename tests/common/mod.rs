@@ -55,6 +55,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `n` consecutive free ports, below the kernel's ephemeral range (so that no
+/// other test's `free_port` can take one of them in the meantime).
+pub fn free_port_run(n: u16) -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut base = 20_000 + (seed % 10_000) as u16;
+    loop {
+        let held: Vec<_> = (base..base + n)
+            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+        base = 20_000 + (base - 20_000 + 37) % 10_000;
+    }
+}
+
 /// A throwaway PostgreSQL cluster on a free port, its socket in its own temp dir.
 pub struct Pg {
     dir: TempDir,
