@@ -51,7 +51,10 @@ def metric(api, series):
 
 
 def start_node(extra):
-    api, peer = free_port(), free_port()
+    return start_node_at(free_port(), free_port(), extra)
+
+
+def start_node_at(api, peer, extra):
     env = dict(os.environ, RUST_LOG="warn")
     p = subprocess.Popen([BIN, "node", "--api-addr", f"127.0.0.1:{api}", "--peer-addr",
                           f"127.0.0.1:{peer}", "--embedded-latency-ms", "0", "--workers", "2",

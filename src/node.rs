@@ -38,10 +38,18 @@ pub fn build_source(config: &Config) -> anyhow::Result<Arc<dyn Source>> {
 }
 
 /// Starts the actors of a node on the current actix system and returns the handlers' state.
+/// HTTP workers per listener, and loaders: one per core unless configured.
+pub fn worker_count(config: &Config) -> usize {
+    match config.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    }
+}
+
 pub fn start_actors(
     config: &Config,
     source: Arc<dyn Source>,
-    peers: Arc<dyn PeerClient>,
+    peers: impl Fn() -> Arc<dyn PeerClient>,
 ) -> AppState {
     let metrics = crate::metrics::install();
     let counters = crate::metrics::Counters::new();
@@ -64,26 +72,30 @@ pub fn start_actors(
     let mailbox = config.loader_mailbox;
     let shard_addr = ShardActor::new(main.clone(), hot.clone(), mailbox).start_bounded();
     let db = DbActor::new(source, mailbox).start_bounded();
-    let loader = LoaderActor::new(
-        Loader {
-            main: main.clone(),
-            hot: hot.clone(),
-            db,
-            counters: counters.clone(),
-            cluster: Arc::clone(&cluster),
-            peers,
-            rates: Arc::clone(&rates),
-            hot_min_qps: config.hot_min_qps,
-        },
-        mailbox,
-        config.max_in_flight,
-    )
-    .start_bounded();
+    // One loader per core, each on an arbiter (thread) of its own with its own peer client, keys
+    // split by hash: a key's flights all live in one loader, and peer I/O spreads over the
+    // cores instead of queueing on one thread (measured by load/bench-remote.sh).
+    let loaders = (0..worker_count(config))
+        .map(|_| {
+            let loader = Loader {
+                main: main.clone(),
+                hot: hot.clone(),
+                db: db.clone(),
+                counters: counters.clone(),
+                cluster: Arc::clone(&cluster),
+                peers: peers(),
+                rates: Arc::clone(&rates),
+                hot_min_qps: config.hot_min_qps,
+            };
+            let actor = LoaderActor::new(loader, mailbox, config.max_in_flight);
+            actor.start_in(&actix_rt::Arbiter::new().handle())
+        })
+        .collect();
     AppState {
         main,
         hot,
         shard_addr,
-        loader,
+        loaders,
         counters,
         cluster,
         rates,
@@ -138,16 +150,18 @@ impl Node {
         let api_listener = bind(config.api_addr, "client API")?;
         let peer_listener = bind(config.peer_addr, "peer port")?;
         let source = build_source(&config)?;
-        let peers = Arc::new(HttpPeerClient::new(
-            config.peer_timeout,
-            config.peer_secret.as_deref(),
-        )?);
+        // Fail here on a bad TLS/client setup rather than in a loader's arbiter.
+        HttpPeerClient::new(config.peer_timeout, config.peer_secret.as_deref())?;
+        let (timeout, secret) = (config.peer_timeout, config.peer_secret.clone());
+        let peers = move || -> Arc<dyn PeerClient> {
+            Arc::new(
+                HttpPeerClient::new(timeout, secret.as_deref())
+                    .expect("the same settings built a client a moment ago"),
+            )
+        };
         let state = web::Data::new(start_actors(&config, source, peers));
         let health = Arc::clone(&state.health);
-        let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
+        let workers = worker_count(&config);
         let shutdown = config.shutdown_timeout.as_secs().max(1);
 
         let api_state = state.clone();

@@ -162,6 +162,15 @@ impl LoaderActor {
         })
     }
 
+    /// `start_bounded` on another arbiter (thread).
+    pub fn start_in(self, arbiter: &actix_rt::ArbiterHandle) -> Addr<Self> {
+        let mailbox = self.mailbox;
+        Self::start_in_arbiter(arbiter, move |ctx| {
+            ctx.set_mailbox_capacity(mailbox);
+            self
+        })
+    }
+
     pub fn new(loader: Loader, mailbox: usize, max_in_flight: usize) -> Self {
         LoaderActor {
             flights: Flights::new(max_in_flight),

@@ -69,12 +69,10 @@ mod tests {
             latency: Duration::ZERO,
             error_rate: 0.0,
         });
-        let peers = crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None).unwrap();
-        actix_web::web::Data::new(start_actors(
-            &Config::default(),
-            Arc::new(source),
-            Arc::new(peers),
-        ))
+        let peers = || -> Arc<dyn crate::peer_client::PeerClient> {
+            Arc::new(crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None).unwrap())
+        };
+        actix_web::web::Data::new(start_actors(&Config::default(), Arc::new(source), peers))
     }
 
     #[actix_web::test]

@@ -63,7 +63,8 @@ pub struct AppState {
     pub main: Shard,
     pub hot: Shard,
     pub shard_addr: Addr<ShardActor>,
-    pub loader: Addr<LoaderActor>,
+    /// Loaders, each owning the flights of the keys that hash to it.
+    pub loaders: Vec<Addr<LoaderActor>>,
     pub counters: Counters,
     pub cluster: Arc<Cluster>,
     /// Local request rates of keys owned elsewhere (hot cache promotion).
@@ -124,7 +125,8 @@ impl AppState {
     }
 
     async fn load(&self, group: Group, key: &str, local_only: bool) -> Result<Bytes, ApiError> {
-        let rx = ask(&self.loader, "loader", |reply| Load {
+        let i = crc32fast::hash(key.as_bytes()) as usize % self.loaders.len();
+        let rx = ask(&self.loaders[i], "loader", |reply| Load {
             group,
             key: key.to_owned(),
             local_only,

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Remote hits through a non-owner, with and without the hot cache, against local hits.
+
+Two nodes A and B with static membership; 10,000 product keys that B owns (placed with the
+same crc32 ring as the nodes). Interleaved rounds of wrk -t2 -c64:
+  local       GET B  (B's own keys: main-shard hits)
+  remote+hot  GET A' (hot cache on: --hot-min-qps 1, keys come back from A's hot cache)
+  remote      GET A  (hot cache off: every request is a peer GET to B)
+Run through load/bench-remote.sh, which builds the release binary first.
+"""
+import argparse, bisect, os, statistics, sys, zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_hit as b  # noqa: E402
+
+
+def owned_keys(owner, peers, vnodes=150, count=10_000):
+    points = {}
+    for p in sorted(peers):
+        for i in range(vnodes):
+            points[zlib.crc32(f"{i}{p}".encode())] = p
+    ring = sorted(points)
+    keys, k = [], 0
+    while len(keys) < count:
+        k += 1
+        h = zlib.crc32(str(k).encode())
+        if points[ring[bisect.bisect_left(ring, h) % len(ring)]] == owner:
+            keys.append(k)
+    return keys
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    a = ap.parse_args()
+
+    ports = {n: (b.free_port(), b.free_port()) for n in ("A", "H", "B")}
+    peer = {n: f"http://127.0.0.1:{p[1]}" for n, p in ports.items()}
+    # Two rings that share owner B: {A, B} for the plain non-owner, {H, B} for the hot one.
+    keys = sorted(set(owned_keys(peer["B"], [peer["A"], peer["B"]])) &
+                  set(owned_keys(peer["B"], [peer["H"], peer["B"]], count=40_000)))[:10_000]
+    lua = os.path.join(b.ROOT, "load/out/remote_keys.lua")
+    os.makedirs(os.path.dirname(lua), exist_ok=True)
+    with open(lua, "w") as f:
+        f.write("local keys = {" + ",".join(map(str, keys)) + "}\n")
+        f.write("request = function()\n  return wrk.format('GET', '/api?group=products&key=' "
+                ".. keys[math.random(1, #keys)])\nend\n")
+    b.LUA = lua
+
+    def node(name, peers, extra):
+        api, p = ports[name]
+        return b.start_node_at(api, p, ["--self", peer[name], "--peers", ",".join(peers), *extra])
+
+    nb = node("B", [peer["A"], peer["B"], peer["H"]], [])
+    na = node("A", [peer["A"], peer["B"]], ["--hot-min-qps", "1e12"])
+    nh = node("H", [peer["H"], peer["B"]], ["--hot-min-qps", "1", "--hot-ttl", "60s"])
+    procs = {"local": nb, "remote+hot": nh, "remote": na}
+    try:
+        for name in procs:  # warm: B's shard, then H's hot cache
+            b.wrk(procs[name][1], procs[name][0].pid, 3, a.connections)
+        runs = {n: [] for n in procs}
+        for _ in range(a.rounds):
+            for n, (p, url) in procs.items():
+                runs[n].append(b.wrk(url, p.pid, a.duration, a.connections))
+        peer_loads = b.metric(na[1], 'geecache_peer_loads_total{group="products"}')
+        hot_hits = b.metric(nh[1], 'geecache_hot_cache_hits_total{group="products"}')
+    finally:
+        for p, _ in procs.values():
+            p.terminate(); p.wait()
+
+    print(f"\n10,000 keys owned by B, wrk -t2 -c{a.connections}, {a.rounds} interleaved rounds "
+          f"of {a.duration}s, medians")
+    print(f"{'path':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for n, r in runs.items():
+        print(f"{n:<12}{b.med(r,'rps'):>10.0f}{b.med(r,'p50_ms'):>9.3f}{b.med(r,'p99_ms'):>9.3f}"
+              f"{sum(x['errors'] for x in r):>8}")
+    for n, target in (("remote+hot", 0.80), ("remote", 0.45)):
+        ratio = statistics.median(x["rps"] / y["rps"] for x, y in zip(runs[n], runs["local"]))
+        print(f"{n}: {ratio:.3f} x local (target >= {target})")
+    print(f"non-owner without hot cache: {peer_loads:.0f} peer loads; "
+          f"with hot cache: {hot_hits:.0f} hot hits")
+
+
+if __name__ == "__main__":
+    main()
