@@ -58,8 +58,8 @@ fn main() {
     let keys = keys();
     println!("balance: max/mean keys per node over {KEYS} keys (product ids 1..{KEYS})");
     println!(
-        "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "nodes", "crc32/50", "crc32/150", "xxh3/50", "xxh3/150", "xxh3/500"
+        "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "nodes", "crc32/50", "crc32/150", "xxh3/50", "xxh3/150", "xxh3/500", "crc32/1000", "xxh3/1000"
     );
     for n in 3..=12 {
         let row: Vec<String> = [
@@ -68,6 +68,8 @@ fn main() {
             (RingHash::Xxh3, 50),
             (RingHash::Xxh3, 150),
             (RingHash::Xxh3, 500),
+            (RingHash::Crc32, 1000),
+            (RingHash::Xxh3, 1000),
         ]
         .iter()
         .map(|&(h, v)| format!("{:>10.3}", balance(&Ring::new(h, v, names(n)), &keys)))

@@ -225,17 +225,18 @@ mod properties {
             }
         }
 
-        /// xxh3 at 150 vnodes keeps every node within 25 % of the mean (the README's table has
-        /// the measured figures for both hashes).
+        /// The balanced setting, xxh3 with 1000 vnodes, keeps every node within about 10 % of
+        /// the mean. (At 150 vnodes no hash does: placement noise alone is ~8 % per node; the
+        /// README's ring table has the figures.)
         #[test]
-        fn xxh3_balances_within_a_quarter(n in 3usize..=12, octet in 0u8..=255) {
-            let ring = Ring::new(RingHash::Xxh3, 150, members(n, octet));
+        fn xxh3_with_1000_vnodes_balances_within_a_tenth(n in 3usize..=12, octet in 0u8..=255) {
+            let ring = Ring::new(RingHash::Xxh3, 1000, members(n, octet));
             let mut counts = std::collections::HashMap::new();
             for i in 0..50_000 {
                 *counts.entry(ring.owner(&i.to_string()).unwrap().name.clone()).or_insert(0) += 1;
             }
             let max = *counts.values().max().unwrap() as f64;
-            prop_assert!(max / (50_000.0 / n as f64) <= 1.25, "max/mean {}", max / (50_000.0 / n as f64));
+            prop_assert!(max / (50_000.0 / n as f64) <= 1.12, "max/mean {}", max / (50_000.0 / n as f64));
         }
     }
 }
