@@ -15,12 +15,16 @@ fn lookup(c: &mut Criterion) {
                 (0..n).map(|i| Member::new(&format!("http://10.0.{}.{}:8001", i / 200, i % 200))),
             );
             let mut i = 0;
-            group.bench_with_input(BenchmarkId::new(format!("{hash:?}"), n), &ring, |b, ring| {
-                b.iter(|| {
-                    i = (i + 1) & 1023;
-                    ring.owner(&keys[i]).map(|m| m.weight)
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("{hash:?}"), n),
+                &ring,
+                |b, ring| {
+                    b.iter(|| {
+                        i = (i + 1) & 1023;
+                        ring.owner(&keys[i]).map(|m| m.weight)
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -59,7 +59,14 @@ fn main() {
     println!("balance: max/mean keys per node over {KEYS} keys (product ids 1..{KEYS})");
     println!(
         "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "nodes", "crc32/50", "crc32/150", "xxh3/50", "xxh3/150", "xxh3/500", "crc32/1000", "xxh3/1000"
+        "nodes",
+        "crc32/50",
+        "crc32/150",
+        "xxh3/50",
+        "xxh3/150",
+        "xxh3/500",
+        "crc32/1000",
+        "xxh3/1000"
     );
     for n in 3..=12 {
         let row: Vec<String> = [
