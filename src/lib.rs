@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer_client;
 pub mod proto;
+pub mod raft;
 pub mod ring;
 pub mod singleflight;
 pub mod source;

@@ -1,0 +1,12 @@
+//! Membership by Raft: the ring as a replicated state machine (tikv raft-rs).
+//!
+//! - [`storage`]: durable `raft::Storage` (write-ahead file, snapshots carry the membership).
+//! - [`membership`]: the state machine: members, weights, purge generations, the epoch.
+//! - [`node`]: `RawNode` + storage + membership, driven by `RaftActor` or the test harness.
+
+pub mod membership;
+pub mod node;
+pub mod storage;
+
+#[cfg(test)]
+pub mod harness;
