@@ -92,6 +92,25 @@ pub struct NodeArgs {
     /// Every node's peer URL, comma-separated (static membership).
     #[arg(long, env = "GEECACHE_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
+    /// Raft membership: candidates to find the cluster by, comma-separated peer URLs or
+    /// dns://NAME:PORT.
+    #[arg(long, env = "GEECACHE_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Raft id of this node (0: derived from --self) [default: 0].
+    #[arg(long, env = "GEECACHE_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Directory of the Raft log [default: data].
+    #[arg(long, env = "GEECACHE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A new cluster forms once this many candidates see each other [default: 3].
+    #[arg(long, env = "GEECACHE_BOOTSTRAP_EXPECT")]
+    pub bootstrap_expect: Option<usize>,
+    /// The leader removes a member silent for this long [default: 10s].
+    #[arg(long, env = "GEECACHE_DEAD_AFTER", value_parser = parse_duration)]
+    pub dead_after: Option<Duration>,
+    /// This node's client API URL as others reach it.
+    #[arg(long, env = "GEECACHE_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
     /// Virtual nodes per member [default: 150].
     #[arg(long, env = "GEECACHE_VNODES")]
     pub vnodes: Option<usize>,
@@ -166,6 +185,12 @@ impl NodeArgs {
         set(&mut c.self_url, self.self_url.map(Some));
         set(&mut c.peers, self.peers);
         set(&mut c.vnodes, self.vnodes);
+        set(&mut c.seeds, self.seeds);
+        set(&mut c.node_id, self.node_id);
+        set(&mut c.data_dir, self.data_dir);
+        set(&mut c.bootstrap_expect, self.bootstrap_expect);
+        set(&mut c.dead_after, self.dead_after);
+        set(&mut c.advertise_api, self.advertise_api.map(Some));
         set(&mut c.ring_hash, self.ring_hash);
         set(&mut c.peer_secret, self.peer_secret.map(Some));
         set(&mut c.peer_timeout, self.peer_timeout);

@@ -68,6 +68,20 @@ pub struct Config {
     pub peer_secret: Option<String>,
     #[serde(deserialize_with = "de_duration")]
     pub peer_timeout: Duration,
+    /// Raft membership: candidates to find the cluster by (peer URLs, or `dns://NAME:PORT`).
+    /// Empty: static membership (`peers`) or a lone node.
+    pub seeds: Vec<String>,
+    /// Raft id of this node; 0 derives one from `self_url`.
+    pub node_id: u64,
+    /// Where the Raft log lives.
+    pub data_dir: std::path::PathBuf,
+    /// A new cluster forms once this many candidates are visible.
+    pub bootstrap_expect: usize,
+    /// The leader removes a member it has not heard from for this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub dead_after: Duration,
+    /// This node's client API URL as others reach it (default: self_url's host, api port).
+    pub advertise_api: Option<String>,
     pub cache_bytes: u64,
     /// Hot cache TTL: the staleness bound of keys cached away from their owner.
     #[serde(deserialize_with = "de_duration")]
@@ -165,6 +179,12 @@ impl Default for Config {
             ring_hash: RingHash::Crc32,
             peer_secret: None,
             peer_timeout: Duration::from_secs(2),
+            seeds: Vec::new(),
+            node_id: 0,
+            data_dir: "data".into(),
+            bootstrap_expect: 3,
+            dead_after: Duration::from_secs(10),
+            advertise_api: None,
             cache_bytes: 64 << 20,
             hot_ttl: Duration::from_secs(10),
             hot_min_qps: 10.0,
@@ -188,6 +208,36 @@ impl Config {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
     }
 
+    /// Raft membership is on when seeds are given.
+    pub fn uses_raft(&self) -> bool {
+        !self.seeds.is_empty()
+    }
+
+    /// The Raft id: the configured one, or one derived from the self URL (never 0).
+    pub fn raft_id(&self) -> u64 {
+        match self.node_id {
+            0 => {
+                let url = self.self_url.as_deref().unwrap_or_default();
+                (xxhash_rust::xxh3::xxh3_64(url.as_bytes()) >> 1).max(1)
+            }
+            id => id,
+        }
+    }
+
+    /// The client API URL other nodes and tools use to reach this node.
+    pub fn api_url(&self) -> String {
+        if let Some(url) = &self.advertise_api {
+            return url.clone();
+        }
+        let host = self
+            .self_url
+            .as_deref()
+            .and_then(|u| u.split("://").nth(1))
+            .and_then(|h| h.rsplit_once(':').map(|(h, _)| h))
+            .unwrap_or("127.0.0.1");
+        format!("http://{host}:{}", self.api_addr.port())
+    }
+
     /// Checks what the types cannot: a usable combination of settings.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.source.kind == SourceKind::Postgres && self.source.database_url.is_none() {
@@ -202,8 +252,17 @@ impl Config {
         if self.role == Role::Node && !self.peers.is_empty() && self.self_url.is_none() {
             anyhow::bail!("--peers needs --self (this node's own peer URL, as the others list it)");
         }
-        if self.role == Role::Frontend && self.peers.is_empty() {
-            anyhow::bail!("--role frontend needs --peers (the nodes it asks)");
+        if self.role == Role::Frontend && self.peers.is_empty() && self.seeds.is_empty() {
+            anyhow::bail!("--role frontend needs --peers or --seeds (the nodes it asks)");
+        }
+        if !self.seeds.is_empty() && !self.peers.is_empty() {
+            anyhow::bail!("use --seeds (Raft membership) or --peers (static membership), not both");
+        }
+        if self.role == Role::Node && !self.seeds.is_empty() && self.self_url.is_none() {
+            anyhow::bail!("--seeds needs --self (this node's own peer URL)");
+        }
+        if self.bootstrap_expect == 0 {
+            anyhow::bail!("--bootstrap-expect must be at least 1");
         }
         for url in self.peers.iter().chain(&self.self_url) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

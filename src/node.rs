@@ -8,12 +8,21 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::{DbActor, LoaderActor, ShardActor, loader::Loader};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::{Actor as _, Addr};
+
+use crate::actors::raft::RaftActor;
 use crate::cache::Shard;
 use crate::cluster::Cluster;
 use crate::config::{Config, Role, SourceKind};
 use crate::hot::RateTracker;
 use crate::http::{self, AppState, Health};
 use crate::peer_client::{HttpPeerClient, PeerClient};
+use crate::raft::boot::{PeerHttp, follow_ring, leave, run_member};
+use crate::raft::discovery::{Discovery, Seeds};
+use crate::raft::membership::MemberInfo;
+use crate::raft::node::RaftNode;
 use crate::source::embedded::EmbeddedConfig;
 use crate::source::postgres::PostgresConfig;
 use crate::source::{EmbeddedSource, PostgresSource, Source};
@@ -101,6 +110,8 @@ pub fn start_actors(
         rates,
         served_rates: Arc::new(RateTracker::new(Duration::from_secs(60), 100_000)),
         peer_secret: config.peer_secret.clone(),
+        raft: None,
+        membership_required: config.uses_raft(),
         role: config.role,
         hit_path: config.hit_path,
         request_timeout: config.request_timeout,
@@ -136,6 +147,51 @@ pub struct Node {
     peer: ServerHandle,
     health: Arc<Health>,
     config: Config,
+    raft: Option<RaftMember>,
+}
+
+/// What a Raft member needs at shutdown to leave the ring.
+struct RaftMember {
+    addr: Addr<RaftActor>,
+    id: u64,
+    http: PeerHttp,
+    leaving: Arc<AtomicBool>,
+}
+
+/// Opens the Raft log and starts `RaftActor` on an arbiter of its own.
+fn start_raft(
+    config: &Config,
+    cluster: Arc<Cluster>,
+) -> anyhow::Result<(Addr<RaftActor>, MemberInfo)> {
+    let id = config.raft_id();
+    let me = MemberInfo {
+        id,
+        peer_url: config
+            .self_url
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned(),
+        api_url: config.api_url(),
+        weight: 1,
+    };
+    let node = RaftNode::open(id, &config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the Raft log in {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let actor = RaftActor::new(
+        node,
+        me.clone(),
+        cluster,
+        config.ring_hash,
+        config.vnodes,
+        config.peer_secret.as_deref(),
+        config.dead_after,
+    );
+    let addr = RaftActor::start_in_arbiter(&actix_rt::Arbiter::new().handle(), move |_| actor);
+    Ok((addr, me))
 }
 
 impl Node {
@@ -159,7 +215,13 @@ impl Node {
                     .expect("the same settings built a client a moment ago"),
             )
         };
-        let state = web::Data::new(start_actors(&config, source, peers));
+        let mut state = start_actors(&config, source, peers);
+        let raft = match (config.uses_raft(), config.role) {
+            (true, Role::Node) => Some(start_raft(&config, Arc::clone(&state.cluster))?),
+            _ => None,
+        };
+        state.raft = raft.as_ref().map(|(addr, _)| addr.clone());
+        let state = web::Data::new(state);
         let health = Arc::clone(&state.health);
         let workers = worker_count(&config);
         let shutdown = config.shutdown_timeout.as_secs().max(1);
@@ -177,6 +239,7 @@ impl Node {
             App::new()
                 .app_data(peer_state.clone())
                 .configure(http::peer::configure)
+                .configure(http::raft::configure)
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
@@ -191,6 +254,39 @@ impl Node {
         actix_rt::spawn(api);
         actix_rt::spawn(peer);
         health.set_ready();
+        let discovery: Arc<dyn Discovery> = Arc::new(Seeds(config.seeds.clone()));
+        let http = PeerHttp::new(config.peer_secret.as_deref());
+        let raft = match raft {
+            Some((addr, me)) => {
+                let leaving = Arc::new(AtomicBool::new(false));
+                actix_rt::spawn(run_member(
+                    addr.clone(),
+                    me.clone(),
+                    discovery,
+                    config.bootstrap_expect,
+                    http.clone(),
+                    Arc::clone(&leaving),
+                ));
+                Some(RaftMember {
+                    addr,
+                    id: me.id,
+                    http,
+                    leaving,
+                })
+            }
+            None => {
+                if config.uses_raft() {
+                    actix_rt::spawn(follow_ring(
+                        Arc::clone(&state.cluster),
+                        discovery,
+                        http,
+                        config.ring_hash,
+                        config.vnodes,
+                    ));
+                }
+                None
+            }
+        };
         let view = state.cluster.view();
         tracing::info!(
             %api_addr, %peer_addr, role = ?config.role, source = ?config.source.kind,
@@ -204,6 +300,7 @@ impl Node {
             peer: peer_handle,
             health,
             config,
+            raft,
         })
     }
 
@@ -221,6 +318,11 @@ impl Node {
     /// Graceful stop: `/ready` says 503 for `drain_delay` (so a load balancer stops sending),
     /// then the listeners stop accepting and in-flight requests get `shutdown_timeout`.
     pub async fn shutdown(self) {
+        if let Some(r) = &self.raft {
+            r.leaving.store(true, Ordering::SeqCst);
+            let left = leave(&r.addr, r.id, &r.http, Duration::from_secs(5)).await;
+            tracing::info!(left, "left the ring");
+        }
         self.health.start_draining();
         if !self.config.drain_delay.is_zero() {
             tokio::time::sleep(self.config.drain_delay).await;

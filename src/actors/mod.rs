@@ -5,6 +5,7 @@
 
 pub mod db;
 pub mod loader;
+pub mod raft;
 pub mod shard;
 
 use actix::dev::ToEnvelope;

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod ops;
 pub mod peer;
+pub mod raft;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -72,6 +73,10 @@ pub struct AppState {
     /// Rates of keys served to peers, reported back as `minute_qps`.
     pub served_rates: Arc<RateTracker>,
     pub peer_secret: Option<String>,
+    /// Raft membership, when this node takes part in it.
+    pub raft: Option<Addr<crate::actors::raft::RaftActor>>,
+    /// Ready only once the agreed ring holds this node (a frontend: once it has a ring).
+    pub membership_required: bool,
     pub role: Role,
     pub hit_path: HitPath,
     pub request_timeout: Duration,
@@ -80,6 +85,21 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// `None` when ready to serve, else why not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        self.health.not_ready_reason().or_else(|| {
+            if !self.membership_required {
+                return None;
+            }
+            let view = self.cluster.view();
+            let in_ring = match (self.role, self.cluster.self_name()) {
+                (Role::Node, Some(me)) => view.ring.members().iter().any(|m| &*m.name == me),
+                _ => !view.ring.is_empty(),
+            };
+            (!in_ring || view.epoch == 0).then_some("not in the ring yet")
+        })
+    }
+
     /// The read-through get of the client API: main shard, hot cache, then a load (from the
     /// owner, or from the source when this node owns the key).
     pub async fn get(&self, group: Group, key: &str) -> Result<Bytes, ApiError> {

@@ -21,14 +21,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// This node's view of the cluster.
 async fn cluster(state: web::Data<AppState>) -> HttpResponse {
     let view = state.cluster.view();
-    HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "self": state.cluster.self_name(),
         "role": format!("{:?}", state.role).to_lowercase(),
-        "membership": "static",
+        "membership": if state.raft.is_some() || state.membership_required { "raft" } else { "static" },
         "epoch": view.epoch,
         "vnodes": view.ring.vnodes(),
         "members": view.ring.members(),
-    }))
+        "node_id": null,
+        "leader_id": null,
+        "term": null,
+    });
+    if let Some(raft) = &state.raft
+        && let Ok(status) = raft.send(crate::actors::raft::Status).await
+    {
+        body["node_id"] = json!(status.node_id);
+        body["leader_id"] = json!(status.leader_id);
+        body["term"] = json!(status.term);
+        body["state"] = json!(status.state);
+        body["members"] = json!(status.members);
+    }
+    HttpResponse::Ok().json(body)
 }
 
 /// Which member owns a key under this node's ring.
@@ -59,7 +72,7 @@ async fn health() -> HttpResponse {
 
 /// Able to serve: started, not draining.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    match state.health.not_ready_reason() {
+    match state.not_ready_reason() {
         None => HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n"),

@@ -29,7 +29,7 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
-fn authorize(req: &HttpRequest, secret: Option<&str>) -> Result<(), ApiError> {
+pub fn authorize(req: &HttpRequest, secret: Option<&str>) -> Result<(), ApiError> {
     let Some(secret) = secret else { return Ok(()) };
     let given = req
         .headers()

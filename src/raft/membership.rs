@@ -7,7 +7,7 @@ use prost::Message;
 
 use crate::ring::{Member, Ring, RingHash};
 
-#[derive(Clone, PartialEq, Eq, prost::Message, serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct MemberInfo {
     #[prost(uint64, tag = "1")]
     pub id: u64,

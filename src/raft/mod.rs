@@ -4,6 +4,8 @@
 //! - [`membership`]: the state machine: members, weights, purge generations, the epoch.
 //! - [`node`]: `RawNode` + storage + membership, driven by `RaftActor` or the test harness.
 
+pub mod boot;
+pub mod discovery;
 pub mod membership;
 pub mod node;
 pub mod storage;
