@@ -29,10 +29,25 @@ pub enum Command {
     Node(Box<NodeArgs>),
     /// Run a local cluster on 127.0.0.1: N nodes and a frontend on :9999, until Ctrl-C.
     Up(UpArgs),
+    /// Cluster tools.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Database tools.
     Db {
         #[command(subcommand)]
         command: DbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Print a node's view of the cluster (leader, term, epoch, members) as a table.
+    Status {
+        /// A node's client API address.
+        #[arg(long, default_value = "127.0.0.1:9999")]
+        addr: String,
     },
 }
 
@@ -68,6 +83,9 @@ pub struct UpArgs {
     pub api_port: u16,
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+    /// Keep the nodes' Raft logs here (default: a temporary directory removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Extra flags passed to every node and the frontend (after `--`).
     #[arg(last = true)]
     pub node_args: Vec<String>,

@@ -1,7 +1,7 @@
 //! The `geecache` binary: parses the command line and runs the command.
 
 use clap::Parser;
-use geecache::cli::{Cli, Command, DbCommand};
+use geecache::cli::{Cli, ClusterCommand, Command, DbCommand};
 use geecache::config::LogFormat;
 
 /// jemalloc keeps the RSS of a full cache close to its byte bound (glibc's per-thread arenas
@@ -25,6 +25,52 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+async fn cluster_status(addr: &str) -> anyhow::Result<()> {
+    let url = if addr.starts_with("http") {
+        format!("{addr}/cluster")
+    } else {
+        format!("http://{addr}/cluster")
+    };
+    let v: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
+    let show = |k: &str| match &v[k] {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "node {}  role {}  membership {}  leader {}  term {}  epoch {}",
+        show("node_id"),
+        show("role"),
+        show("membership"),
+        show("leader_id"),
+        show("term"),
+        show("epoch")
+    );
+    println!(
+        "{:<20} {:<28} {:<28} {:<8} {}",
+        "ID", "PEER", "API", "ROLE", "STATE"
+    );
+    for m in v["members"].as_array().into_iter().flatten() {
+        let s = |k: &str| {
+            m[k].as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| m[k].to_string())
+        };
+        let peer = m
+            .get("peer_url")
+            .map_or_else(|| s("name"), |_| s("peer_url"));
+        println!(
+            "{:<20} {:<28} {:<28} {:<8} {}",
+            m.get("id").map_or("-".into(), |_| s("id")),
+            peer,
+            m.get("api_url").map_or("-".into(), |_| s("api_url")),
+            m.get("role").map_or("-".into(), |_| s("role")),
+            m.get("state").map_or("-".into(), |_| s("state")),
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -40,6 +86,12 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(geecache::up::run(args)),
+        Command::Cluster {
+            command: ClusterCommand::Status { addr },
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(cluster_status(&addr)),
         Command::Db {
             command: DbCommand::Seed { database_url, rows },
         } => {

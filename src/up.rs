@@ -112,9 +112,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let peer_urls: Vec<String> = (0..args.nodes)
         .map(|i| format!("http://127.0.0.1:{}", args.peer_port + i))
         .collect();
+    // Raft logs in a fresh directory, removed when the cluster stops (unless --data-dir).
+    let temp = match &args.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("geecache-up-").tempdir()?),
+    };
+    let data_root = args
+        .data_dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_owned()))
+        .unwrap_or_default();
     let common = {
         let mut a = vec![
-            "--peers".to_owned(),
+            "--seeds".to_owned(),
             peer_urls.join(","),
             "--source".to_owned(),
             format!("{:?}", args.source).to_lowercase(),
@@ -137,6 +147,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             peer.trim_start_matches("http://").to_owned(),
             "--self".to_owned(),
             peer.clone(),
+            "--node-id".to_owned(),
+            (i + 1).to_string(),
+            "--data-dir".to_owned(),
+            data_root
+                .join(format!("node{}", i + 1))
+                .display()
+                .to_string(),
+            "--bootstrap-expect".to_owned(),
+            args.nodes.to_string(),
         ];
         a.extend(common.iter().cloned());
         a.extend(args.node_args.iter().cloned());
@@ -164,7 +183,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     println!(
-        "\nGeeCache-rs local cluster up in {} ms: {} node(s), {:?} source",
+        "\nGeeCache-rs local cluster up in {} ms: {} node(s) agreed by Raft, {:?} source",
         started.elapsed().as_millis(),
         args.nodes,
         args.source
@@ -176,8 +195,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "Try: curl '{}/api?key=Tom'   (Ctrl-C stops them all)\n",
+        "Try: curl '{}/api?key=Tom'   (Ctrl-C stops them all)",
         procs.last().map_or("", |p| &p.api)
+    );
+    println!(
+        "Add a node: geecache node --node-id {n} --self http://127.0.0.1:{p} --peer-addr 127.0.0.1:{p} --api-addr 127.0.0.1:{a} --data-dir /tmp/geecache-node{n} --seeds {seeds}\n",
+        n = args.nodes + 1,
+        p = args.peer_port + args.nodes,
+        a = args.api_port + args.nodes,
+        seeds = peer_urls.join(","),
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -197,5 +223,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     println!("\n{reason}: stopping the cluster");
     stop_all(&mut procs).await;
+    drop(temp);
     Ok(())
 }

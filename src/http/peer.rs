@@ -9,8 +9,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use prost::Message;
 
 use super::{AppState, get_resource, parse_group};
+use crate::cluster::Route;
 use crate::decode::decode;
 use crate::error::ApiError;
+use crate::peer_client::EPOCH_HEADER;
 use crate::proto::Response;
 
 pub const PREFIX: &str = "/_geecache/";
@@ -55,6 +57,21 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
     let group = parse_group(&decode(group, true).map_err(bad)?)?;
     // `+` is a space here: GeeCache's Go client escapes keys with url.QueryEscape.
     let key = decode(key, true).map_err(bad)?;
+    // A caller on an older ring may ask a node that no longer owns the key: say so (with our
+    // epoch) instead of loading, so that exactly the owner loads; the caller loads locally and
+    // catches up. A caller on a newer ring is right: serve it.
+    let theirs = req
+        .headers()
+        .get(EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mine = state.cluster.epoch();
+    if theirs.is_some_and(|e| e < mine) && state.cluster.route(&key) != Route::Local {
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "stale_epoch",
+            format!("not the owner under epoch {mine}"),
+        ));
+    }
     let value = state.get_for_peer(group, &key).await?;
     let minute_qps = state.served_rates.hit(group, &key);
     let body = Response {
