@@ -47,8 +47,8 @@ async fn cluster_status(addr: &str) -> anyhow::Result<()> {
         show("epoch")
     );
     println!(
-        "{:<20} {:<28} {:<28} {:<8} {}",
-        "ID", "PEER", "API", "ROLE", "STATE"
+        "{:<20} {:<28} {:<28} {:<8} STATE",
+        "ID", "PEER", "API", "ROLE"
     );
     for m in v["members"].as_array().into_iter().flatten() {
         let s = |k: &str| {
