@@ -93,6 +93,13 @@ pub struct RaftStatus {
 #[rtype(result = "RaftStatus")]
 pub struct Status;
 
+/// A membership change waiting for its turn (raft-rs applies one conf change at a time).
+#[derive(Debug, Clone)]
+enum ConfOp {
+    Add(MemberInfo),
+    Remove(u64),
+}
+
 type Done = Box<dyn Fn(&Membership) -> bool + Send>;
 type Waiter = (Done, oneshot::Sender<Result<u64, ChangeError>>);
 
@@ -111,6 +118,7 @@ pub struct RaftActor {
     dead_after: Duration,
     removing: HashSet<u64>,
     waiters: Vec<Waiter>,
+    queued: std::collections::VecDeque<ConfOp>,
     failed: bool,
 }
 
@@ -144,6 +152,7 @@ impl RaftActor {
             dead_after,
             removing: HashSet::new(),
             waiters: Vec::new(),
+            queued: std::collections::VecDeque::new(),
             failed: false,
         };
         actor.publish();
@@ -193,6 +202,7 @@ impl RaftActor {
                 let m = self.node.membership();
                 tracing::info!(epoch = m.epoch, members = ?m.members.keys().collect::<Vec<_>>(), "ring changed");
                 self.publish();
+                self.propose_queued();
             }
             self.send(out.messages, ctx);
         }
@@ -260,8 +270,30 @@ impl RaftActor {
             .collect();
         for id in dead {
             tracing::warn!(id, after = ?self.dead_after, "member unresponsive; removing it from the ring");
-            if self.node.propose_remove(id).is_ok() {
-                self.removing.insert(id);
+            self.removing.insert(id);
+            self.queued.push_back(ConfOp::Remove(id));
+        }
+    }
+
+    /// Proposes the next queued change once the previous one is applied.
+    fn propose_queued(&mut self) {
+        if !self.node.is_leader() {
+            self.queued.clear();
+            return;
+        }
+        while !self.node.has_pending_conf() {
+            let Some(op) = self.queued.pop_front() else {
+                return;
+            };
+            let m = self.node.membership();
+            let result = match &op {
+                ConfOp::Add(info) if m.members.get(&info.id) == Some(info) => continue,
+                ConfOp::Remove(id) if !m.members.contains_key(id) => continue,
+                ConfOp::Add(info) => self.node.propose_add(info),
+                ConfOp::Remove(id) => self.node.propose_remove(*id),
+            };
+            if let Err(e) = result {
+                tracing::warn!(?op, error = %e, "membership change not proposed");
             }
         }
     }
@@ -272,7 +304,7 @@ impl RaftActor {
 
     fn change(
         &mut self,
-        propose: impl FnOnce(&mut RaftNode) -> Result<(), crate::raft::node::RaftError>,
+        op: ConfOp,
         done: Done,
         reply: oneshot::Sender<Result<u64, ChangeError>>,
         ctx: &mut Context<Self>,
@@ -285,12 +317,9 @@ impl RaftActor {
             let _ = reply.send(Ok(self.node.membership().epoch));
             return;
         }
-        match propose(&mut self.node) {
-            Ok(()) => self.waiters.push((done, reply)),
-            Err(e) => {
-                let _ = reply.send(Err(ChangeError::Failed(e.to_string())));
-            }
-        }
+        self.queued.push_back(op);
+        self.waiters.push((done, reply));
+        self.propose_queued();
         self.process(ctx);
     }
 }
@@ -303,6 +332,7 @@ impl Actor for RaftActor {
         ctx.run_interval(TICK, |act, ctx| {
             act.node.tick();
             act.remove_dead();
+            act.propose_queued();
             act.process(ctx);
         });
     }
@@ -358,7 +388,7 @@ impl Handler<Join> for RaftActor {
         self.last_seen.insert(info.id, Instant::now());
         let want = info.clone();
         self.change(
-            move |n| n.propose_add(&info),
+            ConfOp::Add(info),
             Box::new(move |m| m.members.get(&want.id) == Some(&want)),
             msg.reply,
             ctx,
@@ -372,7 +402,7 @@ impl Handler<Remove> for RaftActor {
         let id = msg.id;
         self.removing.insert(id);
         self.change(
-            move |n| n.propose_remove(id),
+            ConfOp::Remove(id),
             Box::new(move |m| !m.members.contains_key(&id)),
             msg.reply,
             ctx,

@@ -149,6 +149,11 @@ impl RaftNode {
         self.raw.raft.state
     }
 
+    /// True while a conf change is proposed but not yet applied (raft-rs takes one at a time).
+    pub fn has_pending_conf(&self) -> bool {
+        self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied
+    }
+
     /// The current voters and learners.
     pub fn conf(&self) -> (Vec<u64>, Vec<u64>) {
         let cs = self.raw.raft.prs().conf().to_conf_state();

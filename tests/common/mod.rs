@@ -233,6 +233,13 @@ impl NodeProc {
     }
 
     pub fn spawn_on(api_port: u16, peer_port: u16, args: &[&str]) -> NodeProc {
+        let node = Self::spawn_unready(api_port, peer_port, args);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts the process without waiting for `/ready` (nodes that must see each other first).
+    pub fn spawn_unready(api_port: u16, peer_port: u16, args: &[&str]) -> NodeProc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("node.log");
         let child = Command::new(env!("CARGO_BIN_EXE_geecache"))
@@ -245,15 +252,13 @@ impl NodeProc {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let node = NodeProc {
+        NodeProc {
             child,
             api: format!("http://127.0.0.1:{api_port}"),
             peer_port,
             log,
             _dir: dir,
-        };
-        node.wait_ready();
-        node
+        }
     }
 
     pub fn wait_ready(&self) {
