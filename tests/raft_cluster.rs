@@ -344,6 +344,7 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
         .filter(|m| m["role"] == "voter")
         .count();
     assert_eq!(voters, 5);
+    tokio::time::sleep(Duration::from_secs(1)).await; // serve with five for a while
 
     for n in extra.iter_mut().rev() {
         n.signal("TERM");
