@@ -115,6 +115,9 @@ pub struct RaftActor {
     addresses: HashMap<u64, String>,
     last_seen: HashMap<u64, Instant>,
     was_leader: bool,
+    /// The leader as of the last tick: when this node takes over, that one's silence started
+    /// at its last heartbeat, not at this node's election.
+    last_leader: u64,
     dead_after: Duration,
     removing: HashSet<u64>,
     waiters: Vec<Waiter>,
@@ -149,6 +152,7 @@ impl RaftActor {
             addresses: HashMap::new(),
             last_seen: HashMap::new(),
             was_leader: false,
+            last_leader: 0,
             dead_after,
             removing: HashSet::new(),
             waiters: Vec::new(),
@@ -248,10 +252,15 @@ impl RaftActor {
         if leader && !self.was_leader {
             let now = Instant::now();
             for id in self.node.membership().members.keys() {
-                self.last_seen.insert(*id, now);
+                if *id != self.last_leader || !self.last_seen.contains_key(id) {
+                    self.last_seen.insert(*id, now);
+                }
             }
         }
         self.was_leader = leader;
+        if self.node.leader_id() != 0 {
+            self.last_leader = self.node.leader_id();
+        }
         if !leader {
             return;
         }
