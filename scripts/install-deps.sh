@@ -9,6 +9,10 @@ ls /usr/lib/postgresql/*/lib/pg_stat_statements.so >/dev/null 2>&1 || need+=(pos
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v wrk >/dev/null || need+=(wrk)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)          # the partition test's namespaces
+command -v iptables >/dev/null || need+=(iptables)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)      # load/ scripts
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
