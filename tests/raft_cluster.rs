@@ -346,6 +346,50 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
     assert_eq!(voters, 5);
     tokio::time::sleep(Duration::from_secs(1)).await; // serve with five for a while
 
+    // Operator commands go through the log too: a weight change bumps every node's epoch.
+    let before = cluster(&client, &raft.api(1)).await.unwrap()["epoch"]
+        .as_u64()
+        .unwrap();
+    let r = client
+        .post(format!(
+            "http://127.0.0.1:{}/_raft/command",
+            raft.member(2).peer_port
+        ))
+        .json(&serde_json::json!({"set_weight": {"id": 4, "weight": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 200 || r.status() == 421, "{}", r.status());
+    if r.status() == 421 {
+        let leader: Value = r.json().await.unwrap();
+        let url = leader["leader"].as_str().unwrap().to_owned();
+        let r = client
+            .post(format!("{url}/_raft/command"))
+            .json(&serde_json::json!({"set_weight": {"id": 4, "weight": 2}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    converged(
+        &client,
+        &raft,
+        &[1, 2, 3, 4, 5],
+        &[1, 2, 3, 4, 5],
+        Duration::from_secs(5),
+    )
+    .await;
+    let v = cluster(&client, &raft.api(3)).await.unwrap();
+    assert_eq!(v["epoch"].as_u64().unwrap(), before + 1);
+    let m4 = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 4)
+        .unwrap()
+        .clone();
+    assert_eq!(m4["weight"], 2);
+
     for n in extra.iter_mut().rev() {
         n.signal("TERM");
         let status = n.child.wait().unwrap();

@@ -13,7 +13,7 @@ use raft::prelude::Message as RaftMessage;
 use tokio::sync::oneshot;
 
 use crate::cluster::Cluster;
-use crate::raft::membership::{MemberInfo, Membership};
+use crate::raft::membership::{Command, MemberInfo, Membership};
 use crate::raft::node::RaftNode;
 use crate::ring::RingHash;
 
@@ -66,6 +66,15 @@ pub struct Join {
 #[rtype(result = "()")]
 pub struct Remove {
     pub id: u64,
+    pub reply: oneshot::Sender<Result<u64, ChangeError>>,
+}
+
+/// Proposes a normal command (`SetWeight`, `PurgeGroup`; leader only); answers once applied
+/// here, with the new epoch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Propose {
+    pub command: Command,
     pub reply: oneshot::Sender<Result<u64, ChangeError>>,
 }
 
@@ -416,6 +425,28 @@ impl Handler<Remove> for RaftActor {
             msg.reply,
             ctx,
         );
+    }
+}
+
+impl Handler<Propose> for RaftActor {
+    type Result = ();
+    fn handle(&mut self, msg: Propose, ctx: &mut Self::Context) {
+        if !self.node.is_leader() {
+            let _ = msg
+                .reply
+                .send(Err(ChangeError::NotLeader(self.leader_url())));
+            return;
+        }
+        let target = self.node.membership().epoch + 1;
+        match self.node.propose(&msg.command) {
+            Ok(()) => self
+                .waiters
+                .push((Box::new(move |m| m.epoch >= target), msg.reply)),
+            Err(e) => {
+                let _ = msg.reply.send(Err(ChangeError::Failed(e.to_string())));
+            }
+        }
+        self.process(ctx);
     }
 }
 

@@ -14,16 +14,19 @@ use tokio::sync::oneshot;
 
 use super::AppState;
 use super::peer::authorize;
-use crate::actors::raft::{ChangeError, Join, RaftActor, RaftBatch, Remove, Status, Step};
+use crate::actors::raft::{ChangeError, Join, Propose, RaftActor, RaftBatch, Remove, Status, Step};
 use crate::error::ApiError;
+use crate::groups::Group;
 use crate::raft::membership::MemberInfo;
+use crate::raft::membership::{Command, PurgeGroup, SetWeight, command};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_raft/messages", web::post().to(messages))
         .route("/_raft/info", web::get().to(info))
         .route("/_raft/members", web::get().to(members))
         .route("/_raft/join", web::post().to(join))
-        .route("/_raft/remove", web::post().to(remove));
+        .route("/_raft/remove", web::post().to(remove))
+        .route("/_raft/command", web::post().to(command));
 }
 
 fn raft(req: &HttpRequest, state: &AppState) -> Result<Addr<RaftActor>, ApiError> {
@@ -146,6 +149,45 @@ async fn remove(
     let addr = raft.clone();
     change(raft, move |reply| {
         addr.try_send(Remove { id, reply }).is_ok()
+    })
+    .await
+}
+
+/// `{"set_weight": {"id": N, "weight": W}}` or `{"purge_group": "products"}`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum CommandBody {
+    SetWeight { id: u64, weight: u32 },
+    PurgeGroup(String),
+}
+
+async fn command(
+    req: HttpRequest,
+    body: web::Json<CommandBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let raft = raft(&req, &state)?;
+    let op = match body.into_inner() {
+        CommandBody::SetWeight { id, weight } if weight > 0 => {
+            command::Op::SetWeight(SetWeight { id, weight })
+        }
+        CommandBody::SetWeight { .. } => {
+            return Err(ApiError::bad_request(
+                "bad_weight",
+                "weight must be at least 1",
+            ));
+        }
+        CommandBody::PurgeGroup(group) => {
+            Group::parse(&group).ok_or_else(|| {
+                ApiError::bad_request("unknown_group", format!("unknown group {group:?}"))
+            })?;
+            command::Op::PurgeGroup(PurgeGroup { group })
+        }
+    };
+    let command = Command { op: Some(op) };
+    let addr = raft.clone();
+    change(raft, move |reply| {
+        addr.try_send(Propose { command, reply }).is_ok()
     })
     .await
 }
