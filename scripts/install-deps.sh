@@ -13,6 +13,9 @@ command -v ip >/dev/null || need+=(iproute2)          # the partition test's nam
 command -v iptables >/dev/null || need+=(iptables)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)      # load/ scripts
+command -v debootstrap >/dev/null || need+=(debootstrap)   # the local Debian base image
+command -v objcopy >/dev/null || need+=(binutils)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -29,6 +29,11 @@ pub enum Command {
     Node(Box<NodeArgs>),
     /// Run a local cluster on 127.0.0.1: N nodes and a frontend on :9999, until Ctrl-C.
     Up(UpArgs),
+    /// Exit 0 when a URL answers 2xx within 2 s (the container HEALTHCHECK).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:9999/health")]
+        url: String,
+    },
     /// Cluster tools.
     Cluster {
         #[command(subcommand)]

@@ -208,6 +208,24 @@ impl Config {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
     }
 
+    /// Replaces the host `auto` in the self URL (`http://auto:8001`) by this machine's first
+    /// non-loopback address, as its hostname resolves (a container's /etc/hosts entry).
+    pub async fn resolve_self(&mut self) -> anyhow::Result<()> {
+        let Some(url) = &self.self_url else { return Ok(()) };
+        let Some(rest) = url.strip_prefix("http://auto:") else { return Ok(()) };
+        let port = rest.trim_end_matches('/').to_owned();
+        let host = nix::unistd::gethostname()?
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("hostname is not UTF-8"))?;
+        let ip = tokio::net::lookup_host((host.as_str(), 0))
+            .await?
+            .map(|a| a.ip())
+            .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+            .ok_or_else(|| anyhow::anyhow!("--self http://auto: found no address for {host}"))?;
+        self.self_url = Some(format!("http://{ip}:{port}"));
+        Ok(())
+    }
+
     /// Raft membership is on when seeds are given.
     pub fn uses_raft(&self) -> bool {
         !self.seeds.is_empty()

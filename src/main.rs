@@ -86,6 +86,23 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(geecache::up::run(args)),
+        Command::Health { url } => {
+            let ok = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    reqwest::Client::new()
+                        .get(&url)
+                        .timeout(std::time::Duration::from_secs(2))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                });
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Cluster {
             command: ClusterCommand::Status { addr },
         } => tokio::runtime::Builder::new_current_thread()

@@ -196,7 +196,8 @@ fn start_raft(
 
 impl Node {
     /// Starts actors and binds both listeners; must run inside an actix system.
-    pub async fn start(config: Config) -> anyhow::Result<Node> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Node> {
+        config.resolve_self().await?;
         // Bind and build everything that can fail before any actor starts: an actix system
         // dropped with actors still starting does not shut down cleanly.
         let bind = |addr: SocketAddr, what: &str| {
