@@ -211,8 +211,12 @@ impl Config {
     /// Replaces the host `auto` in the self URL (`http://auto:8001`) by this machine's first
     /// non-loopback address, as its hostname resolves (a container's /etc/hosts entry).
     pub async fn resolve_self(&mut self) -> anyhow::Result<()> {
-        let Some(url) = &self.self_url else { return Ok(()) };
-        let Some(rest) = url.strip_prefix("http://auto:") else { return Ok(()) };
+        let Some(url) = &self.self_url else {
+            return Ok(());
+        };
+        let Some(rest) = url.strip_prefix("http://auto:") else {
+            return Ok(());
+        };
         let port = rest.trim_end_matches('/').to_owned();
         let host = nix::unistd::gethostname()?
             .into_string()
