@@ -17,6 +17,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)   # the local Debian ba
 command -v objcopy >/dev/null || need+=(binutils)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 
+python3 -c 'import moto.server' 2>/dev/null || pip install -q 'moto[server]>=5.1,<6'   # the AWS emulator
+
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -29,10 +29,12 @@ provider "aws" {
   access_key                  = "test"
   secret_key                  = "test"
   skip_credentials_validation = true
-  skip_requesting_account_id  = true
-  skip_metadata_api_check     = true
-  skip_region_validation      = true
-  s3_use_path_style           = true
+  # The account id comes from the emulator's STS, so that security-group references read back
+  # as plain sg- ids.
+  skip_requesting_account_id = false
+  skip_metadata_api_check    = true
+  skip_region_validation     = true
+  s3_use_path_style          = true
   # Emulators lack some calls; the provider would retry them for many minutes.
   max_retries = 1
   endpoints {

@@ -154,12 +154,23 @@ resource "aws_iam_role" "execution" {
   tags               = var.tags
 }
 
-resource "aws_iam_role_policy_attachment" "execution" {
-  role       = aws_iam_role.execution.name
-  policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
-}
-
-data "aws_iam_policy_document" "execution_secret" {
+# What ECS needs to start a task: pull the image, write its logs, read the database URL.
+data "aws_iam_policy_document" "execution" {
+  statement {
+    sid       = "EcrToken"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"] # the token call takes no resource
+  }
+  statement {
+    sid       = "EcrPull"
+    actions   = ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]
+    resources = ["arn:aws:ecr:${var.region}:*:repository/*"]
+  }
+  statement {
+    sid       = "Logs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["arn:aws:logs:${var.region}:*:log-group:${var.log_group_name}:*"]
+  }
   statement {
     sid       = "ReadTheDatabaseUrl"
     actions   = ["secretsmanager:GetSecretValue"]
@@ -167,10 +178,10 @@ data "aws_iam_policy_document" "execution_secret" {
   }
 }
 
-resource "aws_iam_role_policy" "execution_secret" {
-  name   = "database-url"
+resource "aws_iam_role_policy" "execution" {
+  name   = "start-tasks"
   role   = aws_iam_role.execution.id
-  policy = data.aws_iam_policy_document.execution_secret.json
+  policy = data.aws_iam_policy_document.execution.json
 }
 
 resource "aws_iam_role" "task" {
