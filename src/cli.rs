@@ -168,6 +168,11 @@ pub struct NodeArgs {
     pub shutdown_timeout: Option<Duration>,
     #[arg(long, env = "GEECACHE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Print CloudWatch Embedded Metric Format lines on stdout (namespace GeeCache).
+    #[arg(long, env = "GEECACHE_EMF")]
+    pub emf: bool,
+    #[arg(long, env = "GEECACHE_EMF_INTERVAL", value_parser = parse_duration)]
+    pub emf_interval: Option<Duration>,
     /// Source of truth [default: embedded].
     #[arg(long, env = "GEECACHE_SOURCE", value_enum)]
     pub source: Option<SourceKind>,
@@ -228,6 +233,8 @@ impl NodeArgs {
         set(&mut c.drain_delay, self.drain_delay);
         set(&mut c.shutdown_timeout, self.shutdown_timeout);
         set(&mut c.log_format, self.log_format);
+        c.emf |= self.emf;
+        set(&mut c.emf_interval, self.emf_interval);
         let s = &mut c.source;
         set(&mut s.kind, self.source);
         set(&mut s.database_url, self.database_url.map(Some));

@@ -105,6 +105,10 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// Print CloudWatch Embedded Metric Format lines on stdout.
+    pub emf: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub emf_interval: Duration,
     pub source: SourceConfig,
 }
 
@@ -196,6 +200,8 @@ impl Default for Config {
             drain_delay: Duration::from_millis(0),
             shutdown_timeout: Duration::from_secs(8),
             log_format: LogFormat::Json,
+            emf: false,
+            emf_interval: Duration::from_secs(60),
             source: SourceConfig::default(),
         }
     }

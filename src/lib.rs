@@ -22,6 +22,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod decode;
+pub mod emf;
 pub mod error;
 pub mod groups;
 pub mod hot;

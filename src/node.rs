@@ -139,6 +139,23 @@ pub fn api_app(
         .default_service(web::to(http::not_found))
 }
 
+/// Prints one EMF line per interval with what happened in it.
+async fn emit_emf(metrics: metrics_exporter_prometheus::PrometheusHandle, every: Duration) {
+    let mut before = crate::emf::Snapshot::parse(&metrics.render());
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        metrics.run_upkeep();
+        let now = crate::emf::Snapshot::parse(&metrics.render());
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        println!("{}", crate::emf::line(&before, &now, ms));
+        before = now;
+    }
+}
+
 /// A running node.
 pub struct Node {
     pub api_addr: SocketAddr,
@@ -255,6 +272,9 @@ impl Node {
         actix_rt::spawn(api);
         actix_rt::spawn(peer);
         health.set_ready();
+        if config.emf {
+            actix_rt::spawn(emit_emf(state.metrics.clone(), config.emf_interval));
+        }
         let discovery: Arc<dyn Discovery> = Arc::new(Seeds(config.seeds.clone()));
         let http = PeerHttp::new(config.peer_secret.as_deref());
         let raft = match raft {
