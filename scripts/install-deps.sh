@@ -18,6 +18,7 @@ command -v objcopy >/dev/null || need+=(binutils)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 
 python3 -c 'import moto.server' 2>/dev/null || pip install -q 'moto[server]>=5.1,<6'   # the AWS emulator
+command -v checkov >/dev/null || pip install -q 'checkov>=3.2,<4'                        # Terraform policy checks
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Terraform checks that need no AWS account: fmt, init + validate of both environments, and
-# `terraform test` of the stack's wiring with a mocked provider. The AWS provider comes from
+# Terraform checks that need no AWS account: fmt, init + validate of both environments,
+# `terraform test` of the stack's wiring with a mocked provider, and checkov. The AWS provider comes from
 # a filesystem mirror when no registry is reachable (TF_PLUGIN_MIRROR, default /opt/tf-plugins).
 set -euo pipefail
 cd "$(dirname "$0")/../terraform"
@@ -18,3 +18,5 @@ for dir in envs/aws envs/local modules/stack; do
   terraform -chdir="$dir" validate -no-color
 done
 terraform -chdir=modules/stack test -no-color
+# Every finding fixed or skipped inline with its reason (#checkov:skip=ID:reason).
+checkov -d . --framework terraform --quiet --compact

@@ -60,6 +60,8 @@ module "stack" {
   # No certificate against an emulator: the HTTP listener forwards.
   certificate_arn = null
   nat_gateway     = false
+  # Throwaway stack: destroy must work.
+  deletion_protection = false
 }
 
 output "alb_dns_name" { value = module.stack.alb_dns_name }

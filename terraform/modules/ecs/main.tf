@@ -256,12 +256,17 @@ resource "aws_ecs_task_definition" "node" {
   memory                   = var.memory
   execution_role_arn       = aws_iam_role.execution.arn
   task_role_arn            = aws_iam_role.task.arn
+  # The root filesystem is read-only; the Raft log lives on the task's ephemeral volume.
+  volume {
+    name = "data"
+  }
   container_definitions = jsonencode([{
     name                   = "geecache"
     image                  = var.image
     essential              = true
     command                = ["node"]
-    readonlyRootFilesystem = false
+    readonlyRootFilesystem = true
+    mountPoints            = [{ sourceVolume = "data", containerPath = "/data", readOnly = false }]
     portMappings = [
       { containerPort = 9999, protocol = "tcp" },
       { containerPort = 8001, protocol = "tcp" },
@@ -357,16 +362,17 @@ resource "aws_ecs_task_definition" "frontend" {
   execution_role_arn       = aws_iam_role.execution.arn
   task_role_arn            = aws_iam_role.task.arn
   container_definitions = jsonencode([{
-    name             = "geecache"
-    image            = var.image
-    essential        = true
-    command          = ["node", "--role", "frontend"]
-    portMappings     = [{ containerPort = 9999, protocol = "tcp" }]
-    environment      = local.common_env
-    secrets          = local.secrets
-    logConfiguration = local.logging
-    healthCheck      = local.health
-    stopTimeout      = 30
+    name                   = "geecache"
+    image                  = var.image
+    essential              = true
+    command                = ["node", "--role", "frontend"]
+    readonlyRootFilesystem = true
+    portMappings           = [{ containerPort = 9999, protocol = "tcp" }]
+    environment            = local.common_env
+    secrets                = local.secrets
+    logConfiguration       = local.logging
+    healthCheck            = local.health
+    stopTimeout            = 30
   }])
   tags = var.tags
 }

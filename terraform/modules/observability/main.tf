@@ -24,6 +24,8 @@ locals {
 }
 
 resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_158:the logs hold no keys, values or secrets; encrypted at rest with the service key
+  #checkov:skip=CKV_AWS_338:retention is a cost choice (var.retention_days, 30 by default)
   name              = "/ecs/${var.name}"
   retention_in_days = var.retention_days
   tags              = var.tags

@@ -32,6 +32,11 @@ variable "db_instance_class" {
   type    = string
   default = "db.t4g.micro"
 }
+variable "deletion_protection" {
+  type        = bool
+  default     = true
+  description = "ALB and RDS deletion protection (off only for throwaway and emulator stacks)."
+}
 variable "alarm_actions" {
   type    = list(string)
   default = []
@@ -56,13 +61,14 @@ module "discovery" {
 }
 
 module "alb" {
-  source          = "../alb"
-  name            = var.name
-  vpc_id          = module.network.vpc_id
-  subnet_ids      = module.network.public_subnet_ids
-  certificate_arn = var.certificate_arn
-  ingress_cidrs   = var.ingress_cidrs
-  tags            = var.tags
+  source              = "../alb"
+  name                = var.name
+  vpc_id              = module.network.vpc_id
+  subnet_ids          = module.network.public_subnet_ids
+  certificate_arn     = var.certificate_arn
+  ingress_cidrs       = var.ingress_cidrs
+  deletion_protection = var.deletion_protection
+  tags                = var.tags
 }
 
 module "rds" {
@@ -72,6 +78,7 @@ module "rds" {
   subnet_ids                = module.network.private_subnet_ids
   client_security_group_ids = [module.ecs.nodes_security_group_id]
   instance_class            = var.db_instance_class
+  deletion_protection       = var.deletion_protection
   tags                      = var.tags
 }
 
