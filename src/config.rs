@@ -215,7 +215,8 @@ impl Config {
     }
 
     /// Replaces the host `auto` in the self URL (`http://auto:8001`) by this machine's first
-    /// non-loopback address, as its hostname resolves (a container's /etc/hosts entry).
+    /// non-loopback address, as its hostname resolves (a container's /etc/hosts entry), and
+    /// the host `ecs` by the task's IP from the ECS task metadata endpoint.
     pub async fn resolve_self(&mut self) -> anyhow::Result<()> {
         let Some(url) = &self.self_url else {
             return Ok(());

@@ -1,8 +1,16 @@
 //! Discovery finds candidate members' peer URLs; Raft, not discovery, decides membership.
 //!
-//! A seed is either a peer URL (`http://10.0.1.5:8001`, static) or `dns://NAME:PORT`, which
-//! resolves NAME's A/AAAA records (Cloud Map's `nodes.geecache.local`, a compose service name)
-//! to one candidate per address.
+//! A seed is one of:
+//! - a peer URL (`http://10.0.1.5:8001`), static;
+//! - `dns://NAME:PORT`: NAME's A/AAAA records (Cloud Map's `nodes.geecache.local`, a compose
+//!   service), one candidate per address;
+//! - `cloudmap://NAMESPACE/SERVICE:PORT`: Cloud Map `DiscoverInstances` (their
+//!   `AWS_INSTANCE_IPV4`);
+//! - `ecs://CLUSTER/SERVICE:PORT`: the RUNNING tasks of an ECS service (`ListTasks`,
+//!   `DescribeTasks`), by their private IPs.
+//!
+//! The AWS backends use the SDK's default configuration (region, credentials, and
+//! `AWS_ENDPOINT_URL` for an emulator).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +30,18 @@ impl Discovery for Seeds {
         Box::pin(async move {
             let mut out = Vec::new();
             for seed in seeds {
+                if let Some(aws) = aws_seed(&seed) {
+                    match aws
+                        .candidates(&crate::raft::discovery::sdk_config().await)
+                        .await
+                    {
+                        Ok(found) => out.extend(found),
+                        Err(e) => {
+                            tracing::debug!(%seed, error = %e, "AWS discovery found nothing yet")
+                        }
+                    }
+                    continue;
+                }
                 match seed.strip_prefix("dns://") {
                     Some(target) => {
                         let port = target
@@ -52,9 +72,237 @@ impl Discovery for Seeds {
     }
 }
 
+/// An AWS discovery seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsSeed {
+    CloudMap {
+        namespace: String,
+        service: String,
+        port: u16,
+    },
+    Ecs {
+        cluster: String,
+        service: String,
+        port: u16,
+    },
+}
+
+/// Parses `cloudmap://NAMESPACE/SERVICE:PORT` and `ecs://CLUSTER/SERVICE:PORT`.
+pub fn aws_seed(seed: &str) -> Option<AwsSeed> {
+    let (scheme, rest) = seed.split_once("://")?;
+    let (path, port) = rest.rsplit_once(':')?;
+    let (first, second) = path.split_once('/')?;
+    let (first, second, port) = (first.to_owned(), second.to_owned(), port.parse().ok()?);
+    match scheme {
+        "cloudmap" => Some(AwsSeed::CloudMap {
+            namespace: first,
+            service: second,
+            port,
+        }),
+        "ecs" => Some(AwsSeed::Ecs {
+            cluster: first,
+            service: second,
+            port,
+        }),
+        _ => None,
+    }
+}
+
+/// An emulator on a local address: DiscoverInstances' `data-` host prefix cannot apply there.
+fn is_local_endpoint(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url);
+    host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
+}
+
+/// Drops the `data-` host prefix that DiscoverInstances puts in front of the endpoint, which an
+/// emulator at `http://127.0.0.1:PORT` cannot resolve (AWS's own endpoints keep it).
+#[derive(Debug)]
+struct NoHostPrefix;
+
+impl aws_sdk_servicediscovery::config::Intercept for NoHostPrefix {
+    fn name(&self) -> &'static str {
+        "NoHostPrefix"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut aws_sdk_servicediscovery::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _: &aws_sdk_servicediscovery::config::RuntimeComponents,
+        _: &mut aws_sdk_servicediscovery::config::ConfigBag,
+    ) -> Result<(), aws_sdk_servicediscovery::error::BoxError> {
+        let uri = context.request().uri().replacen("://data-", "://", 1);
+        context.request_mut().set_uri(uri)?;
+        Ok(())
+    }
+}
+
+/// The SDK configuration, loaded once per process.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    static CONFIG: tokio::sync::OnceCell<aws_config::SdkConfig> =
+        tokio::sync::OnceCell::const_new();
+    CONFIG
+        .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
+        .await
+        .clone()
+}
+
+impl AwsSeed {
+    /// Peer URLs of the instances or tasks behind this seed.
+    pub async fn candidates(&self, config: &aws_config::SdkConfig) -> Result<Vec<String>, String> {
+        match self {
+            AwsSeed::CloudMap {
+                namespace,
+                service,
+                port,
+            } => {
+                let mut sd = aws_sdk_servicediscovery::config::Builder::from(config);
+                if config.endpoint_url().is_some_and(is_local_endpoint) {
+                    sd = sd.interceptor(NoHostPrefix);
+                }
+                let client = aws_sdk_servicediscovery::Client::from_conf(sd.build());
+                let out = client
+                    .discover_instances()
+                    .namespace_name(namespace)
+                    .service_name(service)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "DiscoverInstances: {}",
+                            aws_sdk_servicediscovery::error::DisplayErrorContext(e)
+                        )
+                    })?;
+                Ok(out
+                    .instances()
+                    .iter()
+                    .filter_map(|i| i.attributes()?.get("AWS_INSTANCE_IPV4").cloned())
+                    .map(|ip| format!("http://{ip}:{port}"))
+                    .collect())
+            }
+            AwsSeed::Ecs {
+                cluster,
+                service,
+                port,
+            } => {
+                let client = aws_sdk_ecs::Client::new(config);
+                let arns = client
+                    .list_tasks()
+                    .cluster(cluster)
+                    .service_name(service)
+                    .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!("ListTasks: {}", aws_sdk_ecs::error::DisplayErrorContext(e))
+                    })?
+                    .task_arns
+                    .unwrap_or_default();
+                if arns.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let tasks = client
+                    .describe_tasks()
+                    .cluster(cluster)
+                    .set_tasks(Some(arns))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "DescribeTasks: {}",
+                            aws_sdk_ecs::error::DisplayErrorContext(e)
+                        )
+                    })?
+                    .tasks
+                    .unwrap_or_default();
+                let mut ips = Vec::new();
+                for task in &tasks {
+                    let from_eni = task
+                        .attachments()
+                        .iter()
+                        .flat_map(|a| a.details())
+                        .filter(|d| d.name() == Some("privateIPv4Address"))
+                        .filter_map(|d| d.value());
+                    let from_containers = task
+                        .containers()
+                        .iter()
+                        .flat_map(|c| c.network_interfaces())
+                        .filter_map(|n| n.private_ipv4_address());
+                    if let Some(ip) = from_eni.chain(from_containers).next() {
+                        ips.push(format!("http://{ip}:{port}"));
+                    }
+                }
+                Ok(ips)
+            }
+        }
+    }
+}
+
+/// This task's private IP from the ECS task metadata endpoint (v4), for `--self http://ecs:PORT`.
+pub async fn ecs_task_ip(metadata_uri: &str) -> Result<String, String> {
+    let task: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/task", metadata_uri.trim_end_matches('/')))
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    task["Containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["Networks"].as_array().into_iter().flatten())
+        .flat_map(|n| n["IPv4Addresses"].as_array().into_iter().flatten())
+        .find_map(|ip| ip.as_str().map(str::to_owned))
+        .ok_or_else(|| "no IPv4 address in the task metadata".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_seeds_parse() {
+        assert_eq!(
+            aws_seed("cloudmap://geecache.local/nodes:8001"),
+            Some(AwsSeed::CloudMap {
+                namespace: "geecache.local".into(),
+                service: "nodes".into(),
+                port: 8001
+            })
+        );
+        assert_eq!(
+            aws_seed("ecs://geecache/geecache-nodes:8001"),
+            Some(AwsSeed::Ecs {
+                cluster: "geecache".into(),
+                service: "geecache-nodes".into(),
+                port: 8001
+            })
+        );
+        assert_eq!(aws_seed("http://10.0.0.1:8001"), None);
+        assert_eq!(aws_seed("cloudmap://nodes:8001"), None);
+    }
+
+    #[tokio::test]
+    async fn the_task_ip_comes_from_the_metadata_endpoint() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}/v4/abc", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /v4/abc/task "));
+            let body = r#"{"Containers":[{"Name":"geecache","Networks":[{"NetworkMode":"awsvpc","IPv4Addresses":["10.0.11.23"]}]}]}"#;
+            let res = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(res.as_bytes()).await.unwrap();
+        });
+        assert_eq!(ecs_task_ip(&uri).await.unwrap(), "10.0.11.23");
+    }
 
     #[tokio::test]
     async fn static_and_dns_seeds() {
