@@ -19,4 +19,4 @@ for dir in envs/aws envs/local modules/stack; do
 done
 terraform -chdir=modules/stack test -no-color
 # Every finding fixed or skipped inline with its reason (#checkov:skip=ID:reason).
-checkov -d . --framework terraform --quiet --compact
+checkov -d . --framework terraform --quiet --compact --skip-download

@@ -106,14 +106,7 @@ async fn six_hundred_misses_over_three_nodes_cost_one_query() {
         &["--request-timeout", "20s", "--peer-timeout", "20s"],
     );
     let client = client();
-    let (mut db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let tx = db.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let db = common::lock_products(&pg).await;
 
     let requests: Vec<_> = (0..600)
         .map(|i| {
@@ -140,7 +133,7 @@ async fn six_hundred_misses_over_three_nodes_cost_one_query() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await; // let the peer requests land too
-    tx.commit().await.unwrap();
+    db.batch_execute("COMMIT").await.unwrap();
 
     let expected = geecache::groups::product_value(321).into_bytes();
     for r in join_all(requests).await {
@@ -253,16 +246,36 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
         41_000 + free_port() % 8000,
         51_000 + free_port() % 8000,
     );
-    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
+    // Stopped (SIGTERM: `up` stops its nodes) on drop too, so that a failed assertion does not
+    // leave a cluster running.
+    struct Up(std::process::Child);
+    impl Up {
+        fn stop(&mut self) -> std::process::ExitStatus {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status;
+            }
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            self.0.wait().unwrap()
+        }
+    }
+    impl Drop for Up {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+    let mut up = Up(std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
         .args(["up", "--nodes", "3", "--log-format", "json"])
         .args(["--port", &port.to_string()])
         .args(["--peer-port", &peer_port.to_string()])
         .args(["--api-port", &api_port.to_string()])
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap());
     let front = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: on a loaded CI machine four debug processes may take a while to form.
+    let deadline = Instant::now() + Duration::from_secs(90);
     while common::blocking_status(&format!("{front}/ready")).ok() != Some(200) {
         assert!(Instant::now() < deadline, "frontend not ready");
         std::thread::sleep(Duration::from_millis(100));
@@ -283,12 +296,7 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
     assert_eq!(v["role"], "frontend");
     assert_eq!(v["members"].as_array().unwrap().len(), 3);
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || up.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || up.stop())
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");

@@ -28,14 +28,7 @@ async fn five_hundred_concurrent_misses_reach_postgres_once() {
         .unwrap();
 
     // Hold the table locked so that every request is in flight before the one query can run.
-    let (mut db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let tx = db.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let db = common::lock_products(&pg).await;
 
     let url = format!("{}/api?group=products&key=777", node.api);
     let requests: Vec<_> = (0..500)
@@ -53,7 +46,7 @@ async fn five_hundred_concurrent_misses_reach_postgres_once() {
         assert!(Instant::now() < deadline, "requests did not all arrive");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tx.commit().await.unwrap();
+    db.batch_execute("COMMIT").await.unwrap();
 
     let answers: Vec<_> = join_all(requests)
         .await
@@ -117,21 +110,14 @@ async fn a_stuck_query_is_a_504_within_the_statement_timeout() {
     pg.seed(100);
     let node = pg_node(&pg, &["--statement-timeout", "500ms"]);
     let client = reqwest::Client::new();
-    let (mut db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let tx = db.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let db = common::lock_products(&pg).await;
 
     let started = Instant::now();
     let (status, body) = get(&client, &format!("{}/api/products/5", node.api)).await;
     assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("source_timeout"));
     assert!(started.elapsed() < Duration::from_secs(2));
-    tx.rollback().await.unwrap();
+    db.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
         get(&client, &format!("{}/api/products/5", node.api))
             .await

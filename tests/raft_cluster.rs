@@ -155,53 +155,78 @@ async fn converged(
     }
 }
 
-/// Client load against `targets` until stopped: (requests, failures).
-fn load(
-    targets: Vec<String>,
+/// Client load against `targets` until `finish`, which asserts that no request failed.
+struct Load {
     stop: Arc<AtomicBool>,
-) -> (
-    Arc<AtomicU64>,
-    Arc<AtomicU64>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let tasks = (0..4)
-        .map(|t| {
-            let (targets, stop, done, failed, client) = (
-                targets.clone(),
-                stop.clone(),
-                done.clone(),
-                failed.clone(),
-                client.clone(),
-            );
-            tokio::spawn(async move {
-                let mut i: u64 = t;
-                while !stop.load(Ordering::SeqCst) {
-                    i += 4;
-                    let url = format!(
-                        "{}/api/products/{}",
-                        targets[i as usize % targets.len()],
-                        1 + i % 3000
-                    );
-                    let ok = client
-                        .get(&url)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
-                    done.fetch_add(1, Ordering::SeqCst);
-                    if !ok {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        eprintln!("failed: {url}");
+    done: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(targets: Vec<String>) -> Load {
+        let (stop, done, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let tasks = (0..4)
+            .map(|t| {
+                let (targets, stop, done, failed, client) = (
+                    targets.clone(),
+                    stop.clone(),
+                    done.clone(),
+                    failed.clone(),
+                    client.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut i: u64 = t;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 4;
+                        let url = format!(
+                            "{}/api/products/{}",
+                            targets[i as usize % targets.len()],
+                            1 + i % 3000
+                        );
+                        let ok = client
+                            .get(&url)
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success());
+                        done.fetch_add(1, Ordering::SeqCst);
+                        if !ok {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            eprintln!("failed: {url}");
+                        }
                     }
-                }
+                })
             })
-        })
-        .collect();
-    (done, failed, tasks)
+            .collect();
+        Load {
+            stop,
+            done,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn finish(self, during: &str) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let (done, failed) = (
+            self.done.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        );
+        eprintln!("{done} requests during {during}, {failed} failed");
+        assert!(done > 100, "the load ran: {done}");
+        assert_eq!(failed, 0);
+    }
 }
 
 fn data_of(p: &Path) -> bool {
@@ -256,11 +281,7 @@ async fn losing_the_leader_under_load_fails_no_request() {
     .await;
     let survivors: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done, failed, tasks) = load(
-        survivors.iter().map(|&i| raft.api(i)).collect(),
-        stop.clone(),
-    );
+    let load = Load::start(survivors.iter().map(|&i| raft.api(i)).collect());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let killed_at = Instant::now();
@@ -292,14 +313,7 @@ async fn losing_the_leader_under_load_fails_no_request() {
     )
     .await;
 
-    stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (done, failed) = (done.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-    eprintln!("{done} requests during the failover, {failed} failed");
-    assert!(done > 100, "the load ran: {done}");
-    assert_eq!(failed, 0);
+    load.finish("the failover").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,8 +333,7 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
     )
     .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done, failed, tasks) = load(vec![raft.api(1), raft.api(2)], stop.clone());
+    let load = Load::start(vec![raft.api(1), raft.api(2)]);
 
     let started = Instant::now();
     let mut extra: Vec<NodeProc> = (4..=5).map(|id| raft.start(id)).collect();
@@ -404,12 +417,5 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
     )
     .await;
 
-    stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (done, failed) = (done.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-    eprintln!("{done} requests during 3 -> 5 -> 3, {failed} failed");
-    assert!(done > 100);
-    assert_eq!(failed, 0);
+    load.finish("3 -> 5 -> 3").await;
 }

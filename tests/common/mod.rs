@@ -206,6 +206,19 @@ impl Pg {
     }
 }
 
+/// Locks `products` in a transaction left open, so that every load waits until `COMMIT`
+/// (or `ROLLBACK`) is sent on the returned connection.
+pub async fn lock_products(pg: &Pg) -> tokio_postgres::Client {
+    let (db, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    db
+}
+
 impl Drop for Pg {
     fn drop(&mut self) {
         let _ = pg_command(&pg_bin().join("pg_ctl"))
