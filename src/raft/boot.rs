@@ -35,6 +35,10 @@ impl PeerHttp {
         }
     }
 
+    async fn get_value(&self, url: String) -> Option<Value> {
+        self.get(&url).await
+    }
+
     async fn get(&self, url: &str) -> Option<Value> {
         let mut req = self.client.get(url).timeout(Duration::from_secs(1));
         if let Some(a) = &self.auth {
@@ -205,20 +209,30 @@ pub async fn follow_ring(
     vnodes: usize,
 ) {
     loop {
-        for c in discovery.candidates().await {
-            if let Some(v) = http.get(&format!("{c}/_raft/members")).await {
-                let epoch = v["epoch"].as_u64().unwrap_or(0);
-                let members: Vec<MemberInfo> =
-                    serde_json::from_value(v["members"].clone()).unwrap_or_default();
-                if epoch > cluster.epoch() && !members.is_empty() {
-                    let mut m = Membership::default();
-                    for info in members {
-                        m.add(info);
-                    }
-                    cluster.set(m.ring(hash, vnodes), epoch);
-                    tracing::info!(epoch, "following a new ring");
+        // Ask every candidate and adopt the newest ring any of them has: a member that lags
+        // (or is cut off) must not hold the frontend back.
+        let candidates = discovery.candidates().await;
+        let answers = join_all(
+            candidates
+                .iter()
+                .map(|c| http.get_value(format!("{c}/_raft/members"))),
+        )
+        .await;
+        let newest = answers
+            .into_iter()
+            .flatten()
+            .max_by_key(|v| v["epoch"].as_u64().unwrap_or(0));
+        if let Some(v) = newest {
+            let epoch = v["epoch"].as_u64().unwrap_or(0);
+            let members: Vec<MemberInfo> =
+                serde_json::from_value(v["members"].clone()).unwrap_or_default();
+            if epoch > cluster.epoch() && !members.is_empty() {
+                let mut m = Membership::default();
+                for info in members {
+                    m.add(info);
                 }
-                break;
+                cluster.set(m.ring(hash, vnodes), epoch);
+                tracing::info!(epoch, "following a new ring");
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
