@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-gcci$$}
 export GEECACHE_PORT=${GEECACHE_PORT:-$((20000 + $$ % 10000))}
 export GEECACHE_DEAD_AFTER=3s
+export GEECACHE_PROMETHEUS_PORT=${GEECACHE_PROMETHEUS_PORT:-$((30000 + $$ % 10000))}
 RUNS=${RUNS:-5}
 dc() { docker-compose "$@"; }
 cleanup() { dc down -v --remove-orphans >/dev/null 2>&1 || true; }
@@ -84,6 +85,15 @@ echo "== Tom through every node and the frontend"
 mapfile -t ips < <(nodes)
 for ip in "${ips[@]}"; do [ "$(curl -s "http://$ip:9999/api?key=Tom")" = 630 ] || fail "Tom via $ip"; done
 [ "$(curl -s "http://$front/api?key=Tom")" = 630 ] || fail "Tom via the frontend"
+
+echo "== Prometheus scrapes every node"
+dc up -d --no-deps prometheus >/dev/null 2>&1
+prom_up() {
+  curl -s "http://127.0.0.1:$GEECACHE_PROMETHEUS_PORT/api/v1/query?query=sum(up%7Bjob%3D%22geecache%22%7D)" \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and float(r[0]["value"][1]) == 3 else 1)'
+}
+wait_for 60 prom_up || fail "Prometheus does not see 3 nodes up"
+echo "prometheus: 3 nodes scraped"
 
 echo "== partition: disconnect one node from the network"
 net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(dc ps -q node | head -1)")

@@ -19,9 +19,18 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   tar -C "$root" -c . | docker import - "$BASE" >/dev/null
 fi
 
-cargo build --release --locked --bin geecache
+# GEECACHE_PROFILE=debug reuses the test build (CI: the compose test checks behaviour, not speed).
+profile=${GEECACHE_PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build --release --locked --bin geecache
+  bin=target/release/geecache
+else
+  cargo build --locked --bin geecache
+  bin=target/debug/geecache
+fi
 mkdir -p target/docker
-objcopy --strip-debug target/release/geecache target/docker/geecache
+objcopy --strip-debug "$bin" target/docker/geecache
 docker build -q --target prebuilt --build-arg RUNTIME_IMAGE="$BASE" -t geecache:local . >/dev/null
 docker build -q --build-arg BASE_IMAGE="$BASE" -t geecache-postgres:local -f docker/postgres.Dockerfile docker >/dev/null
-docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^(geecache|geecache-postgres):local'
+docker build -q --build-arg BASE_IMAGE="$BASE" -t geecache-prometheus:local -f docker/prometheus.Dockerfile docker >/dev/null
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^geecache(-postgres|-prometheus)?:local'
