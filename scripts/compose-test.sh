@@ -90,7 +90,7 @@ echo "== Prometheus scrapes every node"
 dc up -d --no-deps prometheus >/dev/null 2>&1
 prom_up() {
   curl -s "http://127.0.0.1:$GEECACHE_PROMETHEUS_PORT/api/v1/query?query=sum(up%7Bjob%3D%22geecache%22%7D)" \
-    | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and float(r[0]["value"][1]) == 3 else 1)'
+    | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; sys.exit(0 if r and float(r[0]["value"][1]) == 3 else 1)' 2>/dev/null
 }
 wait_for 60 prom_up || fail "Prometheus does not see 3 nodes up"
 echo "prometheus: 3 nodes scraped"
