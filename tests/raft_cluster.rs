@@ -83,6 +83,17 @@ impl Raft {
         NodeProc::spawn_unready(m.api_port, m.peer_port, &args)
     }
 
+    /// Starts nodes 1..=n at once and waits until they form one ring; returns them and the leader.
+    async fn form(&self, client: &reqwest::Client, n: u64) -> (Vec<NodeProc>, u64) {
+        let nodes: Vec<NodeProc> = (1..=n).map(|id| self.start(id)).collect();
+        for node in &nodes {
+            node.wait_ready();
+        }
+        let ids: Vec<u64> = (1..=n).collect();
+        let leader = converged(client, self, &ids, &ids, Duration::from_secs(10)).await;
+        (nodes, leader)
+    }
+
     fn api(&self, id: u64) -> String {
         format!("http://127.0.0.1:{}", self.member(id).api_port)
     }
@@ -239,18 +250,7 @@ async fn three_nodes_started_at_once_form_exactly_one_ring() {
     for round in 0..3 {
         let raft = Raft::new(3, "10s");
         let started = Instant::now();
-        let nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start(id)).collect();
-        for n in &nodes {
-            n.wait_ready();
-        }
-        let leader = converged(
-            &client,
-            &raft,
-            &[1, 2, 3],
-            &[1, 2, 3],
-            Duration::from_secs(10),
-        )
-        .await;
+        let (_nodes, leader) = raft.form(&client, 3).await;
         eprintln!(
             "round {round}: formed in {:?}, leader {leader}",
             started.elapsed()
@@ -267,18 +267,7 @@ async fn three_nodes_started_at_once_form_exactly_one_ring() {
 async fn losing_the_leader_under_load_fails_no_request() {
     let client = reqwest::Client::new();
     let raft = Raft::new(3, "2s");
-    let mut nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start(id)).collect();
-    for n in &nodes {
-        n.wait_ready();
-    }
-    let leader = converged(
-        &client,
-        &raft,
-        &[1, 2, 3],
-        &[1, 2, 3],
-        Duration::from_secs(10),
-    )
-    .await;
+    let (mut nodes, leader) = raft.form(&client, 3).await;
     let survivors: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
 
     let load = Load::start(survivors.iter().map(|&i| raft.api(i)).collect());
@@ -320,18 +309,7 @@ async fn losing_the_leader_under_load_fails_no_request() {
 async fn grow_to_five_and_leave_back_to_three_under_load() {
     let client = reqwest::Client::new();
     let raft = Raft::new(3, "10s");
-    let nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start(id)).collect();
-    for n in &nodes {
-        n.wait_ready();
-    }
-    converged(
-        &client,
-        &raft,
-        &[1, 2, 3],
-        &[1, 2, 3],
-        Duration::from_secs(10),
-    )
-    .await;
+    let (_nodes, _) = raft.form(&client, 3).await;
 
     let load = Load::start(vec![raft.api(1), raft.api(2)]);
 
