@@ -241,11 +241,12 @@ async fn a_busy_remote_key_is_served_from_the_hot_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_local_cluster_behind_a_frontend() {
-    let (port, peer_port, api_port) = (
-        free_port(),
-        41_000 + free_port() % 8000,
-        51_000 + free_port() % 8000,
-    );
+    // All seven ports from one run below the ephemeral range: nothing else in the tests can
+    // take them in the meantime.
+    let base = common::free_port_run(7);
+    let (port, peer_port, api_port) = (base + 6, base, base + 3);
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("up.log");
     // Stopped (SIGTERM: `up` stops its nodes) on drop too, so that a failed assertion does not
     // leave a cluster running.
     struct Up(std::process::Child);
@@ -269,7 +270,7 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
         .args(["--port", &port.to_string()])
         .args(["--peer-port", &peer_port.to_string()])
         .args(["--api-port", &api_port.to_string()])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log_path).unwrap())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap());
@@ -277,7 +278,11 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
     // Generous: on a loaded CI machine four debug processes may take a while to form.
     let deadline = Instant::now() + Duration::from_secs(90);
     while common::blocking_status(&format!("{front}/ready")).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "frontend not ready");
+        assert!(
+            Instant::now() < deadline,
+            "frontend not ready; up's output:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let client = client();

@@ -29,12 +29,8 @@ struct Raft {
 impl Raft {
     /// Ports base+1.. for peers and base+101.. for client APIs (room for 8 nodes).
     fn new(expect: usize, dead_after: &'static str) -> Raft {
-        let base = loop {
-            let b = free_port_run(8);
-            if free_port_run_at(b + 100, 8) {
-                break b - 1;
-            }
-        };
+        // Peers on base+1..=base+8, client APIs on base+101..=base+108.
+        let base = free_port_run(108) - 1;
         let seeds = (1..=expect as u16)
             .map(|i| format!("http://127.0.0.1:{}", base + i))
             .collect::<Vec<_>>()
@@ -97,13 +93,6 @@ impl Raft {
     fn api(&self, id: u64) -> String {
         format!("http://127.0.0.1:{}", self.member(id).api_port)
     }
-}
-
-fn free_port_run_at(base: u16, n: u16) -> bool {
-    let held: Vec<_> = (base..base + n)
-        .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
-        .collect();
-    held.len() == n as usize
 }
 
 async fn cluster(client: &reqwest::Client, api: &str) -> Option<Value> {

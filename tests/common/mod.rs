@@ -56,20 +56,27 @@ pub fn free_port() -> u16 {
 }
 
 /// The first of `n` consecutive free ports, below the kernel's ephemeral range (so that no
-/// other test's `free_port` can take one of them in the meantime).
+/// `free_port` can take one of them in the meantime). Calls in one test process get disjoint
+/// runs: a cursor moves past every run handed out.
 pub fn free_port_run(n: u16) -> u16 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let mut base = 20_000 + (seed % 10_000) as u16;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let _ = CURSOR.compare_exchange(
+        0,
+        20_000 + std::process::id() % 5_000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     loop {
+        let base = CURSOR.fetch_add(u32::from(n), Ordering::SeqCst);
+        assert!(base + u32::from(n) < 32_000, "ran out of test ports");
+        let base = base as u16;
         let held: Vec<_> = (base..base + n)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
         if held.len() == n as usize {
             return base;
         }
-        base = 20_000 + (base - 20_000 + 37) % 10_000;
     }
 }
 
