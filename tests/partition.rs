@@ -137,26 +137,6 @@ impl Drop for Proc {
     }
 }
 
-async fn view(client: &reqwest::Client, api: &str) -> Option<Value> {
-    client
-        .get(format!("{api}/cluster"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-fn members(v: &Value) -> Vec<u64> {
-    let mut ids: Vec<u64> = v["members"]
-        .as_array()
-        .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).collect())
-        .unwrap_or_default();
-    ids.sort_unstable();
-    ids
-}
-
 async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut f: F) {
     let deadline = Instant::now() + within;
     while !f().await {
@@ -226,20 +206,22 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
     until("one ring of three", Duration::from_secs(20), async || {
         let mut ok = true;
         for i in 1..=3 {
-            ok &= view(&client, &net.api(i))
+            ok &= common::cluster_view(&client, &net.api(i))
                 .await
-                .is_some_and(|v| members(&v) == [1, 2, 3]);
+                .is_some_and(|v| common::member_ids(&v) == [1, 2, 3]);
         }
         ok
     })
     .await;
     // Cut off a node that is not the leader (the harder case is covered in-process too).
-    let leader = view(&client, &net.api(1)).await.unwrap()["leader_id"]
+    let leader = common::cluster_view(&client, &net.api(1)).await.unwrap()["leader_id"]
         .as_u64()
         .unwrap();
     let loner = (1..=3u8).find(|&i| u64::from(i) != leader).unwrap();
     let majority: Vec<u8> = (1..=3).filter(|&i| i != loner).collect();
-    let before = view(&client, &net.api(loner)).await.unwrap()["epoch"]
+    let before = common::cluster_view(&client, &net.api(loner))
+        .await
+        .unwrap()["epoch"]
         .as_u64()
         .unwrap();
 
@@ -251,9 +233,9 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
         async || {
             let mut ok = true;
             for &i in &majority {
-                ok &= view(&client, &net.api(i))
+                ok &= common::cluster_view(&client, &net.api(i))
                     .await
-                    .is_some_and(|v| !members(&v).contains(&u64::from(loner)));
+                    .is_some_and(|v| !common::member_ids(&v).contains(&u64::from(loner)));
             }
             ok
         },
@@ -282,7 +264,7 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
     };
     let isolated: Value = serde_json::from_str(&inside("/cluster")).unwrap();
     assert_eq!(isolated["epoch"].as_u64(), Some(before), "{isolated}");
-    assert_eq!(members(&isolated), [1, 2, 3]);
+    assert_eq!(common::member_ids(&isolated), [1, 2, 3]);
     assert_eq!(inside("/api?key=Tom"), "630");
     eprintln!("isolated node {loner}: epoch {before}, still serving; majority moved on");
     let loner_api = net.api(loner);
@@ -293,10 +275,10 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
         "the healed node converges",
         Duration::from_secs(20),
         async || {
-            let l = view(&client, &loner_api).await;
-            let m = view(&client, &net.api(majority[0])).await;
+            let l = common::cluster_view(&client, &loner_api).await;
+            let m = common::cluster_view(&client, &net.api(majority[0])).await;
             matches!((l, m), (Some(l), Some(m))
-            if members(&l) == [1, 2, 3] && members(&m) == [1, 2, 3] && l["epoch"] == m["epoch"])
+            if common::member_ids(&l) == [1, 2, 3] && common::member_ids(&m) == [1, 2, 3] && l["epoch"] == m["epoch"])
         },
     )
     .await;

@@ -95,27 +95,6 @@ impl Raft {
     }
 }
 
-async fn cluster(client: &reqwest::Client, api: &str) -> Option<Value> {
-    client
-        .get(format!("{api}/cluster"))
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    let mut ids: Vec<u64> = v["members"]
-        .as_array()
-        .map(|ms| ms.iter().filter_map(|m| m["id"].as_u64()).collect())
-        .unwrap_or_default();
-    ids.sort_unstable();
-    ids
-}
-
 /// Waits until every listed node reports exactly `want` as members, one common epoch and a
 /// leader among them; returns that leader.
 async fn converged(
@@ -129,11 +108,11 @@ async fn converged(
     loop {
         let mut views = Vec::new();
         for id in on {
-            views.push(cluster(client, &raft.api(*id)).await);
+            views.push(common::cluster_view(client, &raft.api(*id)).await);
         }
         let ok = views
             .iter()
-            .all(|v| v.as_ref().is_some_and(|v| ids(v) == want));
+            .all(|v| v.as_ref().is_some_and(|v| common::member_ids(v) == want));
         if ok {
             let all: Vec<&Value> = views.iter().flatten().collect();
             let epoch = &all[0]["epoch"];
@@ -316,7 +295,7 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
     )
     .await;
     eprintln!("3 -> 5 in {:?}", started.elapsed());
-    let v = cluster(&client, &raft.api(1)).await.unwrap();
+    let v = common::cluster_view(&client, &raft.api(1)).await.unwrap();
     let voters = v["members"]
         .as_array()
         .unwrap()
@@ -327,7 +306,7 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
     tokio::time::sleep(Duration::from_secs(1)).await; // serve with five for a while
 
     // Operator commands go through the log too: a weight change bumps every node's epoch.
-    let before = cluster(&client, &raft.api(1)).await.unwrap()["epoch"]
+    let before = common::cluster_view(&client, &raft.api(1)).await.unwrap()["epoch"]
         .as_u64()
         .unwrap();
     let r = client
@@ -359,7 +338,7 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
         Duration::from_secs(5),
     )
     .await;
-    let v = cluster(&client, &raft.api(3)).await.unwrap();
+    let v = common::cluster_view(&client, &raft.api(3)).await.unwrap();
     assert_eq!(v["epoch"].as_u64().unwrap(), before + 1);
     let m4 = v["members"]
         .as_array()

@@ -348,3 +348,26 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Vec<u8>) {
     let status = r.status().as_u16();
     (status, r.bytes().await.unwrap().to_vec())
 }
+
+/// A node's `/cluster` view, if it answers within a second.
+pub async fn cluster_view(client: &reqwest::Client, api: &str) -> Option<serde_json::Value> {
+    client
+        .get(format!("{api}/cluster"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// The sorted member ids of a `/cluster` view.
+pub fn member_ids(view: &serde_json::Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = view["members"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["id"].as_u64()).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
