@@ -152,14 +152,10 @@ pub struct LoaderActor {
 }
 
 impl LoaderActor {
-    /// Starts the actor with its mailbox bound already in place (set in `started` it would
-    /// come too late for messages sent right after `start`).
+    /// Starts the actor with its mailbox bound in place (see [`super::start_bounded`]).
     pub fn start_bounded(self) -> Addr<Self> {
         let mailbox = self.mailbox;
-        Self::create(move |ctx| {
-            ctx.set_mailbox_capacity(mailbox);
-            self
-        })
+        super::start_bounded(self, mailbox)
     }
 
     /// `start_bounded` on another arbiter (thread).

@@ -18,6 +18,18 @@ pub use db::DbActor;
 pub use loader::LoaderActor;
 pub use shard::ShardActor;
 
+/// Starts an actor with its mailbox bound already in place: set in `started` it would come too
+/// late for messages sent right after `start` (they see actix's default of 16).
+pub fn start_bounded<A>(actor: A, mailbox: usize) -> Addr<A>
+where
+    A: Actor<Context = Context<A>>,
+{
+    A::create(move |ctx| {
+        ctx.set_mailbox_capacity(mailbox);
+        actor
+    })
+}
+
 /// Sends the message built around a fresh reply channel, refusing when the mailbox is full.
 pub fn ask<A, M, R>(
     addr: &Addr<A>,
