@@ -35,10 +35,6 @@ impl PeerHttp {
         }
     }
 
-    async fn get_value(&self, url: String) -> Option<Value> {
-        self.get(&url).await
-    }
-
     async fn get(&self, url: &str) -> Option<Value> {
         let mut req = self.client.get(url).timeout(Duration::from_secs(1));
         if let Some(a) = &self.auth {
@@ -215,7 +211,7 @@ pub async fn follow_ring(
         let answers = join_all(
             candidates
                 .iter()
-                .map(|c| http.get_value(format!("{c}/_raft/members"))),
+                .map(|c| async { http.get(&format!("{c}/_raft/members")).await }),
         )
         .await;
         let newest = answers
