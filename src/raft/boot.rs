@@ -208,11 +208,10 @@ pub async fn follow_ring(
         // Ask every candidate and adopt the newest ring any of them has: a member that lags
         // (or is cut off) must not hold the frontend back.
         let candidates = discovery.candidates().await;
-        let answers = join_all(
-            candidates
-                .iter()
-                .map(|c| async { http.get(&format!("{c}/_raft/members")).await }),
-        )
+        let answers = join_all(candidates.iter().map(|c| {
+            let http = &http;
+            async move { http.get(&format!("{c}/_raft/members")).await }
+        }))
         .await;
         let newest = answers
             .into_iter()
