@@ -36,7 +36,13 @@ fn cache_key(group: Group, key: &str) -> Box<str> {
 /// Weight of an entry in bytes: key + value + `ENTRY_OVERHEAD`.
 #[allow(clippy::borrowed_box)] // moka hands the key type by reference
 fn weigh(key: &Box<str>, value: &Bytes) -> u32 {
-    u32::try_from(key.len() + value.len())
+    entry_weight(key.len(), value.len())
+}
+
+/// The bytes an entry of `key_len` (group byte included) and `value_len` counts against
+/// `--cache-bytes`; the benchmark sizes caches with it.
+pub fn entry_weight(key_len: usize, value_len: usize) -> u32 {
+    u32::try_from(key_len + value_len)
         .unwrap_or(u32::MAX)
         .saturating_add(ENTRY_OVERHEAD)
 }

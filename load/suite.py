@@ -1,0 +1,623 @@
+#!/usr/bin/env python3
+"""The benchmark suite behind `load/bench.sh quick|full`.
+
+Starts a private PostgreSQL, seeds it, runs node processes on 127.0.0.1 and drives them with
+geeload (load/src); writes load/out/report.json, one JSON and SVG plots per scenario, and a
+table on stdout. Scenarios:
+
+  hit        warm hits on a node against a bare actix-web handler (throughput ratio)
+  zipf       Zipf 0.99 over the products, total cache 10 % of the data, 3 nodes, against one
+             moka cache of the same bytes replaying the same key trace
+  herd       1,000 concurrent requests for one cold key over all nodes -> queries at PostgreSQL
+  scale      3 -> 5 nodes under an open-loop load -> database spike, hit-rate recovery
+  failover   SIGKILL of the leader under an open-loop load -> failed requests, p99, recovery
+  seed       the seed talk's tests: deployment, scale-up, discovery, observability, peer latency
+
+quick: a smaller data set and one repetition (under 3 minutes; CI). full: 1,000,000 products,
+longer runs, medians of 5 for the seed's timings (Terraform against the emulator, containers).
+"""
+import argparse, json, os, platform, shutil, signal, socket, statistics, subprocess, sys, tempfile
+import threading, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "load/out")
+BIN = os.path.join(ROOT, "target/release/geecache")
+GEELOAD = os.path.join(ROOT, "target/release/geeload")
+BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
+
+MODES = {
+    "quick": dict(products=100_000, zipf_requests=300_000, hit_rounds=2, hit_secs=3,
+                  rate=4000, event_run_secs=18, event_at=6, reps=1),
+    "full": dict(products=1_000_000, zipf_requests=3_000_000, hit_rounds=3, hit_secs=10,
+                 rate=5000, event_run_secs=40, event_at=10, reps=5),
+}
+HERD = 1000
+CACHE_FRACTION = 0.10
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def get_json(url, timeout=1.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.load(r)
+    except Exception:
+        return None
+
+
+def status(url, timeout=1.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception:
+        return None
+
+
+def wait(pred, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def metrics_text(api):
+    with urllib.request.urlopen(f"{api}/metrics", timeout=2) as r:
+        return r.read().decode()
+
+
+def metric_sum(api, name):
+    total = 0.0
+    for line in metrics_text(api).splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def geeload(*args, json_path=None):
+    """Runs geeload, returns its JSON report (or stdout parsed as JSON)."""
+    cmd = [GEELOAD, *map(str, args)]
+    if json_path:
+        cmd += ["--json", json_path]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    if json_path:
+        print(out, end="", flush=True)
+        return json.load(open(json_path))
+    return json.loads(out)
+
+
+class Pg:
+    """A private PostgreSQL cluster with pg_stat_statements, on a free port."""
+
+    def __init__(self):
+        bins = sorted((d for d in os.listdir("/usr/lib/postgresql")
+                       if os.path.exists(f"/usr/lib/postgresql/{d}/bin/initdb")), key=int)
+        self.bin = os.environ.get("GEECACHE_PG_BIN") or f"/usr/lib/postgresql/{bins[-1]}/bin"
+        self.dir = tempfile.mkdtemp(prefix="geecache-bench-pg-")
+        self.root = os.geteuid() == 0
+        if self.root:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        data = f"{self.dir}/data"
+        self.run(["initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        with open(f"{data}/postgresql.conf", "a") as f:
+            f.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{self.dir}'\n"
+                    "shared_preload_libraries = 'pg_stat_statements'\nfsync = off\n"
+                    "synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                    "shared_buffers = 256MB\n")
+        self.run(["pg_ctl", "-D", data, "-w", "-l", f"{self.dir}/server.log", "start"])
+        self.psql("postgres", "CREATE DATABASE geecache")
+        self.psql("geecache", "CREATE EXTENSION pg_stat_statements")
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/geecache"
+
+    def run(self, argv):
+        argv = [f"{self.bin}/{argv[0]}", *argv[1:]]
+        if self.root:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def psql_argv(self, db):
+        return [f"{self.bin}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1"]
+
+    def psql(self, db, sql):
+        return subprocess.run(self.psql_argv(db) + ["-c", sql], check=True,
+                              stdout=subprocess.PIPE, text=True).stdout.strip()
+
+    def product_queries(self):
+        return int(self.psql("geecache", "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+                                         "WHERE query LIKE '%FROM products%'"))
+
+    def stop(self):
+        subprocess.run((["runuser", "-u", "postgres", "--"] if self.root else []) +
+                       [f"{self.bin}/pg_ctl", "-D", f"{self.dir}/data", "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Cluster:
+    """Node processes that form one Raft-agreed ring on 127.0.0.1."""
+
+    def __init__(self, pg, cache_bytes, workdir):
+        self.pg, self.cache_bytes, self.dir = pg, cache_bytes, workdir
+        self.ports = {i: (free_port(), free_port()) for i in range(1, 6)}
+        self.seeds = ",".join(f"http://127.0.0.1:{self.ports[i][1]}" for i in (1, 2, 3))
+        self.procs = {}
+
+    def api(self, i):
+        return f"http://127.0.0.1:{self.ports[i][0]}"
+
+    def start(self, i):
+        api, peer = self.ports[i]
+        self.procs[i] = subprocess.Popen(
+            [BIN, "node", "--node-id", str(i), "--self", f"http://127.0.0.1:{peer}",
+             "--api-addr", f"127.0.0.1:{api}", "--peer-addr", f"127.0.0.1:{peer}",
+             "--seeds", self.seeds, "--bootstrap-expect", "3", "--data-dir", f"{self.dir}/n{i}",
+             "--dead-after", "3s", "--workers", "1", "--source", "postgres",
+             "--database-url", self.pg.url, "--statement-timeout", "10s",
+             "--cache-bytes", str(self.cache_bytes)],
+            stdout=open(f"{self.dir}/node{i}.log", "w"), stderr=subprocess.STDOUT)
+
+    def agreed(self, ids):
+        views = [get_json(f"{self.api(i)}/cluster") for i in ids]
+        if not all(views):
+            return False
+        members = [sorted(m["id"] for m in v["members"]) for v in views]
+        return (all(m == sorted(ids) for m in members) and len({v["epoch"] for v in views}) == 1
+                and all(status(f"{self.api(i)}/ready") == 200 for i in ids))
+
+    def leader(self, i):
+        return get_json(f"{self.api(i)}/cluster")["leader_id"]
+
+    def kill(self, i):
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait()
+
+    def stop(self):
+        for p in self.procs.values():
+            p.kill()
+            p.wait()
+
+
+class Events:
+    """A file of `LABEL UNIX_MS` lines that geeload reads at the end of a run."""
+
+    def __init__(self, path):
+        self.path = path
+        open(path, "w").close()
+
+    def mark(self, label):
+        with open(self.path, "a") as f:
+            f.write(f"{label} {time.time() * 1000:.0f}\n")
+        return time.time()
+
+
+def in_background(fn, *args, **kw):
+    box = {}
+    t = threading.Thread(target=lambda: box.update(result=fn(*args, **kw)))
+    t.start()
+    return t, box
+
+
+# ---------------------------------------------------------------------------------------------
+
+def scenario_hit(m, work):
+    """Warm hits on one node against the bare handler, interleaved rounds; medians."""
+    bare_port, api, peer = free_port(), free_port(), free_port()
+    bare = subprocess.Popen([BARE, f"127.0.0.1:{bare_port}", "2"])
+    node = subprocess.Popen([BIN, "node", "--api-addr", f"127.0.0.1:{api}", "--peer-addr",
+                             f"127.0.0.1:{peer}", "--embedded-latency-ms", "0", "--workers", "2"],
+                            stdout=subprocess.DEVNULL)
+    try:
+        wait(lambda: status(f"http://127.0.0.1:{api}/ready") == 200, 20, "the hit-path node")
+        wait(lambda: status(f"http://127.0.0.1:{bare_port}/api") == 200, 20, "the bare handler")
+        node_url = f"http://127.0.0.1:{api}"
+        # Warm every key once (keys 1..10000 exactly), then measure.
+        geeload("run", "--target", node_url, "--keys", "miss:1", "--requests", 10_000,
+                "--concurrency", 8, "--quiet", json_path=f"{work}/hit-warm.json")
+        runs = {"bare": [], "node": []}
+        for r in range(m["hit_rounds"]):
+            for name, url in (("bare", f"http://127.0.0.1:{bare_port}"), ("node", node_url)):
+                rep = geeload("run", "--target", url, "--keys", "uniform:10000",
+                              "--concurrency", 64, "--duration", f"{m['hit_secs']}s",
+                              "--title", f"hit path: {name}, round {r + 1}",
+                              json_path=f"{OUT}/hit-{name}.json")
+                if rep["failed"]:
+                    raise SystemExit(f"hit scenario: {rep['failed']} failed requests on {name}")
+                runs[name].append(rep)
+        med = {k: statistics.median(r["throughput_rps"] for r in v) for k, v in runs.items()}
+        p99 = {k: statistics.median(r["latency_ms"]["p99"] for r in v) for k, v in runs.items()}
+        hits = metric_sum(node_url, "geecache_cache_hits_total")
+        gets = metric_sum(node_url, "geecache_gets_total")
+        return {"bare_rps": med["bare"], "node_rps": med["node"],
+                "ratio": med["node"] / med["bare"], "bare_p99_ms": p99["bare"],
+                "node_p99_ms": p99["node"], "rounds": m["hit_rounds"], "secs": m["hit_secs"],
+                "node_hit_rate": hits / gets if gets else None,
+                "load": "geeload closed loop, 64 connections, uniform over 10,000 warm keys"}
+    finally:
+        for p in (bare, node):
+            p.kill(); p.wait()
+
+
+def scenario_zipf(m, cl, ids, work):
+    n, reqs = m["products"], m["zipf_requests"]
+    spec = f"zipf:0.99:{n}"
+    targets = ",".join(cl.api(i) for i in ids)
+    cl.pg.psql("geecache", "SELECT pg_stat_statements_reset()")
+    rep = geeload("run", "--target", targets, "--metrics", targets, "--keys", spec,
+                  "--requests", reqs, "--concurrency", 32, "--seed", 1,
+                  "--title", f"zipf 0.99 over {n:,} products, 3 nodes",
+                  "--plots", f"{OUT}/zipf", json_path=f"{OUT}/zipf.json")
+    at_pg = cl.pg.product_queries()
+    return rep, at_pg
+
+
+def zipf_references(m, cache_bytes_total):
+    """What the cluster's hit rate is compared with: one cache replaying the same trace (the
+    issue's reference), the replay split like the cluster (3 partitions, then also without the
+    hot cache's 1/8), and one live node holding the cluster's total bytes."""
+    spec, reqs = f"zipf:0.99:{m['products']}", m["zipf_requests"]
+    models = {}
+    for name, extra in (("single_cache", []), ("three_partitions", ["--partitions", 3]),
+                        ("three_partitions_less_hot_share", ["--partitions", 3, "--reserve", 0.125])):
+        models[name] = geeload("replay", "--keys", spec, "--seed", 1, "--requests", reqs,
+                               "--cache-bytes", cache_bytes_total, *extra)["hit_rate"]
+    api, peer = free_port(), free_port()
+    node = subprocess.Popen([BIN, "node", "--api-addr", f"127.0.0.1:{api}", "--peer-addr",
+                             f"127.0.0.1:{peer}", "--embedded-latency-ms", "0", "--workers", "2",
+                             "--cache-bytes", str(cache_bytes_total)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{api}"
+        wait(lambda: status(f"{url}/ready") == 200, 20, "the single live node")
+        rep = geeload("run", "--target", url, "--metrics", url, "--keys", spec, "--seed", 1,
+                      "--requests", reqs, "--concurrency", 32,
+                      "--title", "zipf 0.99, one live node with the cluster's total bytes",
+                      json_path=f"{OUT}/zipf-single-node.json")
+        models["single_live_node"] = rep["cluster"]["hit_rate"]
+    finally:
+        node.kill(); node.wait()
+    return models
+
+
+def scenario_herd(m, cl, ids, work):
+    key = m["products"] + 500  # seeded, never in the Zipf trace
+    targets = ",".join(cl.api(i) for i in ids)
+    cl.pg.psql("geecache", "SELECT pg_stat_statements_reset()")
+    # Hold the table locked so that the first load cannot finish before all requests are in:
+    # then a second query could only come from a singleflight that failed.
+    locker = subprocess.Popen(cl.pg.psql_argv("geecache"), stdin=subprocess.PIPE, text=True,
+                              stdout=subprocess.DEVNULL)
+    locker.stdin.write("BEGIN;\nLOCK TABLE products IN ACCESS EXCLUSIVE MODE;\n")
+    locker.stdin.flush()
+    wait(lambda: cl.pg.psql("geecache", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON "
+                            "c.oid = l.relation WHERE c.relname = 'products' AND l.granted "
+                            "AND l.mode = 'AccessExclusiveLock'") == "1", 10, "the table lock")
+    gets0 = sum(metric_sum(cl.api(i), "geecache_gets_total") for i in ids)
+    deduped0 = sum(metric_sum(cl.api(i), "geecache_loads_deduped_total") for i in ids)
+    t, box = in_background(geeload, "run", "--target", targets, "--keys", f"hot:{key}",
+                           "--requests", HERD, "--concurrency", HERD, "--timeout", "20s",
+                           "--title", f"thundering herd: {HERD} concurrent requests, one cold key",
+                           json_path=f"{OUT}/herd.json")
+    arrived = 0
+    end = time.time() + 15
+    while time.time() < end:
+        arrived = sum(metric_sum(cl.api(i), "geecache_gets_total") for i in ids) - gets0
+        if arrived >= HERD:
+            break
+        time.sleep(0.05)
+    locker.stdin.write("COMMIT;\n")
+    locker.stdin.close()
+    locker.wait()
+    t.join()
+    rep = box["result"]
+    deduped = sum(metric_sum(cl.api(i), "geecache_loads_deduped_total") for i in ids) - deduped0
+    return {"requests": HERD, "ok": rep["ok"], "failed": rep["failed"],
+            "arrived_before_release": int(arrived), "db_queries": cl.pg.product_queries(),
+            "loads_deduped": int(deduped), "p99_ms": rep["latency_ms"]["p99"],
+            "counted_at": "PostgreSQL pg_stat_statements"}
+
+
+def scale_or_fail(m, cl, targets, metrics, name, title, action):
+    """An open-loop Zipf run with `action(events)` happening at event_at seconds."""
+    ev = Events(f"{cl.dir}/{name}.events")
+    t, box = in_background(geeload, "run", "--target", ",".join(targets), "--metrics",
+                           ",".join(metrics), "--keys", f"zipf:0.99:{m['products']}",
+                           "--seed", 2, "--rate", m["rate"], "--concurrency", 256,
+                           "--duration", f"{m['event_run_secs']}s", "--events", ev.path,
+                           "--scrape-interval", "1s", "--title", title,
+                           "--plots", f"{OUT}/{name}", json_path=f"{OUT}/{name}.json")
+    time.sleep(m["event_at"])
+    facts = action(ev)
+    t.join()
+    return box["result"], facts
+
+
+def first_event(rep, label_prefix):
+    return next(e["t"] for e in rep["events"] if e["label"].startswith(label_prefix))
+
+
+def scenario_scale(m, cl):
+    def act(ev):
+        t0 = ev.mark("start-4,5")
+        cl.start(4); cl.start(5)
+        wait(lambda: cl.agreed([1, 2, 3, 4, 5]), 30, "5 nodes agreed")
+        ev.mark("5-serving")
+        return {"scale_up_ms": (time.time() - t0) * 1000}
+    rep, facts = scale_or_fail(m, cl, [cl.api(i) for i in (1, 2, 3)],
+                               [cl.api(i) for i in range(1, 6)], "scale",
+                               "scale 3 -> 5 under load", act)
+    at = first_event(rep, "start")
+    tl = [i for i in rep["cluster_timeline"] if i["hit_rate"] is not None]
+    before = [i for i in tl if i["t"] <= at][-5:]
+    after = [i for i in tl if i["t"] > at]
+    base_hr = statistics.mean(i["hit_rate"] for i in before) if before else None
+    base_db = statistics.mean(i["db_qps"] for i in before) if before else None
+    peak_db = max((i["db_qps"] for i in after), default=None)
+    dip = min(after, key=lambda i: i["hit_rate"]) if after else None
+    recovered = next((i["t"] for i in after if dip and i["t"] > dip["t"] and base_hr is not None
+                      and i["hit_rate"] >= base_hr - 0.01), None)
+    return {**facts, "failed_requests": rep["failed"], "requests": rep["requests"],
+            "hit_rate_before": base_hr, "db_qps_before": base_db, "db_qps_peak": peak_db,
+            "hit_rate_min_after": dip["hit_rate"] if dip else None,
+            "hit_rate_recovery_ms": (recovered - at) * 1000 if recovered is not None else None,
+            "p99_ms": rep["latency_ms"]["p99"], "rate": m["rate"],
+            "recovery_rule": "end of the first 1-s interval after the lowest one whose hit rate "
+                             "is within 1 point of the mean of the 5 intervals before the start"}
+
+
+def scenario_failover(m, cl, ids):
+    victim = cl.leader(ids[0])
+    rest = [i for i in ids if i != victim]
+
+    def act(ev):
+        t0 = ev.mark(f"SIGKILL-node-{victim}")
+        cl.kill(victim)
+        wait(lambda: cl.agreed(rest), 30, "the ring without the dead node")
+        ev.mark("ring-without-it")
+        return {"ring_recovery_ms": (time.time() - t0) * 1000}
+    rep, facts = scale_or_fail(m, cl, [cl.api(i) for i in rest], [cl.api(i) for i in ids],
+                               "failover", f"failover: SIGKILL of the leader (node {victim})", act)
+    at = first_event(rep, "SIGKILL")
+    ring_at = first_event(rep, "ring")
+    secs = rep["timeline"]
+    before = [s["p99_ms"] for s in secs if s["t"] + 1 <= at]
+    during = [s["p99_ms"] for s in secs if at - 1 < s["t"] <= ring_at]
+    base = statistics.median(before) if before else None
+    bound = max(2 * base, base + 1.0) if base is not None else None
+    # Latency recovered: the first second after the kill from which p99 stays within bound.
+    recovered = None
+    for k, s in enumerate(secs):
+        if s["t"] >= at and all(x["p99_ms"] <= bound for x in secs[k:]):
+            recovered = s["t"]
+            break
+    return {**facts, "victim": victim, "was_leader": True, "failed_requests": rep["failed"],
+            "requests": rep["requests"], "statuses": rep["statuses"], "p99_ms_before": base,
+            "p99_ms_during": max(during) if during else None,
+            "latency_recovery_ms": (recovered - at) * 1000 if recovered is not None else None,
+            "rate": m["rate"], "targets": "the surviving nodes (as a load balancer's health "
+                                           "check would leave them)",
+            "recovery_rule": "first second after the kill from which every second's p99 is "
+                             "within max(2x, +1 ms) of the median p99 before it"}
+
+
+def discovery(work):
+    """Median lookup of the node's own discovery: DNS, and Cloud Map against moto."""
+    out = {"dns": geeload("discover", "--seed", "dns://localhost:8001", "--lookups", 50)}
+    moto_port = free_port()
+    moto = subprocess.Popen([sys.executable, os.path.join(ROOT, "terraform/emulator/moto_server.py"),
+                             str(moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        try:
+            import boto3
+        except ImportError:
+            out["cloudmap"] = None
+            out["cloudmap_note"] = "boto3 missing (scripts/install-deps.sh installs moto[server])"
+            return out
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        wait(lambda: status(endpoint) is not None, 30, "moto")
+        env = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                   AWS_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
+        sd = boto3.client("servicediscovery", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        sd.create_http_namespace(Name="geecache.local")
+        ns = sd.list_namespaces()["Namespaces"][0]["Id"]
+        svc = sd.create_service(Name="nodes", NamespaceId=ns)["Service"]["Id"]
+        for i in range(1, 4):
+            sd.register_instance(ServiceId=svc, InstanceId=f"task-{i}",
+                                 Attributes={"AWS_INSTANCE_IPV4": f"10.0.1.{i}"})
+        out["cloudmap"] = json.loads(subprocess.run(
+            [GEELOAD, "discover", "--seed", "cloudmap://geecache.local/nodes:8001", "--lookups",
+             "20"], check=True, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, **env)).stdout)
+    finally:
+        moto.kill(); moto.wait()
+    return out
+
+
+def observability(cl, i):
+    text = metrics_text(cl.api(i))
+    series = [l for l in text.splitlines() if l and not l.startswith("#")]
+    names = {l.split("{")[0].split(" ")[0] for l in series}
+    fields = set()
+    with open(f"{cl.dir}/node{i}.log") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            fields |= set(rec) | {f"fields.{k}" for k in rec.get("fields", {})}
+    return {"metric_series_per_node": len(series), "metric_names": len(names),
+            "log_fields": sorted(fields)}
+
+
+def inter_node(cl, i):
+    api, peer = cl.ports[i]
+    key = 1  # warm on its owner after the Zipf run; the peer protocol answers from the shard
+    rep = geeload("run", "--target", f"http://127.0.0.1:{peer}", "--path", "/_geecache/products/{key}",
+                  "--keys", f"hot:{key}", "--concurrency", 1, "--duration", "3s",
+                  "--title", "peer GET on loopback (one at a time)", json_path=f"{OUT}/peer.json")
+    return {"p50_ms": rep["latency_ms"]["p50"], "p99_ms": rep["latency_ms"]["p99"],
+            "requests": rep["requests"], "failed": rep["failed"]}
+
+
+def full_seed_timings(report):
+    """Medians of 5 from the scripts that own these timings (full mode only)."""
+    raft = f"{OUT}/raft.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "load/bench_raft.py"), "--runs", "5",
+                    "--json", raft], check=True)
+    report["seed"]["raft_processes"] = json.load(open(raft))["medians_ms"]
+    env = dict(os.environ, RUNS="5")
+    if shutil.which("terraform") and os.path.isdir("/opt/tf-plugins"):
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/terraform-emulator.sh")], check=True, env=env)
+        report["seed"]["terraform_apply_ms"] = json.load(open(f"{OUT}/terraform-emulator.json"))["apply_ms"]
+    if shutil.which("docker"):
+        subprocess.run(["bash", os.path.join(ROOT, "scripts/compose-test.sh")], check=True, env=env)
+        report["seed"]["containers"] = json.load(open(f"{OUT}/compose.json"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=MODES)
+    a = ap.parse_args()
+    m = MODES[a.mode]
+    os.makedirs(OUT, exist_ok=True)
+    started = time.time()
+    work = tempfile.mkdtemp(prefix="geecache-bench-")
+    report = {"mode": a.mode, "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                                          "python": platform.python_version()},
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "parameters": m}
+    if a.mode == "quick":
+        report["note"] = (f"quick mode: {m['products']:,} products instead of 1,000,000, "
+                          f"{m['zipf_requests']:,} Zipf requests, one repetition of each timing; "
+                          "seed.deploy_ms is the formation of 3 node processes, not a Terraform "
+                          "apply (load/bench.sh full adds that and the containers)")
+
+    log("scenario 1: hit path against a bare actix-web handler")
+    report["hit"] = scenario_hit(m, work)
+    report["hit_vs_bare_ratio"] = report["hit"]["ratio"]
+
+    pg = Pg()
+    cl = None
+    try:
+        log(f"seeding {m['products'] + 1000:,} products")
+        subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows",
+                        str(m["products"] + 1000)], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        replay = geeload("replay", "--keys", f"zipf:0.99:{m['products']}", "--seed", 1,
+                         "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
+        per_node = replay["cache_bytes"] // 3
+        cl = Cluster(pg, per_node, work)
+        log(f"forming 3 nodes (--cache-bytes {per_node:,} each: {CACHE_FRACTION:.0%} of "
+            f"{replay['data_bytes']:,} bytes of entries over 3)")
+        t0 = time.time()
+        for i in (1, 2, 3):
+            cl.start(i)
+        wait(lambda: cl.agreed([1, 2, 3]), 30, "3 nodes agreed")
+        formation_ms = (time.time() - t0) * 1000
+
+        log("scenario 2: Zipf 0.99 against one cache replaying the same trace")
+        rep, at_pg = scenario_zipf(m, cl, [1, 2, 3], work)
+        refs = zipf_references(m, replay["cache_bytes"])
+        report["zipf"] = {
+            "products": m["products"], "requests": m["zipf_requests"], "exponent": 0.99,
+            "cache_fraction": CACHE_FRACTION, "data_bytes": replay["data_bytes"],
+            "cache_bytes_total": replay["cache_bytes"], "cache_bytes_per_node": per_node,
+            "cluster_hit_rate": rep["cluster"]["hit_rate"],
+            "single_cache_hit_rate": refs["single_cache"],
+            "loss_points": (refs["single_cache"] - rep["cluster"]["hit_rate"]) * 100,
+            "references": refs,
+            "loss_points_against_single_live_node":
+                (refs["single_live_node"] - rep["cluster"]["hit_rate"]) * 100,
+            "db_qps": rep["cluster"]["db_qps"], "db_queries_metrics": rep["cluster"]["db_queries"],
+            "db_queries_at_postgres": at_pg, "throughput_rps": rep["throughput_rps"],
+            "p99_ms": rep["latency_ms"]["p99"], "per_node_share": rep["cluster"]["per_node_share"],
+            "failed": rep["failed"]}
+
+        log("scenario 3: thundering herd")
+        report["herd"] = scenario_herd(m, cl, [1, 2, 3], work)
+
+        log("seed: observability, inter-node latency, discovery")
+        obs = observability(cl, 1)
+        peer = inter_node(cl, 1)
+        disc = discovery(work)
+
+        log("scenario 5: scale 3 -> 5 under load")
+        report["scale"] = scenario_scale(m, cl)
+
+        log("scenario 4: failover under load")
+        report["failover"] = scenario_failover(m, cl, [1, 2, 3, 4, 5])
+
+        cm = disc.get("cloudmap")
+        report["seed"] = {
+            "deploy_ms": formation_ms, "deploy_source": "3 node processes to one agreed ring",
+            "scale_up_ms": report["scale"]["scale_up_ms"],
+            "scale_up_source": "2 node processes started -> all 5 agreed and ready, under load",
+            "discovery_ms": cm["median_ms"] if cm else disc["dns"]["median_ms"],
+            "discovery_source": "Cloud Map DiscoverInstances against moto" if cm else "DNS",
+            "discovery": disc, "observability": obs, "inter_node_loopback": peer,
+            "singleflight": f"{HERD} -> {report['herd']['db_queries']}",
+            "hit_rate_zipf": report["zipf"]["cluster_hit_rate"]}
+    finally:
+        if cl:
+            cl.stop()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if a.mode == "full":
+        log("seed timings, medians of 5: processes, Terraform against moto, containers")
+        full_seed_timings(report)
+        if "terraform_apply_ms" in report["seed"]:
+            report["seed"]["deploy_ms"] = report["seed"]["terraform_apply_ms"]
+            report["seed"]["deploy_source"] = "terraform apply of envs/local against moto"
+    report["elapsed_s"] = time.time() - started
+    json.dump(report, open(f"{OUT}/report.json", "w"), indent=2)
+    print_summary(report)
+
+
+def print_summary(r):
+    z, h, f, s, sc = r["zipf"], r["herd"], r["failover"], r["seed"], r["scale"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    rows = [
+        ("hit path / bare handler (throughput)", f"{r['hit_vs_bare_ratio']:.2f}x",
+         f"{r['hit']['node_rps']:,.0f} vs {r['hit']['bare_rps']:,.0f} req/s"),
+        ("Zipf cluster hit rate", f"{z['cluster_hit_rate'] * 100:.2f} %",
+         f"single cache {z['single_cache_hit_rate'] * 100:.2f} %, loss {z['loss_points']:.2f} pts"),
+        ("Zipf: one live node, same bytes", f"{z['references']['single_live_node'] * 100:.2f} %",
+         f"replay split in 3: {z['references']['three_partitions'] * 100:.2f} %, and less the "
+         f"hot share: {z['references']['three_partitions_less_hot_share'] * 100:.2f} %"),
+        ("Zipf database load", f"{z['db_qps']:,.0f} q/s",
+         f"{z['db_queries_at_postgres']:,} queries at PostgreSQL for {z['requests']:,} requests"),
+        ("herd: queries for 1,000 requests", f"{h['db_queries']}",
+         f"{h['arrived_before_release']} arrived before the lock was released, "
+         f"{h['loads_deduped']} deduped"),
+        ("scale 3 -> 5: serving after", f"{sc['scale_up_ms']:,.0f} ms",
+         f"db {fmt(sc['db_qps_before'], ',.0f')} -> peak {fmt(sc['db_qps_peak'], ',.0f')} q/s, "
+         f"hit rate back in {fmt(sc['hit_rate_recovery_ms'], ',.0f')} ms"),
+        ("failover: failed requests", f"{f['failed_requests']}",
+         f"of {f['requests']:,}; p99 {fmt(f['p99_ms_before'], '.2f')} -> "
+         f"{fmt(f['p99_ms_during'], '.2f')} ms; ring in {f['ring_recovery_ms']:,.0f} ms, "
+         f"latency in {fmt(f['latency_recovery_ms'], ',.0f')} ms"),
+        ("seed: deploy", f"{s['deploy_ms']:,.0f} ms", s["deploy_source"]),
+        ("seed: discovery", f"{s['discovery_ms']:.2f} ms", s["discovery_source"]),
+        ("seed: metric series per node", f"{s['observability']['metric_series_per_node']}",
+         f"{len(s['observability']['log_fields'])} log fields"),
+        ("seed: peer GET p50 / p99", f"{s['inter_node_loopback']['p50_ms']:.3f} ms",
+         f"p99 {s['inter_node_loopback']['p99_ms']:.3f} ms, loopback"),
+    ]
+    print(f"\nGeeCache-rs benchmark ({r['mode']}, {r['elapsed_s']:.0f} s) -> load/out/report.json")
+    for name, value, detail in rows:
+        print(f"  {name:<38} {value:>12}   {detail}")
+
+
+if __name__ == "__main__":
+    main()
