@@ -85,10 +85,11 @@ def to_ms(v):
     return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
 
 
-def wrk(url, pid, duration, conns, env_extra=None):
+def wrk(url, pid, duration, conns, env_extra=None, threads=2, prefix=()):
+    """One wrk run against `url`; `prefix` runs wrk under e.g. taskset."""
     env = dict(os.environ, **(env_extra or {}))
     cpu0 = cpu_seconds(pid)
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", LUA,
+    out = subprocess.run([*prefix, "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-s", LUA,
                           url], capture_output=True, text=True, env=env, check=True).stdout
     cpu = cpu_seconds(pid) - cpu0
     reqs = int(re.search(r"(\d+) requests in", out).group(1))

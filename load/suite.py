@@ -19,6 +19,8 @@ longer runs, medians of 5 for the seed's timings (Terraform against the emulator
 import argparse, json, os, platform, shutil, signal, socket, statistics, subprocess, sys, tempfile
 import threading, time, urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "load/out")
 BIN = os.path.join(ROOT, "target/release/geecache")
@@ -68,6 +70,12 @@ def wait(pred, timeout, what):
             return
         time.sleep(0.02)
     raise SystemExit(f"timed out waiting for {what}")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metrics_text(api):
@@ -212,38 +220,57 @@ def in_background(fn, *args, **kw):
 # ---------------------------------------------------------------------------------------------
 
 def scenario_hit(m, work):
-    """Warm hits on one node against the bare handler, interleaved rounds; medians."""
+    """Warm hits on one node against the bare handler, interleaved rounds, medians.
+
+    Server and client are pinned to different cores (server: CPU 0, one worker; client:
+    CPU 1), so that the server is the bottleneck and the throughput ratio is the ratio of the
+    servers' costs. Throughput is taken with wrk (C, epoll): geeload (tokio + hyper) tops out
+    at about the rate a bare actix handler serves on one core, which would hide the
+    difference. geeload then measures latency at a fixed rate below both capacities."""
+    import bench_hit
+    pin = lambda cpu: ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
     bare_port, api, peer = free_port(), free_port(), free_port()
-    bare = subprocess.Popen([BARE, f"127.0.0.1:{bare_port}", "2"])
-    node = subprocess.Popen([BIN, "node", "--api-addr", f"127.0.0.1:{api}", "--peer-addr",
-                             f"127.0.0.1:{peer}", "--embedded-latency-ms", "0", "--workers", "2"],
+    bare = subprocess.Popen([*pin(0), BARE, f"127.0.0.1:{bare_port}", "1"])
+    node = subprocess.Popen([*pin(0), BIN, "node", "--api-addr", f"127.0.0.1:{api}", "--peer-addr",
+                             f"127.0.0.1:{peer}", "--embedded-latency-ms", "0", "--workers", "1"],
                             stdout=subprocess.DEVNULL)
     try:
         wait(lambda: status(f"http://127.0.0.1:{api}/ready") == 200, 20, "the hit-path node")
         wait(lambda: status(f"http://127.0.0.1:{bare_port}/api") == 200, 20, "the bare handler")
-        node_url = f"http://127.0.0.1:{api}"
+        node_url, bare_url = f"http://127.0.0.1:{api}", f"http://127.0.0.1:{bare_port}"
         # Warm every key once (keys 1..10000 exactly), then measure.
         geeload("run", "--target", node_url, "--keys", "miss:1", "--requests", 10_000,
                 "--concurrency", 8, "--quiet", json_path=f"{work}/hit-warm.json")
+        procs = {"bare": (bare, bare_url), "node": (node, node_url)}
         runs = {"bare": [], "node": []}
-        for r in range(m["hit_rounds"]):
-            for name, url in (("bare", f"http://127.0.0.1:{bare_port}"), ("node", node_url)):
-                rep = geeload("run", "--target", url, "--keys", "uniform:10000",
-                              "--concurrency", 64, "--duration", f"{m['hit_secs']}s",
-                              "--title", f"hit path: {name}, round {r + 1}",
-                              json_path=f"{OUT}/hit-{name}.json")
-                if rep["failed"]:
-                    raise SystemExit(f"hit scenario: {rep['failed']} failed requests on {name}")
-                runs[name].append(rep)
-        med = {k: statistics.median(r["throughput_rps"] for r in v) for k, v in runs.items()}
-        p99 = {k: statistics.median(r["latency_ms"]["p99"] for r in v) for k, v in runs.items()}
+        for _ in range(m["hit_rounds"]):
+            for name, (proc, url) in procs.items():
+                r = bench_hit.wrk(f"{url}/api?group=products&key=1", proc.pid, m["hit_secs"], 32,
+                                  threads=1, prefix=pin(1))
+                if r["errors"]:
+                    raise SystemExit(f"hit scenario: {r['errors']} non-2xx answers from {name}")
+                runs[name].append(r)
+        med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
+        # Latency at a fixed rate, well below both servers' capacity.
+        lat = {}
+        for name, (proc, url) in procs.items():
+            rep = geeload("run", "--target", url, "--keys", "uniform:10000", "--rate", 20_000,
+                          "--concurrency", 64, "--duration", f"{m['hit_secs']}s",
+                          "--title", f"hit path: {name}, 20,000 req/s",
+                          json_path=f"{OUT}/hit-{name}.json")
+            lat[name] = rep["latency_ms"]
         hits = metric_sum(node_url, "geecache_cache_hits_total")
         gets = metric_sum(node_url, "geecache_gets_total")
-        return {"bare_rps": med["bare"], "node_rps": med["node"],
-                "ratio": med["node"] / med["bare"], "bare_p99_ms": p99["bare"],
-                "node_p99_ms": p99["node"], "rounds": m["hit_rounds"], "secs": m["hit_secs"],
+        return {"bare_rps": med["bare"]["rps"], "node_rps": med["node"]["rps"],
+                "ratio": med["node"]["rps"] / med["bare"]["rps"],
+                "bare_cpu_us_per_request": med["bare"]["cpu_us_per_req"],
+                "node_cpu_us_per_request": med["node"]["cpu_us_per_req"],
+                "cpu_per_request_ratio": med["node"]["cpu_us_per_req"] / med["bare"]["cpu_us_per_req"],
+                "wrk_p99_ms": {k: med[k]["p99_ms"] for k in med},
+                "latency_at_20k_rps_ms": lat, "rounds": m["hit_rounds"], "secs": m["hit_secs"],
                 "node_hit_rate": hits / gets if gets else None,
-                "load": "geeload closed loop, 64 connections, uniform over 10,000 warm keys"}
+                "load": "wrk -t1 -c32 on CPU 1, server with one worker on CPU 0, uniform over "
+                        "10,000 warm keys (load/keys.lua), interleaved rounds, medians"}
     finally:
         for p in (bare, node):
             p.kill(); p.wait()
@@ -394,20 +421,21 @@ def scenario_failover(m, cl, ids):
     during = [s["p99_ms"] for s in secs if at - 1 < s["t"] <= ring_at]
     base = statistics.median(before) if before else None
     bound = max(2 * base, base + 1.0) if base is not None else None
-    # Latency recovered: the first second after the kill from which p99 stays within bound.
-    recovered = None
-    for k, s in enumerate(secs):
-        if s["t"] >= at and all(x["p99_ms"] <= bound for x in secs[k:]):
-            recovered = s["t"]
-            break
+    # Latency recovered: the end of the first second after the worst one (within 10 s of the
+    # kill) whose p99 is back within the bound; single noisy seconds later do not count.
+    window = [s for s in secs if at - 1 < s["t"] <= at + 10]
+    worst = max(window, key=lambda s: s["p99_ms"]) if window else None
+    recovered = next((s["t"] + 1 for s in secs if worst and s["t"] > worst["t"]
+                      and bound is not None and s["p99_ms"] <= bound), None)
     return {**facts, "victim": victim, "was_leader": True, "failed_requests": rep["failed"],
             "requests": rep["requests"], "statuses": rep["statuses"], "p99_ms_before": base,
             "p99_ms_during": max(during) if during else None,
             "latency_recovery_ms": (recovered - at) * 1000 if recovered is not None else None,
             "rate": m["rate"], "targets": "the surviving nodes (as a load balancer's health "
                                            "check would leave them)",
-            "recovery_rule": "first second after the kill from which every second's p99 is "
-                             "within max(2x, +1 ms) of the median p99 before it"}
+            "recovery_rule": "end of the first second after the worst one (within 10 s of the "
+                             "kill) whose p99 is within max(2x, +1 ms) of the median p99 before "
+                             "the kill"}
 
 
 def discovery(work):
@@ -580,8 +608,34 @@ def main():
             report["seed"]["deploy_ms"] = report["seed"]["terraform_apply_ms"]
             report["seed"]["deploy_source"] = "terraform apply of envs/local against moto"
     report["elapsed_s"] = time.time() - started
+    report["gates"] = gates(report)
     json.dump(report, open(f"{OUT}/report.json", "w"), indent=2)
     print_summary(report)
+    failed = [g for g in report["gates"] if not g["passed"]]
+    for g in report["gates"]:
+        print(f"  gate {'ok  ' if g['passed'] else 'FAIL'} {g['name']}: {g['value']} ({g['rule']})")
+    if failed:
+        raise SystemExit(f"{len(failed)} regression gate(s) failed")
+
+
+def gates(r):
+    """What CI holds the quick run to: correctness outright, speed with room for noise."""
+    z = r["zipf"]
+    checks = [
+        ("herd.db_queries", r["herd"]["db_queries"], "== 1", r["herd"]["db_queries"] == 1),
+        ("herd.failed", r["herd"]["failed"], "== 0", r["herd"]["failed"] == 0),
+        ("failover.failed_requests", r["failover"]["failed_requests"], "== 0",
+         r["failover"]["failed_requests"] == 0),
+        ("scale.failed_requests", r["scale"]["failed_requests"], "== 0",
+         r["scale"]["failed_requests"] == 0),
+        ("zipf.failed", z["failed"], "== 0", z["failed"] == 0),
+        # The target is < 2 points; the gate leaves half a point for noise (quick runs
+        # measured 1.5-1.6; counting a miss twice in moka's sketch made it 2.9).
+        ("zipf.loss_points", round(z["loss_points"], 2), "< 2.5", z["loss_points"] < 2.5),
+        ("hit_vs_bare_ratio", round(r["hit_vs_bare_ratio"], 3), ">= 0.5",
+         r["hit_vs_bare_ratio"] >= 0.5),
+    ]
+    return [{"name": n, "value": v, "rule": rule, "passed": bool(ok)} for n, v, rule, ok in checks]
 
 
 def print_summary(r):
@@ -590,6 +644,9 @@ def print_summary(r):
     rows = [
         ("hit path / bare handler (throughput)", f"{r['hit_vs_bare_ratio']:.2f}x",
          f"{r['hit']['node_rps']:,.0f} vs {r['hit']['bare_rps']:,.0f} req/s"),
+        ("hit path / bare handler (server CPU)", f"{r['hit']['cpu_per_request_ratio']:.2f}x",
+         f"{r['hit']['node_cpu_us_per_request']:.2f} vs {r['hit']['bare_cpu_us_per_request']:.2f} "
+         "us per request"),
         ("Zipf cluster hit rate", f"{z['cluster_hit_rate'] * 100:.2f} %",
          f"single cache {z['single_cache_hit_rate'] * 100:.2f} %, loss {z['loss_points']:.2f} pts"),
         ("Zipf: one live node, same bytes", f"{z['references']['single_live_node'] * 100:.2f} %",

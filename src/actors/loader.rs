@@ -70,8 +70,8 @@ impl Loader {
     /// filled the cache (groupcache's `load()` comment spells out this interleaving).
     pub fn cached(&self, group: Group, key: &str) -> Option<Bytes> {
         self.main
-            .get(group, key)
-            .or_else(|| self.hot.get(group, key))
+            .recheck(group, key)
+            .or_else(|| self.hot.recheck(group, key))
     }
 
     /// The owner to ask, or `None` to load from this node's source.
