@@ -29,9 +29,9 @@ BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
 
 MODES = {
     "quick": dict(products=100_000, zipf_requests=300_000, hit_rounds=2, hit_secs=3,
-                  rate=4000, event_run_secs=18, event_at=6, reps=1),
+                  rate=4000, event_run_secs=18, scale_run_secs=18, event_at=6, reps=1),
     "full": dict(products=1_000_000, zipf_requests=3_000_000, hit_rounds=3, hit_secs=10,
-                 rate=5000, event_run_secs=40, event_at=10, reps=5),
+                 rate=5000, event_run_secs=40, scale_run_secs=100, event_at=10, reps=5),
 }
 HERD = 1000
 CACHE_FRACTION = 0.10
@@ -354,13 +354,13 @@ def scenario_herd(m, cl, ids, work):
             "counted_at": "PostgreSQL pg_stat_statements"}
 
 
-def scale_or_fail(m, cl, targets, metrics, name, title, action):
-    """An open-loop Zipf run with `action(events)` happening at event_at seconds."""
+def scale_or_fail(m, cl, targets, metrics, name, title, action, secs):
+    """An open-loop Zipf run of `secs` with `action(events)` happening at event_at seconds."""
     ev = Events(f"{cl.dir}/{name}.events")
     t, box = in_background(geeload, "run", "--target", ",".join(targets), "--metrics",
                            ",".join(metrics), "--keys", f"zipf:0.99:{m['products']}",
                            "--seed", 2, "--rate", m["rate"], "--concurrency", 256,
-                           "--duration", f"{m['event_run_secs']}s", "--events", ev.path,
+                           "--duration", f"{secs}s", "--events", ev.path,
                            "--scrape-interval", "1s", "--title", title,
                            "--plots", f"{OUT}/{name}", json_path=f"{OUT}/{name}.json")
     time.sleep(m["event_at"])
@@ -382,7 +382,7 @@ def scenario_scale(m, cl):
         return {"scale_up_ms": (time.time() - t0) * 1000}
     rep, facts = scale_or_fail(m, cl, [cl.api(i) for i in (1, 2, 3)],
                                [cl.api(i) for i in range(1, 6)], "scale",
-                               "scale 3 -> 5 under load", act)
+                               "scale 3 -> 5 under load", act, m["scale_run_secs"])
     at = first_event(rep, "start")
     tl = [i for i in rep["cluster_timeline"] if i["hit_rate"] is not None]
     before = [i for i in tl if i["t"] <= at][-5:]
@@ -393,11 +393,15 @@ def scenario_scale(m, cl):
     dip = min(after, key=lambda i: i["hit_rate"]) if after else None
     recovered = next((i["t"] for i in after if dip and i["t"] > dip["t"] and base_hr is not None
                       and i["hit_rate"] >= base_hr - 0.01), None)
+    half = next((i["t"] for i in after if dip and i["t"] > dip["t"] and base_hr is not None
+                 and i["hit_rate"] >= (base_hr + dip["hit_rate"]) / 2), None)
     return {**facts, "failed_requests": rep["failed"], "requests": rep["requests"],
             "hit_rate_before": base_hr, "db_qps_before": base_db, "db_qps_peak": peak_db,
             "hit_rate_min_after": dip["hit_rate"] if dip else None,
             "hit_rate_recovery_ms": (recovered - at) * 1000 if recovered is not None else None,
-            "p99_ms": rep["latency_ms"]["p99"], "rate": m["rate"],
+            "hit_rate_half_recovery_ms": (half - at) * 1000 if half is not None else None,
+            "hit_rate_at_end": tl[-1]["hit_rate"] if tl else None,
+            "run_secs": m["scale_run_secs"], "p99_ms": rep["latency_ms"]["p99"], "rate": m["rate"],
             "recovery_rule": "end of the first 1-s interval after the lowest one whose hit rate "
                              "is within 1 point of the mean of the 5 intervals before the start"}
 
@@ -413,7 +417,8 @@ def scenario_failover(m, cl, ids):
         ev.mark("ring-without-it")
         return {"ring_recovery_ms": (time.time() - t0) * 1000}
     rep, facts = scale_or_fail(m, cl, [cl.api(i) for i in rest], [cl.api(i) for i in ids],
-                               "failover", f"failover: SIGKILL of the leader (node {victim})", act)
+                               "failover", f"failover: SIGKILL of the leader (node {victim})", act,
+                               m["event_run_secs"])
     at = first_event(rep, "SIGKILL")
     ring_at = first_event(rep, "ring")
     secs = rep["timeline"]
@@ -511,6 +516,11 @@ def full_seed_timings(report):
     if shutil.which("docker"):
         subprocess.run(["bash", os.path.join(ROOT, "scripts/compose-test.sh")], check=True, env=env)
         report["seed"]["containers"] = json.load(open(f"{OUT}/compose.json"))
+        if os.path.exists(f"{OUT}/peer-containers.json"):
+            p = json.load(open(f"{OUT}/peer-containers.json"))
+            report["seed"]["inter_node_containers"] = {
+                "p50_ms": p["latency_ms"]["p50"], "p99_ms": p["latency_ms"]["p99"],
+                "requests": p["requests"], "failed": p["failed"]}
 
 
 def main():
@@ -641,6 +651,7 @@ def gates(r):
 def print_summary(r):
     z, h, f, s, sc = r["zipf"], r["herd"], r["failover"], r["seed"], r["scale"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    pct = lambda v: None if v is None else v * 100
     rows = [
         ("hit path / bare handler (throughput)", f"{r['hit_vs_bare_ratio']:.2f}x",
          f"{r['hit']['node_rps']:,.0f} vs {r['hit']['bare_rps']:,.0f} req/s"),
@@ -659,7 +670,10 @@ def print_summary(r):
          f"{h['loads_deduped']} deduped"),
         ("scale 3 -> 5: serving after", f"{sc['scale_up_ms']:,.0f} ms",
          f"db {fmt(sc['db_qps_before'], ',.0f')} -> peak {fmt(sc['db_qps_peak'], ',.0f')} q/s, "
-         f"hit rate back in {fmt(sc['hit_rate_recovery_ms'], ',.0f')} ms"),
+         f"hit rate {fmt(pct(sc['hit_rate_before']), '.1f')} -> "
+         f"{fmt(pct(sc['hit_rate_min_after']), '.1f')} %, half back in "
+         f"{fmt(sc['hit_rate_half_recovery_ms'], ',.0f')} ms, all in "
+         f"{fmt(sc['hit_rate_recovery_ms'], ',.0f')} ms"),
         ("failover: failed requests", f"{f['failed_requests']}",
          f"of {f['requests']:,}; p99 {fmt(f['p99_ms_before'], '.2f')} -> "
          f"{fmt(f['p99_ms_during'], '.2f')} ms; ring in {f['ring_recovery_ms']:,.0f} ms, "

@@ -86,6 +86,14 @@ mapfile -t ips < <(nodes)
 for ip in "${ips[@]}"; do [ "$(curl -s "http://$ip:9999/api?key=Tom")" = 630 ] || fail "Tom via $ip"; done
 [ "$(curl -s "http://$front/api?key=Tom")" = 630 ] || fail "Tom via the frontend"
 
+if [ -x target/release/geeload ]; then
+  echo "== peer GET over the Docker bridge (geeload from the host, one request at a time)"
+  mkdir -p load/out
+  target/release/geeload run --target "http://${ips[0]}:8001" --path '/_geecache/scores/{key}' \
+    --keys hot:Tom --concurrency 1 --duration 3s --title "peer GET, host -> container" \
+    --json load/out/peer-containers.json | sed -n 3,4p || echo "(peer latency not measured)"
+fi
+
 echo "== Prometheus scrapes every node"
 dc up -d --no-deps prometheus >/dev/null 2>&1
 prom_up() {
