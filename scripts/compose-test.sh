@@ -90,8 +90,11 @@ if [ -x target/release/geeload ]; then
   echo "== peer GET over the Docker bridge (geeload from the host, one request at a time)"
   mkdir -p load/out
   target/release/geeload run --target "http://${ips[0]}:8001" --path '/_geecache/scores/{key}' \
+    --header "Authorization: Bearer ${GEECACHE_PEER_SECRET:-compose-local-secret}" \
     --keys hot:Tom --concurrency 1 --duration 3s --title "peer GET, host -> container" \
-    --json load/out/peer-containers.json | sed -n 3,4p || echo "(peer latency not measured)"
+    --json load/out/peer-containers.json | sed -n 3,4p
+  python3 -c 'import json,sys; r=json.load(open("load/out/peer-containers.json")); sys.exit(1 if r["failed"] or not r["ok"] else 0)' \
+    || fail "peer GETs across the Docker bridge failed"
 fi
 
 echo "== Prometheus scrapes every node"

@@ -95,6 +95,7 @@ pub struct Plan {
     pub workers: usize,
     pub stop: Stop,
     pub timeout: Duration,
+    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 /// Runs the plan: every worker first opens its connection, then all start at once.
@@ -209,10 +210,11 @@ impl Worker {
                     Err(_) => return CONNECT_ERROR,
                 },
             };
-            let req = hyper::Request::get(path)
+            let mut req = hyper::Request::get(path)
                 .header(hyper::header::HOST, &t.authority)
                 .body(Empty::new())
                 .expect("a valid request");
+            req.headers_mut().extend(plan.headers.iter().cloned());
             match conn.send_request(req).await {
                 Ok(res) => {
                     let status = res.status().as_u16();

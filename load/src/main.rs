@@ -70,6 +70,10 @@ struct RunArgs {
     requests: Option<u64>,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// An extra request header, `NAME: VALUE` (repeat), e.g. the peer secret for the peer
+    /// protocol: `Authorization: Bearer SECRET`.
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// Node API URL whose /metrics to scrape (repeat, or comma-separate).
     #[arg(long = "metrics", value_delimiter = ',')]
     metrics: Vec<String>,
@@ -159,7 +163,21 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| Target::parse(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            let (name, value) = h
+                .split_once(':')
+                .with_context(|| format!("header {h:?}: expected NAME: VALUE"))?;
+            Ok((
+                hyper::header::HeaderName::try_from(name.trim())?,
+                hyper::header::HeaderValue::try_from(value.trim())?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let plan = Arc::new(Plan {
+        headers,
         targets,
         path: a.path.clone(),
         keys: Keys::parse(&a.keys)?,
