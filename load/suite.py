@@ -16,10 +16,11 @@ table on stdout. Scenarios:
 quick: a smaller data set and one repetition (under 3 minutes; CI). full: 1,000,000 products,
 longer runs, medians of 5 for the seed's timings (Terraform against the emulator, containers).
 """
-import argparse, json, os, platform, shutil, signal, socket, statistics, subprocess, sys, tempfile
+import argparse, json, os, platform, shutil, signal, statistics, subprocess, sys, tempfile
 import threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_hit import cpu_seconds, free_port, wrk  # noqa: E402  (the per-feature scripts' helpers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "load/out")
@@ -39,10 +40,6 @@ CACHE_FRACTION = 0.10
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 def get_json(url, timeout=1.0):
@@ -70,12 +67,6 @@ def wait(pred, timeout, what):
             return
         time.sleep(0.02)
     raise SystemExit(f"timed out waiting for {what}")
-
-
-def cpu_seconds(pid):
-    """User + system CPU time of a process so far."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metrics_text(api):
@@ -227,7 +218,6 @@ def scenario_hit(m, work):
     servers' costs. Throughput is taken with wrk (C, epoll): geeload (tokio + hyper) tops out
     at about the rate a bare actix handler serves on one core, which would hide the
     difference. geeload then measures latency at a fixed rate below both capacities."""
-    import bench_hit
     pin = lambda cpu: ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
     bare_port, api, peer = free_port(), free_port(), free_port()
     bare = subprocess.Popen([*pin(0), BARE, f"127.0.0.1:{bare_port}", "1"])
@@ -245,7 +235,7 @@ def scenario_hit(m, work):
         runs = {"bare": [], "node": []}
         for _ in range(m["hit_rounds"]):
             for name, (proc, url) in procs.items():
-                r = bench_hit.wrk(f"{url}/api?group=products&key=1", proc.pid, m["hit_secs"], 32,
+                r = wrk(f"{url}/api?group=products&key=1", proc.pid, m["hit_secs"], 32,
                                   threads=1, prefix=pin(1))
                 if r["errors"]:
                     raise SystemExit(f"hit scenario: {r['errors']} non-2xx answers from {name}")
