@@ -9,7 +9,7 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUNTIME_IMAGE} AS runtime-base
 RUN (getent group geecache || groupadd --system geecache) \
  && (getent passwd geecache || useradd --system --gid geecache --home-dir /data --no-create-home geecache) \
- && mkdir -p /data /etc/geecache && chown geecache:geecache /data
+ && mkdir -p /data /etc/geecache /run/geecache && chown geecache:geecache /data /run/geecache
 COPY config/default.toml /etc/geecache/default.toml
 ENV GEECACHE_CONFIG=/etc/geecache/default.toml \
     GEECACHE_DATA_DIR=/data \

@@ -8,6 +8,8 @@ Run through load/bench-hit.sh, which builds the release binaries first.
 import argparse, json, os, re, socket, statistics, subprocess, sys, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every node these scripts start shares this peer secret (nodes refuse to run without one).
+os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
 BIN = os.path.join(ROOT, "target/release/geecache")
 BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
 LUA = os.path.join(ROOT, "load/keys.lua")

@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_hit import cpu_seconds, free_port, wrk  # noqa: E402  (the per-feature scripts' helpers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every node these scripts start shares this peer secret (nodes refuse to run without one).
+os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
 OUT = os.path.join(ROOT, "load/out")
 BIN = os.path.join(ROOT, "target/release/geecache")
 GEELOAD = os.path.join(ROOT, "target/release/geeload")

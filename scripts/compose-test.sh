@@ -62,7 +62,8 @@ t=$(now); scripts/docker-build.sh; echo "images built in $(ms "$t") ms"
 size=$(docker image inspect geecache:local -f '{{.Size}}')
 echo "geecache:local image size: $((size / 1024 / 1024)) MiB"
 
-echo "== PostgreSQL and seed"
+echo "== peer secret, PostgreSQL and seed"
+dc run --rm secret >/dev/null 2>&1 || fail "secret"
 dc up -d postgres >/dev/null
 dc run --rm seed >/dev/null 2>&1 || fail "seed"
 
@@ -89,8 +90,12 @@ for ip in "${ips[@]}"; do [ "$(curl -s "http://$ip:9999/api?key=Tom")" = 630 ] |
 if [ -x target/release/geeload ]; then
   echo "== peer GET over the Docker bridge (geeload from the host, one request at a time)"
   mkdir -p load/out
+  secret=$(dc run --rm --no-deps --entrypoint cat secret /run/geecache/peer-secret 2>/dev/null | tr -d '\r\n')
+  [ -n "$secret" ] || fail "no peer secret in the volume"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://${ips[0]}:8001/_geecache/scores/Tom")" = 401 ] \
+    || fail "the peer port answered without the secret"
   target/release/geeload run --target "http://${ips[0]}:8001" --path '/_geecache/scores/{key}' \
-    --header "Authorization: Bearer ${GEECACHE_PEER_SECRET:-compose-local-secret}" \
+    --header "Authorization: Bearer $secret" \
     --keys hot:Tom --concurrency 1 --duration 3s --title "peer GET, host -> container" \
     --json load/out/peer-containers.json | sed -n 3,4p
   python3 -c 'import json,sys; r=json.load(open("load/out/peer-containers.json")); sys.exit(1 if r["failed"] or not r["ok"] else 0)' \

@@ -44,6 +44,18 @@ pub enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Peer secret tools.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Write a new random peer secret (32 bytes, hex) to FILE, readable by this user only,
+    /// unless FILE already holds one. Point every node at it with --peer-secret-file.
+    Init { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,9 +152,28 @@ pub struct NodeArgs {
     /// Ring hash: crc32 (GeeCache-compatible) or xxh3 (better balanced) [default: crc32].
     #[arg(long, env = "GEECACHE_RING_HASH", value_enum)]
     pub ring_hash: Option<RingHash>,
-    /// Shared secret of the peer port (Authorization: Bearer).
+    /// Shared secret of the peer port (Authorization: Bearer), at least 16 characters, the
+    /// same on every node. Required unless --insecure-open-peer-port.
     #[arg(long, env = "GEECACHE_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
+    /// Read the peer secret from this file (its first line) instead.
+    #[arg(long, env = "GEECACHE_PEER_SECRET_FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// Further peer secrets accepted but not sent, comma-separated (rotation).
+    #[arg(
+        long,
+        env = "GEECACHE_PEER_SECRET_ACCEPT",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub peer_secret_accept: Option<Vec<String>>,
+    /// Run the peer port without a secret. Only to mix with GeeCache (Go) nodes: anyone who
+    /// reaches the port can then read, poison and reconfigure the cache.
+    #[arg(long, env = "GEECACHE_INSECURE_OPEN_PEER_PORT")]
+    pub insecure_open_peer_port: bool,
+    /// Largest value accepted from the source or a peer, in bytes [default: 16777216].
+    #[arg(long, env = "GEECACHE_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
     #[arg(long, env = "GEECACHE_PEER_TIMEOUT", value_parser = parse_duration)]
     pub peer_timeout: Option<Duration>,
     /// Cache size in bytes, hot cache included [default: 67108864].
@@ -221,6 +252,10 @@ impl NodeArgs {
         set(&mut c.advertise_api, self.advertise_api.map(Some));
         set(&mut c.ring_hash, self.ring_hash);
         set(&mut c.peer_secret, self.peer_secret.map(Some));
+        set(&mut c.peer_secret_file, self.peer_secret_file.map(Some));
+        set(&mut c.peer_secret_accept, self.peer_secret_accept);
+        c.insecure_open_peer_port |= self.insecure_open_peer_port;
+        set(&mut c.max_value_bytes, self.max_value_bytes);
         set(&mut c.peer_timeout, self.peer_timeout);
         set(&mut c.cache_bytes, self.cache_bytes);
         set(&mut c.hot_ttl, self.hot_ttl);
@@ -247,6 +282,7 @@ impl NodeArgs {
             self.embedded_latency_ms.map(Duration::from_millis),
         );
         set(&mut s.embedded_error_rate, self.embedded_error_rate);
+        c.load_secret()?;
         c.validate()?;
         Ok(c)
     }
@@ -271,6 +307,8 @@ mod tests {
             "http://a:8001",
             "--embedded-latency-ms",
             "0",
+            "--peer-secret",
+            "0123456789abcdef",
         ])
         .unwrap();
         let Command::Node(args) = cli.command else {
@@ -294,5 +332,59 @@ mod tests {
             panic!("not a node command")
         };
         assert!(args.into_config().is_err());
+    }
+
+    fn config_of(args: &[&str]) -> anyhow::Result<Config> {
+        let cli = Cli::try_parse_from(["geecache", "node"].iter().chain(args))?;
+        let Command::Node(args) = cli.command else {
+            panic!("not a node command")
+        };
+        args.into_config()
+    }
+
+    #[test]
+    fn the_peer_port_needs_a_secret_unless_told_to_run_open() {
+        let e = config_of(&[]).unwrap_err().to_string();
+        assert!(
+            e.contains("needs a secret") && e.contains("--insecure-open-peer-port"),
+            "{e}"
+        );
+        let e = config_of(&["--peer-secret", "short"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let e = config_of(&["--peer-secret", "0123456789 abcdef"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without spaces"), "{e}");
+        let both = [
+            "--peer-secret",
+            "0123456789abcdef",
+            "--insecure-open-peer-port",
+        ];
+        assert!(config_of(&both).is_err());
+        let open = config_of(&["--insecure-open-peer-port"]).unwrap();
+        assert!(open.peer_secret.is_none() && open.insecure_open_peer_port);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-a-file-0123456789\n").unwrap();
+        let c = config_of(&["--peer-secret-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.peer_secret.as_deref(), Some("from-a-file-0123456789"));
+        let missing = dir.path().join("nope");
+        let e = config_of(&["--peer-secret-file", missing.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the peer secret file"), "{e}");
+        let rotating = [
+            "--peer-secret",
+            "new-secret-0123456789",
+            "--peer-secret-accept",
+            "old-secret-0123456789",
+        ];
+        assert_eq!(
+            config_of(&rotating).unwrap().peer_secret_accept,
+            ["old-secret-0123456789"]
+        );
     }
 }

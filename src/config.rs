@@ -43,6 +43,29 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Shortest peer secret accepted: long enough that it cannot be guessed over the network.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// Largest `--max-value-bytes`: a cache entry's weight is a u32, and one value should never be
+/// a large part of a node's memory.
+pub const MAX_VALUE_BYTES: usize = 1 << 30;
+/// Most virtual nodes per member (the ring also bounds its total points).
+pub const MAX_VNODES: usize = 10_000;
+
+/// A peer secret goes in an HTTP header: visible ASCII, no spaces, long enough.
+fn check_secret(s: &str) -> anyhow::Result<()> {
+    if s.len() < MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "the peer secret is {} characters; it must have at least {MIN_SECRET_BYTES} \
+             (e.g. `openssl rand -hex 32`)",
+            s.len()
+        );
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!("the peer secret must be printable ASCII without spaces");
+    }
+    Ok(())
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 3s, 1m)"))
 }
@@ -65,7 +88,17 @@ pub struct Config {
     pub vnodes: usize,
     /// Ring hash: crc32 (GeeCache-compatible) or xxh3 (better balanced).
     pub ring_hash: RingHash,
+    /// Shared secret of the peer port: sent and accepted as `Authorization: Bearer`.
     pub peer_secret: Option<String>,
+    /// Read the peer secret from this file instead (its first line).
+    pub peer_secret_file: Option<std::path::PathBuf>,
+    /// Further secrets the peer port accepts but does not send (rotation).
+    pub peer_secret_accept: Vec<String>,
+    /// Run the peer port without a secret: only to mix with GeeCache (Go) nodes, which cannot
+    /// send one. Anyone who reaches the port can then read, poison and reconfigure the cache.
+    pub insecure_open_peer_port: bool,
+    /// Largest value accepted from the source or from a peer, in bytes.
+    pub max_value_bytes: usize,
     #[serde(deserialize_with = "de_duration")]
     pub peer_timeout: Duration,
     /// Raft membership: candidates to find the cluster by (peer URLs, or `dns://NAME:PORT`).
@@ -182,6 +215,10 @@ impl Default for Config {
             vnodes: 150,
             ring_hash: RingHash::Crc32,
             peer_secret: None,
+            peer_secret_file: None,
+            peer_secret_accept: Vec::new(),
+            insecure_open_peer_port: false,
+            max_value_bytes: 16 << 20,
             peer_timeout: Duration::from_secs(2),
             seeds: Vec::new(),
             node_id: 0,
@@ -267,8 +304,49 @@ impl Config {
         format!("http://{host}:{}", self.api_addr.port())
     }
 
+    /// Reads `peer_secret_file` into `peer_secret`.
+    pub fn load_secret(&mut self) -> anyhow::Result<()> {
+        let Some(path) = &self.peer_secret_file else {
+            return Ok(());
+        };
+        if self.peer_secret.is_some() {
+            anyhow::bail!("give --peer-secret or --peer-secret-file, not both");
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the peer secret file {}: {e}", path.display())
+        })?;
+        let secret = text.lines().next().unwrap_or_default().trim().to_owned();
+        if secret.is_empty() {
+            anyhow::bail!("the peer secret file {} is empty", path.display());
+        }
+        self.peer_secret = Some(secret);
+        Ok(())
+    }
+
     /// Checks what the types cannot: a usable combination of settings.
     pub fn validate(&self) -> anyhow::Result<()> {
+        match (&self.peer_secret, self.insecure_open_peer_port) {
+            (None, false) => anyhow::bail!(
+                "the peer port needs a secret: set --peer-secret, GEECACHE_PEER_SECRET or \
+                 --peer-secret-file (at least {MIN_SECRET_BYTES} characters, the same on every node; \
+                 `geecache up` makes one), or run it open with --insecure-open-peer-port \
+                 (only to mix with GeeCache (Go) nodes: anyone who reaches the port can then \
+                 poison and reconfigure the cache)"
+            ),
+            (Some(_), true) => {
+                anyhow::bail!("--insecure-open-peer-port and a peer secret exclude each other")
+            }
+            _ => {}
+        }
+        for s in self.peer_secret.iter().chain(&self.peer_secret_accept) {
+            check_secret(s)?;
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES {
+            anyhow::bail!("--max-value-bytes must be within 1..={MAX_VALUE_BYTES}");
+        }
+        if self.vnodes > MAX_VNODES {
+            anyhow::bail!("--vnodes must be at most {MAX_VNODES}");
+        }
         if self.source.kind == SourceKind::Postgres && self.source.database_url.is_none() {
             anyhow::bail!("--source postgres needs --database-url (or GEECACHE_DATABASE_URL)");
         }
@@ -330,7 +408,10 @@ mod tests {
 
     #[test]
     fn postgres_needs_a_url() {
-        let mut c = Config::default();
+        let mut c = Config {
+            peer_secret: Some("0123456789abcdef".into()),
+            ..Config::default()
+        };
         c.source.kind = SourceKind::Postgres;
         assert!(c.validate().is_err());
         c.source.database_url = Some("postgres://localhost/x".into());

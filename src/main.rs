@@ -1,7 +1,7 @@
 //! The `geecache` binary: parses the command line and runs the command.
 
 use clap::Parser;
-use geecache::cli::{Cli, ClusterCommand, Command, DbCommand};
+use geecache::cli::{Cli, ClusterCommand, Command, DbCommand, SecretCommand};
 use geecache::config::LogFormat;
 
 /// jemalloc keeps the RSS of a full cache close to its byte bound (glibc's per-thread arenas
@@ -109,6 +109,16 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(cluster_status(&addr)),
+        Command::Secret {
+            command: SecretCommand::Init { file },
+        } => {
+            if geecache::up::init_secret(&file)? {
+                println!("wrote a new peer secret to {}", file.display());
+            } else {
+                println!("{} exists; kept it", file.display());
+            }
+            Ok(())
+        }
         Command::Db {
             command: DbCommand::Seed { database_url, rows },
         } => {

@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::{Actor as _, Addr};
 
-use crate::actors::raft::RaftActor;
+use crate::actors::raft::{RaftActor, RaftSettings};
 use crate::cache::Shard;
 use crate::cluster::Cluster;
 use crate::config::{Config, Role, SourceKind};
 use crate::hot::RateTracker;
 use crate::http::{self, AppState, Health};
 use crate::peer_client::{HttpPeerClient, PeerClient};
-use crate::raft::boot::{PeerHttp, follow_ring, leave, run_member};
+use crate::raft::boot::{MemberLoop, PeerHttp, follow_ring, leave, run_member};
 use crate::raft::discovery::{Discovery, Seeds};
 use crate::raft::membership::MemberInfo;
 use crate::raft::node::RaftNode;
@@ -95,6 +95,7 @@ pub fn start_actors(
                 peers: peers(),
                 rates: Arc::clone(&rates),
                 hot_min_qps: config.hot_min_qps,
+                max_value_bytes: config.max_value_bytes,
             };
             let actor = LoaderActor::new(loader, mailbox, config.max_in_flight);
             actor.start_in(&actix_rt::Arbiter::new().handle())
@@ -109,7 +110,10 @@ pub fn start_actors(
         cluster,
         rates,
         served_rates: Arc::new(RateTracker::new(Duration::from_secs(60), 100_000)),
-        peer_secret: config.peer_secret.clone(),
+        peer_auth: match &config.peer_secret {
+            Some(secret) => http::peer::PeerAuth::new(Some(secret), &config.peer_secret_accept),
+            None => http::peer::PeerAuth::open(),
+        },
         raft: None,
         membership_required: config.uses_raft(),
         role: config.role,
@@ -165,6 +169,8 @@ pub struct Node {
     health: Arc<Health>,
     config: Config,
     raft: Option<RaftMember>,
+    /// Why the node cannot go on (its data dir belongs to another cluster).
+    fatal: tokio::sync::mpsc::Receiver<String>,
 }
 
 /// What a Raft member needs at shutdown to leave the ring.
@@ -179,6 +185,7 @@ struct RaftMember {
 fn start_raft(
     config: &Config,
     cluster: Arc<Cluster>,
+    leaderless: Arc<AtomicBool>,
 ) -> anyhow::Result<(Addr<RaftActor>, MemberInfo)> {
     let id = config.raft_id();
     let me = MemberInfo {
@@ -192,21 +199,25 @@ fn start_raft(
         api_url: config.api_url(),
         weight: 1,
     };
+    me.check()
+        .map_err(|e| anyhow::anyhow!("this node cannot be a ring member: {e}"))?;
     let node = RaftNode::open(id, &config.data_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the Raft log in {}: {e}",
             config.data_dir.display()
         )
     })?;
-    let actor = RaftActor::new(
-        node,
-        me.clone(),
-        cluster,
-        config.ring_hash,
-        config.vnodes,
-        config.peer_secret.as_deref(),
-        config.dead_after,
-    );
+    if !node.cluster_id().is_empty() {
+        tracing::info!(cluster_id = node.cluster_id(), data_dir = %config.data_dir.display(), "resuming this node's cluster");
+    }
+    let settings = RaftSettings {
+        ring_hash: config.ring_hash,
+        vnodes: config.vnodes,
+        secret: config.peer_secret.clone(),
+        dead_after: config.dead_after,
+        leaderless,
+    };
+    let actor = RaftActor::new(node, me.clone(), cluster, settings);
     let addr = RaftActor::start_in_arbiter(&actix_rt::Arbiter::new().handle(), move |_| actor);
     Ok((addr, me))
 }
@@ -225,17 +236,33 @@ impl Node {
         let peer_listener = bind(config.peer_addr, "peer port")?;
         let source = build_source(&config)?;
         // Fail here on a bad TLS/client setup rather than in a loader's arbiter.
-        HttpPeerClient::new(config.peer_timeout, config.peer_secret.as_deref())?;
+        HttpPeerClient::new(
+            config.peer_timeout,
+            config.peer_secret.as_deref(),
+            config.max_value_bytes,
+        )?;
         let (timeout, secret) = (config.peer_timeout, config.peer_secret.clone());
+        let max_value = config.max_value_bytes;
         let peers = move || -> Arc<dyn PeerClient> {
             Arc::new(
-                HttpPeerClient::new(timeout, secret.as_deref())
+                HttpPeerClient::new(timeout, secret.as_deref(), max_value)
                     .expect("the same settings built a client a moment ago"),
             )
         };
         let mut state = start_actors(&config, source, peers);
+        if config.insecure_open_peer_port {
+            tracing::warn!(
+                peer_addr = %config.peer_addr,
+                "the peer port is OPEN (--insecure-open-peer-port): anyone who reaches it can read \
+                 and poison the cache and change the ring; use it only to mix with GeeCache (Go) nodes"
+            );
+        }
         let raft = match (config.uses_raft(), config.role) {
-            (true, Role::Node) => Some(start_raft(&config, Arc::clone(&state.cluster))?),
+            (true, Role::Node) => Some(start_raft(
+                &config,
+                Arc::clone(&state.cluster),
+                Arc::clone(&state.health.leaderless),
+            )?),
             _ => None,
         };
         state.raft = raft.as_ref().map(|(addr, _)| addr.clone());
@@ -259,6 +286,7 @@ impl Node {
                 .configure(http::peer::configure)
                 .configure(http::raft::configure)
                 .default_service(web::to(http::not_found))
+                .wrap(actix_web::middleware::from_fn(http::peer::require_secret))
         })
         .workers(workers)
         .disable_signals()
@@ -277,17 +305,20 @@ impl Node {
         }
         let discovery: Arc<dyn Discovery> = Arc::new(Seeds(config.seeds.clone()));
         let http = PeerHttp::new(config.peer_secret.as_deref());
+        let (fatal_tx, fatal) = tokio::sync::mpsc::channel(1);
         let raft = match raft {
             Some((addr, me)) => {
                 let leaving = Arc::new(AtomicBool::new(false));
-                actix_rt::spawn(run_member(
-                    addr.clone(),
-                    me.clone(),
+                actix_rt::spawn(run_member(MemberLoop {
+                    raft: addr.clone(),
+                    me: me.clone(),
                     discovery,
-                    config.bootstrap_expect,
-                    http.clone(),
-                    Arc::clone(&leaving),
-                ));
+                    bootstrap_expect: config.bootstrap_expect,
+                    http: http.clone(),
+                    leaving: Arc::clone(&leaving),
+                    fatal: fatal_tx,
+                    data_dir: config.data_dir.clone(),
+                }));
                 Some(RaftMember {
                     addr,
                     id: me.id,
@@ -322,15 +353,24 @@ impl Node {
             health,
             config,
             raft,
+            fatal,
         })
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains and stops.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+    /// Serves until SIGTERM or SIGINT, then drains and stops; or until the node finds it
+    /// cannot take part in its cluster, then stops with that error.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        let fatal = tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); None }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); None }
+            Some(why) = self.fatal.recv() => Some(why),
+        };
+        if let Some(why) = fatal {
+            tracing::error!(error = %why, "stopping");
+            self.health.start_draining();
+            tokio::join!(self.api.stop(false), self.peer.stop(false));
+            anyhow::bail!(why);
         }
         self.shutdown().await;
         Ok(())

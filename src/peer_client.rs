@@ -40,6 +40,8 @@ pub enum PeerError {
     Transport(String),
     #[error("bad peer response: {0}")]
     Decode(String),
+    #[error("peer answer is larger than {0} bytes (--max-value-bytes)")]
+    TooLarge(usize),
 }
 
 pub type PeerFuture = Pin<Box<dyn Future<Output = Result<PeerAnswer, PeerError>> + Send>>;
@@ -61,11 +63,37 @@ pub fn peer_path(group: Group, key: &str) -> String {
 pub struct HttpPeerClient {
     client: reqwest::Client,
     auth: Option<String>,
+    /// Largest answer body read from a peer: the largest value plus the protobuf's framing.
+    max_body: usize,
+}
+
+/// Reads a body of at most `max` bytes, refusing it as soon as it is known to be longer.
+pub async fn read_bounded(mut res: reqwest::Response, max: usize) -> Result<Bytes, PeerError> {
+    if res.content_length().is_some_and(|n| n > max as u64) {
+        return Err(PeerError::TooLarge(max));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| PeerError::Transport(e.to_string()))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(PeerError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 impl HttpPeerClient {
-    pub fn new(timeout: Duration, secret: Option<&str>) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        timeout: Duration,
+        secret: Option<&str>,
+        max_value_bytes: usize,
+    ) -> Result<Self, reqwest::Error> {
         Ok(HttpPeerClient {
+            max_body: max_value_bytes.saturating_add(1024),
             client: reqwest::Client::builder()
                 .connect_timeout(timeout.min(Duration::from_secs(1)))
                 .timeout(timeout)
@@ -86,16 +114,14 @@ impl PeerClient for HttpPeerClient {
         if let Some(auth) = &self.auth {
             req = req.header(reqwest::header::AUTHORIZATION, auth);
         }
+        let max = self.max_body;
         Box::pin(async move {
             let res = req
                 .send()
                 .await
                 .map_err(|e| PeerError::Transport(e.to_string()))?;
             let status = res.status().as_u16();
-            let body = res
-                .bytes()
-                .await
-                .map_err(|e| PeerError::Transport(e.to_string()))?;
+            let body = read_bounded(res, max).await?;
             match status {
                 200 => {
                     let r = Response::decode(body).map_err(|e| PeerError::Decode(e.to_string()))?;

@@ -44,6 +44,14 @@ impl Member {
     }
 }
 
+/// Points on one ring at most (16 bytes each: 32 MiB). Weights are bounded by the membership
+/// state machine, vnodes by the config; this bounds what their product can allocate, whatever
+/// reaches `Ring::new`.
+pub const MAX_POINTS: usize = 1 << 21;
+
+/// A member's weight counts up to this (the membership state machine refuses more).
+pub const MAX_WEIGHT: u32 = 100;
+
 /// An immutable ring; membership changes build a new one.
 #[derive(Debug, Clone)]
 pub struct Ring {
@@ -61,10 +69,14 @@ impl Ring {
         let mut members: Vec<Member> = members.into_iter().collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         members.dedup_by(|a, b| a.name == b.name);
-        let mut points =
-            Vec::with_capacity(members.iter().map(|m| m.weight as usize).sum::<usize>() * vnodes);
+        let weight = |m: &Member| m.weight.clamp(1, MAX_WEIGHT) as usize;
+        let total_weight: usize = members.iter().map(weight).sum();
+        // Past MAX_POINTS every member gets proportionally fewer points: the same ring on every
+        // node with the same settings, only coarser.
+        let per_weight = vnodes.min(MAX_POINTS / total_weight.max(1)).max(1);
+        let mut points = Vec::with_capacity((total_weight * per_weight).min(MAX_POINTS));
         for (idx, m) in members.iter().enumerate() {
-            for i in 0..vnodes * m.weight as usize {
+            for i in 0..(per_weight * weight(m)).min(MAX_POINTS - points.len()) {
                 let label = format!("{i}{}", m.name);
                 points.push((hash.hash(label.as_bytes()), idx as u32));
             }
@@ -158,6 +170,17 @@ mod tests {
             let k = format!("key-{i}");
             assert_eq!(a.owner(&k), b.owner(&k));
         }
+    }
+
+    #[test]
+    fn huge_weights_and_vnodes_stay_within_the_point_bound() {
+        let members = (0..4).map(|i| Member {
+            name: format!("http://n{i}:8001").into(),
+            weight: u32::MAX,
+        });
+        let r = Ring::new(RingHash::Crc32, usize::MAX, members);
+        assert!(r.points.len() <= MAX_POINTS, "{}", r.points.len());
+        assert!(r.owner("k").is_some());
     }
 
     #[test]

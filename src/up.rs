@@ -3,6 +3,7 @@
 //! Each node is this same binary run as `geecache node` with static membership; their output
 //! is prefixed with their name. Ctrl-C (or SIGTERM) stops them all gracefully.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,49 @@ async fn stop_all(procs: &mut [Proc]) {
     }
 }
 
+/// The cluster's peer secret: `peer-secret` in the data root, made (32 random bytes, hex,
+/// readable by this user only) unless it exists (a kept `--data-dir` keeps its cluster's) or
+/// the node flags after `--` bring their own.
+fn cluster_secret(root: &Path, node_args: &[String]) -> anyhow::Result<Option<PathBuf>> {
+    let own = [
+        "--peer-secret",
+        "--peer-secret-file",
+        "--insecure-open-peer-port",
+    ];
+    if node_args.iter().any(|a| {
+        own.iter()
+            .any(|o| a == o || a.starts_with(&format!("{o}=")))
+    }) {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let path = root.join("peer-secret");
+    init_secret(&path)?;
+    Ok(Some(path))
+}
+
+/// Writes a new random peer secret (32 random bytes as hex, mode 0600) to `path` unless it
+/// exists; true when it wrote one.
+pub fn init_secret(path: &Path) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.exists() {
+        return Ok(false);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the secret: {e}"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{hex}"))
+        .with_context(|| format!("cannot write the peer secret to {}", path.display()))?;
+    Ok(true)
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
     if args.source == SourceKind::Postgres && args.database_url.is_none() {
@@ -122,6 +166,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| temp.as_ref().map(|t| t.path().to_owned()))
         .unwrap_or_default();
+    let secret = cluster_secret(&data_root, &args.node_args)?;
     let common = {
         let mut a = vec![
             "--seeds".to_owned(),
@@ -133,6 +178,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ];
         if let Some(url) = &args.database_url {
             a.extend(["--database-url".to_owned(), url.clone()]);
+        }
+        if let Some(path) = &secret {
+            a.extend(["--peer-secret-file".to_owned(), path.display().to_string()]);
         }
         a
     };
@@ -198,12 +246,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "Try: curl '{}/api?key=Tom'   (Ctrl-C stops them all)",
         procs.last().map_or("", |p| &p.api)
     );
+    if let Some(path) = &secret {
+        println!("Peer secret (made for this cluster): {}", path.display());
+    }
     println!(
-        "Add a node: geecache node --node-id {n} --self http://127.0.0.1:{p} --peer-addr 127.0.0.1:{p} --api-addr 127.0.0.1:{a} --data-dir /tmp/geecache-node{n} --seeds {seeds}\n",
+        "Add a node: geecache node --node-id {n} --self http://127.0.0.1:{p} --peer-addr 127.0.0.1:{p} --api-addr 127.0.0.1:{a} --data-dir {dir} --seeds {seeds}{auth}\n",
         n = args.nodes + 1,
         p = args.peer_port + args.nodes,
         a = args.api_port + args.nodes,
+        dir = data_root.join(format!("node{}", args.nodes + 1)).display(),
         seeds = peer_urls.join(","),
+        auth = secret
+            .as_ref()
+            .map(|p| format!(" --peer-secret-file {}", p.display()))
+            .unwrap_or_default(),
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

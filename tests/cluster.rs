@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 use geecache::ring::{Member, Ring, RingHash};
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = common::TEST_SECRET;
 
 struct Cluster {
     nodes: Vec<NodeProc>,
@@ -296,10 +296,36 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
             200
         );
     }
-    let (_, cluster) = get(&client, &format!("{front}/cluster")).await;
-    let v: serde_json::Value = serde_json::from_slice(&cluster).unwrap();
-    assert_eq!(v["role"], "frontend");
-    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    // up made a secret of its own for the cluster and said where it is; the peer port wants it.
+    let out = std::fs::read_to_string(&log_path).unwrap();
+    let secret_file = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Peer secret (made for this cluster): "))
+        .expect("up prints where the secret is")
+        .trim()
+        .to_owned();
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let peer = format!("http://127.0.0.1:{peer_port}/_geecache/scores/Tom");
+    assert_eq!(client.get(&peer).send().await.unwrap().status(), 401);
+    let with = client
+        .get(&peer)
+        .bearer_auth(secret.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    // The frontend follows the agreed ring: all three members within a few polls.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, cluster) = get(&client, &format!("{front}/cluster")).await;
+        let v: serde_json::Value = serde_json::from_slice(&cluster).unwrap();
+        assert_eq!(v["role"], "frontend");
+        if v["members"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the frontend's ring: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let status = tokio::task::spawn_blocking(move || up.stop())
         .await

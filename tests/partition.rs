@@ -193,6 +193,7 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
                         "500ms",
                     ])
                     .args(["--embedded-latency-ms", "0"])
+                    .args(["--peer-secret", common::TEST_SECRET])
                     .stdout(log)
                     .spawn()
                     .unwrap(),

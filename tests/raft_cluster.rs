@@ -3,136 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, free_port_run};
-use serde_json::Value;
-use tempfile::TempDir;
-
-struct Member {
-    api_port: u16,
-    peer_port: u16,
-    data: PathBuf,
-}
-
-struct Raft {
-    dir: TempDir,
-    seeds: String,
-    base: u16,
-    expect: usize,
-    dead_after: &'static str,
-}
-
-impl Raft {
-    /// Ports base+1.. for peers and base+101.. for client APIs (room for 8 nodes).
-    fn new(expect: usize, dead_after: &'static str) -> Raft {
-        // Peers on base+1..=base+8, client APIs on base+101..=base+108.
-        let base = free_port_run(108) - 1;
-        let seeds = (1..=expect as u16)
-            .map(|i| format!("http://127.0.0.1:{}", base + i))
-            .collect::<Vec<_>>()
-            .join(",");
-        Raft {
-            dir: tempfile::tempdir().unwrap(),
-            seeds,
-            base,
-            expect,
-            dead_after,
-        }
-    }
-
-    fn member(&self, id: u64) -> Member {
-        Member {
-            api_port: self.base + 100 + id as u16,
-            peer_port: self.base + id as u16,
-            data: self.dir.path().join(format!("node{id}")),
-        }
-    }
-
-    /// Starts node `id` without waiting for it to be ready.
-    fn start(&self, id: u64) -> NodeProc {
-        let m = self.member(id);
-        let me = format!("http://127.0.0.1:{}", m.peer_port);
-        let data = m.data.display().to_string();
-        let expect = self.expect.to_string();
-        let args = [
-            "--node-id",
-            &id.to_string(),
-            "--self",
-            &me,
-            "--seeds",
-            &self.seeds,
-            "--bootstrap-expect",
-            &expect,
-            "--data-dir",
-            &data,
-            "--dead-after",
-            self.dead_after,
-            "--embedded-latency-ms",
-            "1",
-            "--peer-timeout",
-            "1s",
-        ];
-        NodeProc::spawn_unready(m.api_port, m.peer_port, &args)
-    }
-
-    /// Starts nodes 1..=n at once and waits until they form one ring; returns them and the leader.
-    async fn form(&self, client: &reqwest::Client, n: u64) -> (Vec<NodeProc>, u64) {
-        let nodes: Vec<NodeProc> = (1..=n).map(|id| self.start(id)).collect();
-        for node in &nodes {
-            node.wait_ready();
-        }
-        let ids: Vec<u64> = (1..=n).collect();
-        let leader = converged(client, self, &ids, &ids, Duration::from_secs(10)).await;
-        (nodes, leader)
-    }
-
-    fn api(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.member(id).api_port)
-    }
-}
-
-/// Waits until every listed node reports exactly `want` as members, one common epoch and a
-/// leader among them; returns that leader.
-async fn converged(
-    client: &reqwest::Client,
-    raft: &Raft,
-    on: &[u64],
-    want: &[u64],
-    within: Duration,
-) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut views = Vec::new();
-        for id in on {
-            views.push(common::cluster_view(client, &raft.api(*id)).await);
-        }
-        let ok = views
-            .iter()
-            .all(|v| v.as_ref().is_some_and(|v| common::member_ids(v) == want));
-        if ok {
-            let all: Vec<&Value> = views.iter().flatten().collect();
-            let epoch = &all[0]["epoch"];
-            let leader = all[0]["leader_id"].as_u64().unwrap_or(0);
-            if leader != 0
-                && want.contains(&leader)
-                && all
-                    .iter()
-                    .all(|v| &v["epoch"] == epoch && v["leader_id"].as_u64() == Some(leader))
-            {
-                return leader;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence on {want:?}: {views:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::NodeProc;
+use common::raft::{Raft, converged};
 
 /// Client load against `targets` until `finish`, which asserts that no request failed.
 struct Load {
@@ -309,27 +186,15 @@ async fn grow_to_five_and_leave_back_to_three_under_load() {
     let before = common::cluster_view(&client, &raft.api(1)).await.unwrap()["epoch"]
         .as_u64()
         .unwrap();
-    let r = client
-        .post(format!(
-            "http://127.0.0.1:{}/_raft/command",
-            raft.member(2).peer_port
-        ))
-        .json(&serde_json::json!({"set_weight": {"id": 4, "weight": 2}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status() == 200 || r.status() == 421, "{}", r.status());
-    if r.status() == 421 {
-        let leader: Value = r.json().await.unwrap();
-        let url = leader["leader"].as_str().unwrap().to_owned();
-        let r = client
-            .post(format!("{url}/_raft/command"))
-            .json(&serde_json::json!({"set_weight": {"id": 4, "weight": 2}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    let (status, _) = raft
+        .post(
+            &client,
+            2,
+            "/_raft/command",
+            &serde_json::json!({"set_weight": {"id": 4, "weight": 2}}),
+        )
+        .await;
+    assert_eq!(status, 200);
     converged(
         &client,
         &raft,

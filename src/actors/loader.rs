@@ -62,6 +62,8 @@ pub struct Loader {
     /// Local request rates of keys owned elsewhere (counted by the request path).
     pub rates: Arc<RateTracker>,
     pub hot_min_qps: f64,
+    /// Values larger than this are refused (and not cached), as peers refuse them.
+    pub max_value_bytes: usize,
 }
 
 impl Loader {
@@ -130,6 +132,16 @@ impl Loader {
             reply,
         })?;
         match rx.await.map_err(|_| LoadError::Stopped)? {
+            Ok(Some(value)) if value.len() > self.max_value_bytes => {
+                counters.local_load_errors.increment(1);
+                Err(LoadError::Source(crate::error::SourceError::Query(
+                    format!(
+                        "the value is {} bytes, larger than --max-value-bytes {}",
+                        value.len(),
+                        self.max_value_bytes
+                    ),
+                )))
+            }
             Ok(Some(value)) => {
                 into.insert(group, key, value.clone());
                 Ok(value)
@@ -278,10 +290,12 @@ mod tests {
                 10,
             )),
             peers: Arc::new(
-                crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None).unwrap(),
+                crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None, 1 << 20)
+                    .unwrap(),
             ),
             rates: Arc::new(RateTracker::new(Duration::from_secs(1), 100)),
             hot_min_qps: 10.0,
+            max_value_bytes: 1 << 20,
         };
         (
             LoaderActor::new(loader, 1024, max_in_flight).start_bounded(),

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -13,11 +14,15 @@ use raft::prelude::Message as RaftMessage;
 use tokio::sync::oneshot;
 
 use crate::cluster::Cluster;
-use crate::raft::membership::{Command, MemberInfo, Membership};
+use crate::raft::membership::{Command, Invalid, MemberInfo, Membership};
 use crate::raft::node::RaftNode;
 use crate::ring::RingHash;
 
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// A member without a leader for longer than this is not ready (raft-rs draws its election
+/// timeout from [10, 20) ticks, so a healthy election ends before it).
+pub const LEADERLESS_GRACE: Duration = Duration::from_secs(2);
 
 /// A batch of raft messages on the wire (`POST /_raft/messages`): each one protobuf-encoded
 /// `eraftpb::Message`.
@@ -25,9 +30,14 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub struct RaftBatch {
     #[prost(bytes = "vec", repeated, tag = "1")]
     pub messages: Vec<Vec<u8>>,
-    /// The sender's peer URL, so that a node that is still joining can answer the leader.
+    /// The sender's peer URL: it must be the URL its member id has in the membership, and a
+    /// node that is still joining learns from it where to answer the leader.
     #[prost(string, tag = "2")]
     pub from_url: String,
+    /// The sender's cluster id ("" while it has not joined one): a message from another
+    /// cluster is dropped.
+    #[prost(string, tag = "3")]
+    pub cluster_id: String,
 }
 
 #[derive(Message)]
@@ -35,6 +45,9 @@ pub struct RaftBatch {
 pub struct Step {
     pub messages: Vec<RaftMessage>,
     pub from_url: String,
+    pub cluster_id: String,
+    /// The address the batch came from (checked against a member URL's IP literal).
+    pub from_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Message)]
@@ -50,6 +63,13 @@ pub struct Bootstrap;
 pub enum ChangeError {
     /// Not the leader; the leader's peer URL when known.
     NotLeader(Option<String>),
+    /// The change fails validation (it is not proposed).
+    Invalid(Invalid),
+    /// The caller belongs to another cluster.
+    ForeignCluster {
+        ours: String,
+        theirs: String,
+    },
     Failed(String),
 }
 
@@ -58,6 +78,8 @@ pub enum ChangeError {
 #[rtype(result = "()")]
 pub struct Join {
     pub info: MemberInfo,
+    /// The joiner's cluster id, "" for a node with an empty data dir.
+    pub cluster_id: String,
     pub reply: oneshot::Sender<Result<u64, ChangeError>>,
 }
 
@@ -66,6 +88,8 @@ pub struct Join {
 #[rtype(result = "()")]
 pub struct Remove {
     pub id: u64,
+    /// The caller's cluster id when it has one ("" from operators' tools).
+    pub cluster_id: String,
     pub reply: oneshot::Sender<Result<u64, ChangeError>>,
 }
 
@@ -75,6 +99,7 @@ pub struct Remove {
 #[rtype(result = "()")]
 pub struct Propose {
     pub command: Command,
+    pub cluster_id: String,
     pub reply: oneshot::Sender<Result<u64, ChangeError>>,
 }
 
@@ -89,6 +114,7 @@ pub struct MemberStatus {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RaftStatus {
     pub node_id: u64,
+    pub cluster_id: String,
     pub initialized: bool,
     pub leader_id: u64,
     pub leader_peer_url: Option<String>,
@@ -132,18 +158,67 @@ pub struct RaftActor {
     waiters: Vec<Waiter>,
     queued: std::collections::VecDeque<ConfOp>,
     failed: bool,
+    /// Shared with `/ready`: true while this member has had no leader for `LEADERLESS_GRACE`.
+    leaderless: Arc<AtomicBool>,
+    leaderless_since: Option<Instant>,
+}
+
+/// How a `RaftActor` talks to its peers and publishes its ring.
+pub struct RaftSettings {
+    pub ring_hash: RingHash,
+    pub vnodes: usize,
+    pub secret: Option<String>,
+    pub dead_after: Duration,
+    /// Set while this member has no leader (read by `/ready`).
+    pub leaderless: Arc<AtomicBool>,
+}
+
+/// The IP literal of a base URL's host, if it is one (`http://10.0.1.5:8001`, `http://[::1]:8001`).
+fn url_ip(url: &str) -> Option<std::net::IpAddr> {
+    let host = url.split_once("://")?.1;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host.parse().ok()
+}
+
+/// Why a message from a peer is dropped before raft-rs sees it (the metric's label).
+fn inadmissible(m: &RaftMessage, me: u64, ours: &Membership, batch: &Step) -> Option<&'static str> {
+    let (from_url, cluster_id) = (batch.from_url.as_str(), batch.cluster_id.as_str());
+    if m.to != me {
+        return Some("wrong_recipient");
+    }
+    if !cluster_id.is_empty() && !ours.cluster_id.is_empty() && cluster_id != ours.cluster_id {
+        return Some("foreign_cluster");
+    }
+    // A node that has not joined yet knows no members: the leader adding it is a stranger to
+    // it until the snapshot arrives, and the peer secret is what vouches for it.
+    if ours.members.is_empty() {
+        return None;
+    }
+    let Some(info) = ours.members.get(&m.from) else {
+        return Some("not_member");
+    };
+    if info.peer_url != from_url {
+        return Some("url_mismatch");
+    }
+    // A member named by its IP (as `--self http://auto:PORT` and ECS make them) must send
+    // from that IP.
+    match (url_ip(&info.peer_url), batch.from_ip) {
+        (Some(want), Some(got)) if want.to_canonical() != got.to_canonical() => {
+            Some("address_mismatch")
+        }
+        _ => None,
+    }
 }
 
 impl RaftActor {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: RaftNode,
         me: MemberInfo,
         cluster: Arc<Cluster>,
-        ring_hash: RingHash,
-        vnodes: usize,
-        secret: Option<&str>,
-        dead_after: Duration,
+        settings: RaftSettings,
     ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
@@ -154,19 +229,21 @@ impl RaftActor {
             node,
             me,
             cluster,
-            ring_hash,
-            vnodes,
+            ring_hash: settings.ring_hash,
+            vnodes: settings.vnodes,
             client,
-            auth: secret.map(|s| format!("Bearer {s}")),
+            auth: settings.secret.map(|s| format!("Bearer {s}")),
             addresses: HashMap::new(),
             last_seen: HashMap::new(),
             was_leader: false,
             last_leader: 0,
-            dead_after,
+            dead_after: settings.dead_after,
             removing: HashSet::new(),
             waiters: Vec::new(),
             queued: std::collections::VecDeque::new(),
             failed: false,
+            leaderless: settings.leaderless,
+            leaderless_since: None,
         };
         actor.publish();
         actor
@@ -236,6 +313,7 @@ impl RaftActor {
             let body = prost::Message::encode_to_vec(&RaftBatch {
                 messages,
                 from_url: self.me.peer_url.clone(),
+                cluster_id: self.node.cluster_id().to_owned(),
             });
             let mut req = self
                 .client
@@ -316,6 +394,36 @@ impl RaftActor {
         }
     }
 
+    /// Tracks how long this member has been without a leader, for `/ready`.
+    fn track_leader(&mut self) {
+        let without = self.node.initialized() && self.node.leader_id() == 0;
+        let since = match (without, self.leaderless_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+        };
+        self.leaderless_since = since;
+        let long = since.is_some_and(|t| t.elapsed() > LEADERLESS_GRACE);
+        if self.leaderless.swap(long, Ordering::Relaxed) != long {
+            if long {
+                tracing::warn!(after = ?LEADERLESS_GRACE, "no raft leader: not ready");
+            } else {
+                tracing::info!(leader = self.node.leader_id(), "raft leader known again");
+            }
+        }
+    }
+
+    /// The error for a caller from another cluster, if it is one.
+    fn foreign(&self, theirs: &str) -> Option<ChangeError> {
+        let ours = self.node.cluster_id();
+        (!theirs.is_empty() && !ours.is_empty() && theirs != ours).then(|| {
+            ChangeError::ForeignCluster {
+                ours: ours.to_owned(),
+                theirs: theirs.to_owned(),
+            }
+        })
+    }
+
     fn leader_url(&self) -> Option<String> {
         self.addresses.get(&self.node.leader_id()).cloned()
     }
@@ -349,6 +457,7 @@ impl Actor for RaftActor {
         ctx.set_mailbox_capacity(1024);
         ctx.run_interval(TICK, |act, ctx| {
             act.node.tick();
+            act.track_leader();
             act.remove_dead();
             act.propose_queued();
             act.process(ctx);
@@ -358,11 +467,20 @@ impl Actor for RaftActor {
 
 impl Handler<Step> for RaftActor {
     type Result = ();
-    fn handle(&mut self, msg: Step, ctx: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Step, ctx: &mut Self::Context) {
         let now = Instant::now();
-        for m in msg.messages {
+        let joining = self.node.membership().members.is_empty();
+        let messages = std::mem::take(&mut msg.messages);
+        for m in messages {
+            let membership = self.node.membership();
+            if let Some(reason) = inadmissible(&m, self.node.id, membership, &msg) {
+                tracing::debug!(from = m.from, url = %msg.from_url, reason, "raft message dropped");
+                metrics::counter!("geecache_raft_messages_dropped_total", "reason" => reason)
+                    .increment(1);
+                continue;
+            }
             self.last_seen.insert(m.from, now);
-            if !msg.from_url.is_empty() {
+            if joining && !msg.from_url.is_empty() {
                 self.addresses
                     .entry(m.from)
                     .or_insert_with(|| msg.from_url.clone());
@@ -388,22 +506,44 @@ impl Handler<Bootstrap> for RaftActor {
         if self.node.initialized() {
             return Ok(());
         }
+        let cluster_id = new_cluster_id().map_err(|e| e.to_string())?;
         self.node
-            .bootstrap(self.me.clone())
+            .bootstrap(self.me.clone(), cluster_id)
             .map_err(|e| e.to_string())?;
-        tracing::info!(id = self.me.id, "bootstrapped a new cluster");
+        tracing::info!(
+            id = self.me.id,
+            cluster_id = self.node.cluster_id(),
+            "bootstrapped a new cluster"
+        );
         self.publish();
         self.process(ctx);
         Ok(())
     }
 }
 
+/// 128 random bits, as 32 hex digits.
+fn new_cluster_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl Handler<Join> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) {
+        if let Some(e) = self.foreign(&msg.cluster_id) {
+            let _ = msg.reply.send(Err(e));
+            return;
+        }
         let info = msg.info;
-        self.addresses.insert(info.id, info.peer_url.clone());
-        self.last_seen.insert(info.id, Instant::now());
+        if let Err(e) = self.node.membership().check_add(&info) {
+            let _ = msg.reply.send(Err(ChangeError::Invalid(e)));
+            return;
+        }
+        if self.node.is_leader() {
+            self.addresses.insert(info.id, info.peer_url.clone());
+            self.last_seen.insert(info.id, Instant::now());
+        }
         let want = info.clone();
         self.change(
             ConfOp::Add(info),
@@ -417,8 +557,20 @@ impl Handler<Join> for RaftActor {
 impl Handler<Remove> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Remove, ctx: &mut Self::Context) {
+        if let Some(e) = self.foreign(&msg.cluster_id) {
+            let _ = msg.reply.send(Err(e));
+            return;
+        }
         let id = msg.id;
-        self.removing.insert(id);
+        if !self.node.membership().members.contains_key(&id) {
+            let _ = msg
+                .reply
+                .send(Err(ChangeError::Invalid(Invalid::UnknownMember(id))));
+            return;
+        }
+        if self.node.is_leader() {
+            self.removing.insert(id);
+        }
         self.change(
             ConfOp::Remove(id),
             Box::new(move |m| !m.members.contains_key(&id)),
@@ -431,11 +583,28 @@ impl Handler<Remove> for RaftActor {
 impl Handler<Propose> for RaftActor {
     type Result = ();
     fn handle(&mut self, msg: Propose, ctx: &mut Self::Context) {
+        if let Some(e) = self.foreign(&msg.cluster_id) {
+            let _ = msg.reply.send(Err(e));
+            return;
+        }
         if !self.node.is_leader() {
             let _ = msg
                 .reply
                 .send(Err(ChangeError::NotLeader(self.leader_url())));
             return;
+        }
+        let mut after = self.node.membership().clone();
+        match after.apply(&msg.command) {
+            Err(e) => {
+                let _ = msg.reply.send(Err(ChangeError::Invalid(e)));
+                return;
+            }
+            // Already so (a weight set twice): nothing to wait for.
+            Ok(false) => {
+                let _ = msg.reply.send(Ok(after.epoch));
+                return;
+            }
+            Ok(true) => {}
         }
         let target = self.node.membership().epoch + 1;
         match self.node.propose(&msg.command) {
@@ -479,6 +648,7 @@ impl Handler<Status> for RaftActor {
             .collect();
         MessageResult(RaftStatus {
             node_id: self.node.id,
+            cluster_id: self.node.cluster_id().to_owned(),
             initialized: self.node.initialized(),
             leader_id: self.node.leader_id(),
             leader_peer_url: self.leader_url(),
@@ -487,5 +657,114 @@ impl Handler<Status> for RaftActor {
             state: format!("{:?}", self.node.role()).to_lowercase(),
             members,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership() -> Membership {
+        let mut m = Membership {
+            cluster_id: "ours".into(),
+            ..Default::default()
+        };
+        for (id, url) in [(1, "http://10.0.0.1:8001"), (2, "http://node2:8001")] {
+            m.add(MemberInfo {
+                id,
+                peer_url: url.into(),
+                api_url: String::new(),
+                weight: 1,
+            })
+            .unwrap();
+        }
+        m
+    }
+
+    fn msg(from: u64, to: u64) -> RaftMessage {
+        RaftMessage {
+            from,
+            to,
+            ..Default::default()
+        }
+    }
+
+    fn batch(url: &str, cluster: &str, ip: Option<&str>) -> Step {
+        Step {
+            messages: Vec::new(),
+            from_url: url.into(),
+            cluster_id: cluster.into(),
+            from_ip: ip.map(|i| i.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn only_members_of_this_cluster_at_their_own_address_get_through() {
+        let m = membership();
+        let ok = batch("http://10.0.0.1:8001", "ours", Some("10.0.0.1"));
+        assert_eq!(inadmissible(&msg(1, 2), 2, &m, &ok), None);
+        let cases = [
+            (
+                msg(1, 3),
+                batch("http://10.0.0.1:8001", "ours", Some("10.0.0.1")),
+                "wrong_recipient",
+            ),
+            (
+                msg(1, 2),
+                batch("http://10.0.0.1:8001", "theirs", Some("10.0.0.1")),
+                "foreign_cluster",
+            ),
+            (
+                msg(99, 2),
+                batch("http://10.0.0.9:8001", "ours", Some("10.0.0.9")),
+                "not_member",
+            ),
+            (
+                msg(1, 2),
+                batch("http://10.0.0.9:8001", "ours", Some("10.0.0.9")),
+                "url_mismatch",
+            ),
+            (
+                msg(1, 2),
+                batch("http://10.0.0.1:8001", "ours", Some("10.0.0.9")),
+                "address_mismatch",
+            ),
+        ];
+        for (m1, b, why) in cases {
+            assert_eq!(inadmissible(&m1, 2, &m, &b), Some(why));
+        }
+        // A joiner's first answers carry no cluster id yet; a member named by DNS is checked by
+        // URL only; a node that has joined nothing takes what the peer secret let through.
+        assert_eq!(
+            inadmissible(
+                &msg(1, 2),
+                2,
+                &m,
+                &batch("http://10.0.0.1:8001", "", Some("::ffff:10.0.0.1"))
+            ),
+            None
+        );
+        assert_eq!(
+            inadmissible(
+                &msg(2, 1),
+                1,
+                &m,
+                &batch("http://node2:8001", "ours", Some("10.9.9.9"))
+            ),
+            None
+        );
+        let fresh = Membership::default();
+        assert_eq!(
+            inadmissible(&msg(7, 2), 2, &fresh, &batch("http://x:1", "any", None)),
+            None
+        );
+    }
+
+    #[test]
+    fn url_ips_are_read_from_ip_literals_only() {
+        assert_eq!(url_ip("http://10.0.0.1:8001"), "10.0.0.1".parse().ok());
+        assert_eq!(url_ip("http://[::1]:8001"), "::1".parse().ok());
+        assert_eq!(url_ip("http://node:8001"), None);
+        assert_eq!(url_ip("http://10.0.0.1"), "10.0.0.1".parse().ok());
     }
 }

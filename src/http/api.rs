@@ -70,7 +70,10 @@ mod tests {
             error_rate: 0.0,
         });
         let peers = || -> Arc<dyn crate::peer_client::PeerClient> {
-            Arc::new(crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None).unwrap())
+            Arc::new(
+                crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None, 1 << 20)
+                    .unwrap(),
+            )
         };
         actix_web::web::Data::new(start_actors(&Config::default(), Arc::new(source), peers))
     }

@@ -36,6 +36,8 @@ use crate::metrics::Counters;
 pub struct Health {
     ready: AtomicBool,
     draining: AtomicBool,
+    /// Set by `RaftActor` while this member has had no leader for longer than an election.
+    pub leaderless: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -53,6 +55,8 @@ impl Health {
             Some("draining")
         } else if !self.ready.load(Ordering::SeqCst) {
             Some("starting")
+        } else if self.leaderless.load(Ordering::Relaxed) {
+            Some("no raft leader")
         } else {
             None
         }
@@ -72,7 +76,8 @@ pub struct AppState {
     pub rates: Arc<RateTracker>,
     /// Rates of keys served to peers, reported back as `minute_qps`.
     pub served_rates: Arc<RateTracker>,
-    pub peer_secret: Option<String>,
+    /// Who may use the peer port.
+    pub peer_auth: peer::PeerAuth,
     /// Raft membership, when this node takes part in it.
     pub raft: Option<Addr<crate::actors::raft::RaftActor>>,
     /// Ready only once the agreed ring holds this node (a frontend: once it has a ring).

@@ -36,6 +36,7 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
         && let Ok(status) = raft.send(crate::actors::raft::Status).await
     {
         body["node_id"] = json!(status.node_id);
+        body["cluster_id"] = json!(status.cluster_id);
         body["leader_id"] = json!(status.leader_id);
         body["term"] = json!(status.term);
         body["state"] = json!(status.state);

@@ -1,10 +1,14 @@
 //! The peer protocol: `GET /_geecache/{group}/{key}` answered with a protobuf `Response`.
 //!
-//! Served on its own listener (`--peer-addr`), never through the load balancer. With a peer
-//! secret, requests must carry `Authorization: Bearer <secret>`.
+//! Served on its own listener (`--peer-addr`), never through the load balancer. Every request
+//! on that listener must carry `Authorization: Bearer <peer secret>` ([`require_secret`]),
+//! unless the node runs with `--insecure-open-peer-port`.
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use prost::Message;
 
@@ -31,24 +35,72 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
-pub fn authorize(req: &HttpRequest, secret: Option<&str>) -> Result<(), ApiError> {
-    let Some(secret) = secret else { return Ok(()) };
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    match given {
-        Some(token) if same_secret(token, secret.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "peer requests need Authorization: Bearer <peer secret>",
-        )),
+/// The secrets the peer port accepts: the one nodes send, and during a rotation the others
+/// (`--peer-secret-accept`). `None`: the port is open (`--insecure-open-peer-port`).
+#[derive(Debug, Clone)]
+pub struct PeerAuth(Option<Vec<String>>);
+
+impl PeerAuth {
+    pub fn new(secret: Option<&str>, also: &[String]) -> PeerAuth {
+        PeerAuth(secret.map(|s| {
+            std::iter::once(s.to_owned())
+                .chain(also.iter().cloned())
+                .collect()
+        }))
+    }
+
+    pub fn open() -> PeerAuth {
+        PeerAuth(None)
+    }
+
+    /// `Authorization: Bearer <secret>`, the scheme in any case (RFC 9110 §11.1).
+    pub fn check(&self, header: Option<&[u8]>) -> Result<(), ApiError> {
+        let Some(accepted) = &self.0 else {
+            return Ok(());
+        };
+        let token = header.and_then(|h| {
+            let (scheme, token) = std::str::from_utf8(h).ok()?.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        // Every accepted secret is compared, so the time taken does not say which one matched.
+        let matched = token.is_some_and(|t| {
+            accepted
+                .iter()
+                .fold(false, |ok, s| same_secret(t.as_bytes(), s.as_bytes()) | ok)
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "peer requests need Authorization: Bearer <peer secret>",
+            ))
+        }
+    }
+}
+
+/// Middleware of the whole peer app: the secret is checked before routing and before any body
+/// is read, so an unauthenticated caller learns nothing but 401.
+pub async fn require_secret(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let auth = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.peer_auth.clone())
+        .unwrap_or_else(|| PeerAuth::new(Some(""), &[]));
+    let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    match auth.check(header) {
+        Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
+        Err(e) => {
+            use actix_web::ResponseError;
+            Ok(req.into_response(e.error_response()).map_into_right_body())
+        }
     }
 }
 
 async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, state.peer_secret.as_deref())?;
     let rest = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
     let (group, key) = rest
         .split_once('/')
@@ -95,5 +147,39 @@ mod tests {
         assert!(!same_secret(b"s3cre", b"s3cret"));
         assert!(!same_secret(b"s3creT", b"s3cret"));
         assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_rotation_accepts_both() {
+        let auth = PeerAuth::new(
+            Some("new-secret-0123456789"),
+            &["old-secret-0123456789".into()],
+        );
+        for ok in [
+            "Bearer new-secret-0123456789",
+            "bearer new-secret-0123456789",
+            "BEARER  new-secret-0123456789 ",
+            "Bearer old-secret-0123456789",
+        ] {
+            assert!(auth.check(Some(ok.as_bytes())).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Basic new-secret-0123456789",
+            "Bearernew-secret-0123456789",
+            "Bearer new-secret-012345678",
+            "Bearer new-secret-0123456789x",
+        ] {
+            let e = auth.check(Some(bad.as_bytes())).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (401, "unauthorized"),
+                "{bad:?}"
+            );
+        }
+        assert!(auth.check(None).is_err());
+        assert!(PeerAuth::open().check(None).is_ok());
     }
 }

@@ -1,24 +1,31 @@
-//! Raft transport and membership endpoints on the peer port (behind the peer secret):
-//! `POST /_raft/messages`, `GET /_raft/info`, `GET /_raft/members`, `POST /_raft/join`,
-//! `POST /_raft/remove`.
+//! Raft transport and membership endpoints on the peer port (behind the peer secret, which the
+//! peer app checks before any of these runs): `POST /_raft/messages`, `GET /_raft/info`,
+//! `GET /_raft/members`, `POST /_raft/join`, `POST /_raft/remove`, `POST /_raft/command`.
+//!
+//! Errors are JSON `{"error", "message"}` with stable codes, as on the client API; a change
+//! sent to a follower is 421 `not_leader` with the leader's peer URL in `leader`.
 
 use std::time::Duration;
 
 use actix::Addr;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use protobuf::Message as PbMessage;
 use raft::prelude::Message as RaftMessage;
 use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::AppState;
-use super::peer::authorize;
 use crate::actors::raft::{ChangeError, Join, Propose, RaftActor, RaftBatch, Remove, Status, Step};
 use crate::error::ApiError;
 use crate::groups::Group;
-use crate::raft::membership::MemberInfo;
-use crate::raft::membership::{Command, PurgeGroup, SetWeight, command};
+use crate::raft::membership::{Command, Invalid, MemberInfo, PurgeGroup, SetWeight, command};
+
+/// The caller's cluster id on membership calls (absent from operators' tools).
+pub const CLUSTER_HEADER: &str = "x-geecache-cluster";
+
+/// How long a change may take to be applied here before the caller gets a 504.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_raft/messages", web::post().to(messages))
@@ -29,8 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/_raft/command", web::post().to(command));
 }
 
-fn raft(req: &HttpRequest, state: &AppState) -> Result<Addr<RaftActor>, ApiError> {
-    authorize(req, state.peer_secret.as_deref())?;
+fn raft(state: &AppState) -> Result<Addr<RaftActor>, ApiError> {
     state.raft.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -48,12 +54,25 @@ fn unavailable(what: &str) -> ApiError {
     )
 }
 
+/// A JSON body, or 400 `bad_body` with serde's reason.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("bad_body", e.to_string()))
+}
+
+fn caller_cluster(req: &HttpRequest) -> String {
+    req.headers()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn messages(
     req: HttpRequest,
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raft = raft(&req, &state)?;
+    let raft = raft(&state)?;
     let batch: RaftBatch = prost::Message::decode(body)
         .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
     let msgs = batch
@@ -65,14 +84,15 @@ async fn messages(
     raft.try_send(Step {
         messages: msgs,
         from_url: batch.from_url,
+        cluster_id: batch.cluster_id,
+        from_ip: req.peer_addr().map(|a| a.ip()),
     })
     .map_err(|_| unavailable("raft mailbox full"))?;
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn info(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let raft = raft(&req, &state)?;
-    let status = raft
+async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let status = raft(&state)?
         .send(Status)
         .await
         .map_err(|_| unavailable("raft stopped"))?;
@@ -80,32 +100,56 @@ async fn info(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
 }
 
 /// The agreed ring, for frontends that follow it without taking part in Raft.
-async fn members(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let raft = raft(&req, &state)?;
-    let status = raft
+async fn members(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let status = raft(&state)?
         .send(Status)
         .await
         .map_err(|_| unavailable("raft stopped"))?;
     let members: Vec<&MemberInfo> = status.members.iter().map(|m| &m.info).collect();
-    Ok(HttpResponse::Ok().json(json!({"epoch": status.epoch, "members": members})))
+    Ok(HttpResponse::Ok().json(json!({
+        "cluster_id": status.cluster_id,
+        "epoch": status.epoch,
+        "members": members,
+    })))
+}
+
+/// Maps the outcome of a change to its answer.
+fn answer(result: Result<u64, ChangeError>) -> HttpResponse {
+    let e = match result {
+        Ok(epoch) => return HttpResponse::Ok().json(json!({"epoch": epoch})),
+        Err(ChangeError::NotLeader(leader)) => {
+            return HttpResponse::build(StatusCode::MISDIRECTED_REQUEST).json(json!({
+                "error": "not_leader",
+                "message": "this node is not the Raft leader; send the change to `leader`",
+                "leader": leader,
+            }));
+        }
+        Err(ChangeError::Invalid(e @ Invalid::UnknownMember(_))) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_member", e.to_string())
+        }
+        Err(ChangeError::Invalid(e)) => ApiError::bad_request(e.code(), e.to_string()),
+        Err(ChangeError::ForeignCluster { ours, theirs }) => ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster_mismatch",
+            format!(
+                "this is cluster {ours}; the caller belongs to cluster {theirs} \
+                 (its data dir is from another cluster: start it with an empty --data-dir to join this one)"
+            ),
+        ),
+        Err(ChangeError::Failed(e)) => unavailable(&e),
+    };
+    e.error_response()
 }
 
 async fn change(
-    raft: Addr<RaftActor>,
     send: impl FnOnce(oneshot::Sender<Result<u64, ChangeError>>) -> bool,
 ) -> Result<HttpResponse, ApiError> {
-    let _ = raft;
     let (tx, rx) = oneshot::channel();
     if !send(tx) {
         return Err(unavailable("raft mailbox full"));
     }
-    match tokio::time::timeout(Duration::from_secs(10), rx).await {
-        Ok(Ok(Ok(epoch))) => Ok(HttpResponse::Ok().json(json!({"epoch": epoch}))),
-        Ok(Ok(Err(ChangeError::NotLeader(leader)))) => {
-            Ok(HttpResponse::build(StatusCode::MISDIRECTED_REQUEST)
-                .json(json!({"error": "not_leader", "leader": leader})))
-        }
-        Ok(Ok(Err(ChangeError::Failed(e)))) => Err(unavailable(&e)),
+    match tokio::time::timeout(CHANGE_TIMEOUT, rx).await {
+        Ok(Ok(result)) => Ok(answer(result)),
         Ok(Err(_)) | Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "change_timeout",
@@ -116,39 +160,44 @@ async fn change(
 
 async fn join(
     req: HttpRequest,
-    body: web::Json<MemberInfo>,
+    bytes: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raft = raft(&req, &state)?;
-    let info = body.into_inner();
-    if info.id == 0 || info.peer_url.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_member",
-            "a member needs an id and a peer_url",
-        ));
-    }
-    let addr = raft.clone();
-    change(raft, move |reply| {
-        addr.try_send(Join { info, reply }).is_ok()
+    let raft = raft(&state)?;
+    let info: MemberInfo = body(&bytes)?;
+    let cluster_id = caller_cluster(&req);
+    change(move |reply| {
+        raft.try_send(Join {
+            info,
+            cluster_id,
+            reply,
+        })
+        .is_ok()
     })
     .await
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RemoveBody {
     id: u64,
 }
 
 async fn remove(
     req: HttpRequest,
-    body: web::Json<RemoveBody>,
+    bytes: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raft = raft(&req, &state)?;
-    let id = body.id;
-    let addr = raft.clone();
-    change(raft, move |reply| {
-        addr.try_send(Remove { id, reply }).is_ok()
+    let raft = raft(&state)?;
+    let RemoveBody { id } = body(&bytes)?;
+    let cluster_id = caller_cluster(&req);
+    change(move |reply| {
+        raft.try_send(Remove {
+            id,
+            cluster_id,
+            reply,
+        })
+        .is_ok()
     })
     .await
 }
@@ -163,31 +212,33 @@ enum CommandBody {
 
 async fn command(
     req: HttpRequest,
-    body: web::Json<CommandBody>,
+    bytes: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raft = raft(&req, &state)?;
-    let op = match body.into_inner() {
-        CommandBody::SetWeight { id, weight } if weight > 0 => {
-            command::Op::SetWeight(SetWeight { id, weight })
-        }
-        CommandBody::SetWeight { .. } => {
-            return Err(ApiError::bad_request(
-                "bad_weight",
-                "weight must be at least 1",
-            ));
-        }
+    let raft = raft(&state)?;
+    let op = match body(&bytes)? {
+        CommandBody::SetWeight { id, weight } => command::Op::SetWeight(SetWeight { id, weight }),
         CommandBody::PurgeGroup(group) => {
+            // The log checks the name; only this node's config knows which groups exist.
             Group::parse(&group).ok_or_else(|| {
-                ApiError::bad_request("unknown_group", format!("unknown group {group:?}"))
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_group",
+                    format!("unknown group {group:?}"),
+                )
             })?;
             command::Op::PurgeGroup(PurgeGroup { group })
         }
     };
     let command = Command { op: Some(op) };
-    let addr = raft.clone();
-    change(raft, move |reply| {
-        addr.try_send(Propose { command, reply }).is_ok()
+    let cluster_id = caller_cluster(&req);
+    change(move |reply| {
+        raft.try_send(Propose {
+            command,
+            cluster_id,
+            reply,
+        })
+        .is_ok()
     })
     .await
 }

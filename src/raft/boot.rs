@@ -1,6 +1,7 @@
 //! How a node finds its cluster: bootstrap a new one, join an existing one, rejoin after being
 //! removed, leave on shutdown; and how a frontend follows the agreed ring without voting.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,12 +9,13 @@ use std::time::Duration;
 use actix::Addr;
 use futures_util::future::join_all;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::discovery::Discovery;
 use super::membership::{MemberInfo, Membership};
 use crate::actors::raft::{Bootstrap, RaftActor, Remove, Status};
 use crate::cluster::Cluster;
+use crate::http::raft::CLUSTER_HEADER;
 use crate::ring::RingHash;
 
 /// HTTP to other members' peer ports, with the peer secret.
@@ -47,10 +49,13 @@ impl PeerHttp {
         res.json().await.ok()
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Option<(u16, Value)> {
+    async fn post(&self, url: &str, body: &Value, cluster_id: &str) -> Option<(u16, Value)> {
         let mut req = self.client.post(url).json(body);
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
+        }
+        if !cluster_id.is_empty() {
+            req = req.header(CLUSTER_HEADER, cluster_id);
         }
         let res = req.send().await.ok()?;
         let status = res.status().as_u16();
@@ -68,45 +73,78 @@ impl PeerHttp {
     }
 
     /// Asks the cluster that `via` belongs to, following redirects to its leader, to apply
-    /// `path` (`join` or `remove`) with `body`. True once applied.
-    async fn change(&self, via: &str, path: &str, body: &Value) -> bool {
+    /// `path` (`join` or `remove`) with `body`, on behalf of a member of `cluster_id`.
+    async fn change(&self, via: &str, path: &str, body: &Value, cluster_id: &str) -> Changed {
         let mut target = via.to_owned();
         for _ in 0..3 {
-            match self.post(&format!("{target}/_raft/{path}"), body).await {
-                Some((200, _)) => return true,
+            match self
+                .post(&format!("{target}/_raft/{path}"), body, cluster_id)
+                .await
+            {
+                Some((200, _)) => return Changed::Applied,
                 Some((421, v)) => match v["leader"].as_str() {
                     Some(leader) => target = leader.to_owned(),
-                    None => return false,
+                    None => return Changed::Failed,
                 },
-                _ => return false,
+                Some((409, v)) => {
+                    return Changed::Foreign(v["message"].as_str().unwrap_or("").to_owned());
+                }
+                _ => return Changed::Failed,
             }
         }
-        false
+        Changed::Failed
     }
+}
+
+/// What became of a membership change asked of the cluster.
+enum Changed {
+    Applied,
+    /// The cluster is another one than this node's data dir belongs to.
+    Foreign(String),
+    Failed,
 }
 
 fn leader_of(url: &str, info: &Value) -> String {
     info["leader_peer_url"].as_str().unwrap_or(url).to_owned()
 }
 
+/// What a member's boot loop needs.
+pub struct MemberLoop {
+    pub raft: Addr<RaftActor>,
+    pub me: MemberInfo,
+    pub discovery: Arc<dyn Discovery>,
+    pub bootstrap_expect: usize,
+    pub http: PeerHttp,
+    /// Set at SIGTERM: stop rejoining.
+    pub leaving: Arc<AtomicBool>,
+    /// Where the node says that it cannot go on.
+    pub fatal: mpsc::Sender<String>,
+    pub data_dir: PathBuf,
+}
+
+impl MemberLoop {
+    fn foreign(&self, ours: &str, url: &str, theirs: &str) -> String {
+        format!(
+            "the data dir {dir} belongs to cluster {ours}, but {url} is in cluster {theirs}: this \
+             node cannot join it. To add it to {theirs}, start it with an empty --data-dir (or \
+             delete {dir}); to go back to {ours}, point --seeds at that cluster's members",
+            dir = self.data_dir.display()
+        )
+    }
+}
+
 /// Runs for the node's life: forms or joins the cluster, then rejoins whenever the agreed
-/// membership no longer holds this node (removed while unreachable), until `leaving`.
-pub async fn run_member(
-    raft: Addr<RaftActor>,
-    me: MemberInfo,
-    discovery: Arc<dyn Discovery>,
-    bootstrap_expect: usize,
-    http: PeerHttp,
-    leaving: Arc<AtomicBool>,
-) {
-    let body = serde_json::to_value(&me).unwrap_or(Value::Null);
+/// membership no longer holds this node (removed while unreachable), until `leaving`. A node
+/// whose data dir belongs to another cluster than the one it finds says so and stops.
+pub async fn run_member(m: MemberLoop) {
+    let body = serde_json::to_value(&m.me).unwrap_or(Value::Null);
     let mut logged = false;
     let mut leaderless = 0;
-    while !leaving.load(Ordering::SeqCst) {
-        let Ok(status) = raft.send(Status).await else {
+    while !m.leaving.load(Ordering::SeqCst) {
+        let Ok(status) = m.raft.send(Status).await else {
             return;
         };
-        let member = status.members.iter().any(|m| m.info.id == me.id);
+        let member = status.members.iter().any(|s| s.info.id == m.me.id);
         leaderless = if status.leader_id == 0 {
             leaderless + 1
         } else {
@@ -118,36 +156,50 @@ pub async fn run_member(
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         }
-        let candidates: Vec<String> = discovery
+        let candidates: Vec<String> = m
+            .discovery
             .candidates()
             .await
             .into_iter()
-            .filter(|c| *c != me.peer_url)
+            .filter(|c| *c != m.me.peer_url)
             .collect();
-        let infos = http.infos(&candidates).await;
+        let infos = m.http.infos(&candidates).await;
         let existing = infos
             .iter()
             .find(|(_, i)| i["initialized"] == true && i["leader_id"].as_u64().unwrap_or(0) != 0);
         let listed = |info: &Value| {
             info["members"]
                 .as_array()
-                .is_some_and(|ms| ms.iter().any(|m| m["id"].as_u64() == Some(me.id)))
+                .is_some_and(|ms| ms.iter().any(|s| s["id"].as_u64() == Some(m.me.id)))
         };
+        let ours = status.cluster_id.as_str();
+        if let Some((url, info)) = existing {
+            let theirs = info["cluster_id"].as_str().unwrap_or_default();
+            if !ours.is_empty() && !theirs.is_empty() && ours != theirs {
+                let _ = m.fatal.send(m.foreign(ours, url, theirs)).await;
+                return;
+            }
+        }
         if let Some((url, info)) = existing.filter(|(_, i)| !(member && listed(i))) {
             let leader = leader_of(url, info);
-            if http.change(&leader, "join", &body).await {
-                tracing::info!(%leader, "joined the cluster");
+            match m.http.change(&leader, "join", &body, ours).await {
+                Changed::Applied => tracing::info!(%leader, "joined the cluster"),
+                Changed::Foreign(why) => {
+                    let _ = m.fatal.send(why).await;
+                    return;
+                }
+                Changed::Failed => {}
             }
         } else if !status.initialized && infos.iter().all(|(_, i)| i["initialized"] != true) {
             let mut ids: Vec<u64> = infos
                 .iter()
                 .filter_map(|(_, i)| i["node_id"].as_u64())
                 .collect();
-            ids.push(me.id);
+            ids.push(m.me.id);
             ids.sort_unstable();
             ids.dedup();
-            if ids.len() >= bootstrap_expect && ids[0] == me.id {
-                match raft.send(Bootstrap).await {
+            if ids.len() >= m.bootstrap_expect && ids[0] == m.me.id {
+                match m.raft.send(Bootstrap).await {
                     Ok(Ok(())) => tracing::info!(candidates = ids.len(), "formed a new cluster"),
                     Ok(Err(e)) => tracing::error!(error = %e, "bootstrap failed"),
                     Err(_) => return,
@@ -155,7 +207,7 @@ pub async fn run_member(
             } else if !logged {
                 tracing::info!(
                     visible = ids.len(),
-                    expect = bootstrap_expect,
+                    expect = m.bootstrap_expect,
                     "waiting for the cluster to form"
                 );
                 logged = true;
@@ -165,7 +217,9 @@ pub async fn run_member(
     }
 }
 
-/// Removes this node from the agreed membership (SIGTERM), waiting up to `timeout`.
+/// Removes this node from the agreed membership (SIGTERM), waiting up to `timeout`. The last
+/// voter stays: removing it would leave a cluster that can never elect a leader again, so it
+/// stops as a member and resumes its cluster when restarted.
 pub async fn leave(raft: &Addr<RaftActor>, id: u64, http: &PeerHttp, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
@@ -175,16 +229,35 @@ pub async fn leave(raft: &Addr<RaftActor>, id: u64, http: &PeerHttp, timeout: Du
         if !status.members.iter().any(|m| m.info.id == id) {
             return true;
         }
+        let voters: Vec<u64> = status
+            .members
+            .iter()
+            .filter(|m| m.role == "voter")
+            .map(|m| m.info.id)
+            .collect();
+        if voters == [id] {
+            tracing::info!("the last voter stays in the ring; restart it to resume the cluster");
+            return false;
+        }
         let done = if status.leader_id == id {
             let (tx, rx) = oneshot::channel();
-            raft.try_send(Remove { id, reply: tx }).is_ok()
+            raft.try_send(Remove {
+                id,
+                cluster_id: status.cluster_id.clone(),
+                reply: tx,
+            })
+            .is_ok()
                 && matches!(
                     tokio::time::timeout(Duration::from_secs(3), rx).await,
                     Ok(Ok(Ok(_)))
                 )
         } else if let Some(leader) = &status.leader_peer_url {
-            http.change(leader, "remove", &serde_json::json!({ "id": id }))
-                .await
+            let body = serde_json::json!({ "id": id });
+            matches!(
+                http.change(leader, "remove", &body, &status.cluster_id)
+                    .await,
+                Changed::Applied
+            )
         } else {
             false
         };
@@ -196,7 +269,8 @@ pub async fn leave(raft: &Addr<RaftActor>, id: u64, http: &PeerHttp, timeout: Du
     false
 }
 
-/// A frontend's view of the ring: polls a member's `/_raft/members` and adopts newer epochs.
+/// A frontend's view of the ring: polls members' `/_raft/members` and adopts newer epochs, of
+/// the first cluster it finds (answers from another cluster id are ignored).
 pub async fn follow_ring(
     cluster: Arc<Cluster>,
     discovery: Arc<dyn Discovery>,
@@ -204,6 +278,7 @@ pub async fn follow_ring(
     hash: RingHash,
     vnodes: usize,
 ) {
+    let mut following = String::new();
     loop {
         // Ask every candidate and adopt the newest ring any of them has: a member that lags
         // (or is cut off) must not hold the frontend back.
@@ -216,6 +291,10 @@ pub async fn follow_ring(
         let newest = answers
             .into_iter()
             .flatten()
+            .filter(|v| {
+                let id = v["cluster_id"].as_str().unwrap_or_default();
+                following.is_empty() || id.is_empty() || id == following
+            })
             .max_by_key(|v| v["epoch"].as_u64().unwrap_or(0));
         if let Some(v) = newest {
             let epoch = v["epoch"].as_u64().unwrap_or(0);
@@ -224,10 +303,15 @@ pub async fn follow_ring(
             if epoch > cluster.epoch() && !members.is_empty() {
                 let mut m = Membership::default();
                 for info in members {
-                    m.add(info);
+                    if let Err(e) = m.add(info) {
+                        tracing::warn!(error = %e, "ignoring an invalid member of the ring");
+                    }
                 }
                 cluster.set(m.ring(hash, vnodes), epoch);
-                tracing::info!(epoch, "following a new ring");
+                if following.is_empty() {
+                    following = v["cluster_id"].as_str().unwrap_or_default().to_owned();
+                }
+                tracing::info!(epoch, cluster_id = %following, "following a new ring");
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -45,7 +45,11 @@ impl Harness {
             h.nodes.insert(id, RaftNode::open(id, dir.path()).unwrap());
             h.dirs.insert(id, dir);
         }
-        h.nodes.get_mut(&1).unwrap().bootstrap(info(1)).unwrap();
+        h.nodes
+            .get_mut(&1)
+            .unwrap()
+            .bootstrap(info(1), "test-cluster".into())
+            .unwrap();
         h.run(50);
         for id in 2..=n {
             let leader = h.leader().unwrap();
@@ -202,6 +206,64 @@ mod tests {
         h.run(50);
         let e = h.epoch(h.leader().unwrap());
         assert!((1..=3).all(|id| h.epoch(id) == e));
+    }
+
+    /// Entries that fail validation at apply (an older version's, or a hand's) are skipped the
+    /// same way on every node, on first apply and on replay after a restart; later entries
+    /// still apply.
+    #[test]
+    fn poison_entries_are_skipped_alike_and_replay_without_a_crash() {
+        use super::super::membership::SetWeight;
+        use raft::prelude::{ConfChange, ConfChangeType};
+        let mut h = Harness::formed(3);
+        let leader = h.leader().unwrap();
+        let before: Vec<_> = (1..=3)
+            .map(|id| h.nodes[&id].membership().clone())
+            .collect();
+        let huge = Command {
+            op: Some(command::Op::SetWeight(SetWeight {
+                id: 2,
+                weight: u32::MAX,
+            })),
+        };
+        let node = h.nodes.get_mut(&leader).unwrap();
+        node.propose(&huge).unwrap();
+        node.propose_raw(b"\xff\xff not protobuf".to_vec()).unwrap();
+        node.propose(&Command { op: None }).unwrap();
+        h.run(20);
+        let mut bad = info(9);
+        bad.peer_url = "not a url".into();
+        let mut cc = ConfChange {
+            node_id: 9,
+            ..Default::default()
+        };
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.context = prost::Message::encode_to_vec(&bad).into();
+        h.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .propose_conf_raw(cc)
+            .unwrap();
+        h.run(30);
+        for id in 1..=3u64 {
+            assert_eq!(
+                h.nodes[&id].membership(),
+                &before[id as usize - 1],
+                "node {id} applied a poison entry"
+            );
+            assert_eq!(h.nodes[&id].conf().0, vec![1, 2, 3], "node {id}'s voters");
+        }
+        for id in 1..=3 {
+            h.restart(id);
+        }
+        h.run(60);
+        let leader = h.leader().expect("a leader after the restarts");
+        h.purge(leader, "products");
+        h.run(30);
+        for id in 1..=3u64 {
+            assert_eq!(h.nodes[&id].membership().generations["products"], 1);
+            assert_eq!(h.members(id), vec![1, 2, 3]);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use protobuf::Message as PbMessage;
 use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode, StateRole, Storage};
 
-use super::membership::{Command, MemberInfo, Membership};
+use super::membership::{Command, Invalid, MemberInfo, Membership};
 use super::storage::{DiskStorage, WalError};
 
 /// Up to this many voters; further members join as learners (they still own keys).
@@ -42,6 +42,26 @@ impl slog::Drain for TracingDrain {
         }
         Ok(())
     }
+}
+
+/// Why a committed entry was not applied.
+enum Skip {
+    Invalid(Invalid),
+    Raft(raft::Error),
+    /// Not a skip: the disk failed, and the node stops.
+    Storage(RaftError),
+}
+
+/// Logs and counts a committed entry that every node skips alike.
+fn skipped(entry: &Entry, reason: &'static str, why: &str) {
+    tracing::error!(
+        index = entry.index,
+        term = entry.term,
+        reason,
+        error = why,
+        "skipped a committed raft entry that fails validation"
+    );
+    metrics::counter!("geecache_raft_entries_skipped_total", "reason" => reason).increment(1);
 }
 
 /// What processing one `Ready` produced.
@@ -97,10 +117,13 @@ impl RaftNode {
         !self.raw.store().is_empty()
     }
 
-    /// Makes this (empty) node the first member of a new cluster.
-    pub fn bootstrap(&mut self, me: MemberInfo) -> Result<(), RaftError> {
-        let mut m = Membership::default();
-        m.add(me);
+    /// Makes this (empty) node the first member of a new cluster, named `cluster_id`.
+    pub fn bootstrap(&mut self, me: MemberInfo, cluster_id: String) -> Result<(), RaftError> {
+        let mut m = Membership {
+            cluster_id,
+            ..Membership::default()
+        };
+        m.add(me).map_err(|e| RaftError::Decode(e.to_string()))?;
         let data = m.encode();
         self.raw
             .mut_store()
@@ -111,6 +134,11 @@ impl RaftNode {
         *self = dir_node;
         self.raw.campaign()?;
         Ok(())
+    }
+
+    /// The id of the cluster this node belongs to ("" before it joins one).
+    pub fn cluster_id(&self) -> &str {
+        &self.membership.cluster_id
     }
 
     fn dir(&self) -> std::path::PathBuf {
@@ -190,6 +218,19 @@ impl RaftNode {
             .propose(Vec::new(), prost::Message::encode_to_vec(cmd))?)
     }
 
+    /// Proposes raw entry bytes, bypassing every check: how tests put what an older version, or
+    /// a hand, could have written into the log.
+    #[cfg(test)]
+    pub fn propose_raw(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
+        Ok(self.raw.propose(Vec::new(), data)?)
+    }
+
+    /// Proposes a conf change with any context, bypassing every check (tests).
+    #[cfg(test)]
+    pub fn propose_conf_raw(&mut self, cc: ConfChange) -> Result<(), RaftError> {
+        Ok(self.raw.propose_conf_change(Vec::new(), cc)?)
+    }
+
     fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<bool, RaftError> {
         let mut changed = false;
         let mut last = None;
@@ -198,29 +239,11 @@ impl RaftNode {
             if entry.data.is_empty() {
                 continue; // a new leader's empty entry
             }
-            match entry.get_entry_type() {
-                EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&entry.data)
-                        .map_err(|e| RaftError::Decode(e.to_string()))?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(cs)?;
-                    changed |= match cc.get_change_type() {
-                        ConfChangeType::RemoveNode => self.membership.remove(cc.node_id),
-                        _ => {
-                            let info: MemberInfo = prost::Message::decode(&cc.context[..])
-                                .map_err(|e| RaftError::Decode(e.to_string()))?;
-                            self.membership.add(info)
-                        }
-                    };
-                }
-                EntryType::EntryNormal => {
-                    let cmd: Command = prost::Message::decode(&entry.data[..])
-                        .map_err(|e| RaftError::Decode(e.to_string()))?;
-                    changed |= self.membership.apply(&cmd);
-                }
-                EntryType::EntryConfChangeV2 => {
-                    return Err(RaftError::Decode("conf change v2 is not used".into()));
-                }
+            match self.apply_entry(&entry) {
+                Ok(c) => changed |= c,
+                Err(Skip::Invalid(why)) => skipped(&entry, why.code(), &why.to_string()),
+                Err(Skip::Raft(e)) => skipped(&entry, "conf_change_refused", &e.to_string()),
+                Err(Skip::Storage(e)) => return Err(e),
             }
         }
         if let Some(index) = last {
@@ -228,6 +251,50 @@ impl RaftNode {
             self.raw.mut_store().set_applied(index, data)?;
         }
         Ok(changed)
+    }
+
+    /// Applies one committed entry. What it refuses depends only on the entry and the state
+    /// before it, so every node skips the same entries.
+    fn apply_entry(&mut self, entry: &Entry) -> Result<bool, Skip> {
+        let decode = |e: &dyn std::fmt::Display| Skip::Invalid(Invalid::Decode(e.to_string()));
+        match entry.get_entry_type() {
+            EntryType::EntryConfChange => {
+                let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| decode(&e))?;
+                let info = match cc.get_change_type() {
+                    ConfChangeType::RemoveNode => None,
+                    _ => {
+                        let info: MemberInfo =
+                            prost::Message::decode(&cc.context[..]).map_err(|e| decode(&e))?;
+                        if info.id != cc.node_id {
+                            return Err(Skip::Invalid(Invalid::Decode(format!(
+                                "conf change for node {} carries member {}",
+                                cc.node_id, info.id
+                            ))));
+                        }
+                        self.membership.check_add(&info).map_err(Skip::Invalid)?;
+                        Some(info)
+                    }
+                };
+                // raft-rs refuses what would break its configuration (removing the last voter).
+                let cs = self.raw.apply_conf_change(&cc).map_err(Skip::Raft)?;
+                self.raw
+                    .mut_store()
+                    .set_conf_state(cs)
+                    .map_err(|e| Skip::Storage(e.into()))?;
+                Ok(match info {
+                    None => self.membership.remove(cc.node_id),
+                    Some(info) => self.membership.add(info).map_err(Skip::Invalid)?,
+                })
+            }
+            EntryType::EntryNormal => {
+                let cmd: Command =
+                    prost::Message::decode(&entry.data[..]).map_err(|e| decode(&e))?;
+                self.membership.apply(&cmd).map_err(Skip::Invalid)
+            }
+            EntryType::EntryConfChangeV2 => Err(Skip::Invalid(Invalid::Decode(
+                "conf change v2 is not used".into(),
+            ))),
+        }
     }
 
     /// Processes a `Ready` in the order raft-rs documents: messages, snapshot, committed

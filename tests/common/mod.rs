@@ -1,6 +1,8 @@
 //! Test fixtures: a private PostgreSQL cluster and real `geecache` node processes.
 #![allow(dead_code)]
 
+pub mod raft;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -238,6 +240,9 @@ impl Drop for Pg {
     }
 }
 
+/// The peer secret test nodes share unless a test gives its own.
+pub const TEST_SECRET: &str = "geecache-test-secret-0123456789";
+
 /// A `geecache node` process on free 127.0.0.1 ports; killed when dropped.
 pub struct NodeProc {
     pub child: Child,
@@ -259,14 +264,29 @@ impl NodeProc {
     }
 
     /// Starts the process without waiting for `/ready` (nodes that must see each other first).
+    /// Every node gets `TEST_SECRET` as its peer secret unless `args` bring their own.
     pub fn spawn_unready(api_port: u16, peer_port: u16, args: &[&str]) -> NodeProc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("node.log");
+        let own = args.iter().any(|a| {
+            [
+                "--peer-secret",
+                "--peer-secret-file",
+                "--insecure-open-peer-port",
+            ]
+            .contains(a)
+        });
+        let secret: &[&str] = if own {
+            &[]
+        } else {
+            &["--peer-secret", TEST_SECRET]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_geecache"))
             .arg("node")
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--peer-addr", &format!("127.0.0.1:{peer_port}")])
             .args(["--workers", "2"])
+            .args(secret)
             .args(args)
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit())

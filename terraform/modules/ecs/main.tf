@@ -154,7 +154,7 @@ resource "aws_iam_role" "execution" {
   tags               = var.tags
 }
 
-# What ECS needs to start a task: pull the image, write its logs, read the database URL.
+# What ECS needs to start a task: pull the image, write its logs, read its two secrets.
 data "aws_iam_policy_document" "execution" {
   statement {
     sid       = "EcrToken"
@@ -172,9 +172,34 @@ data "aws_iam_policy_document" "execution" {
     resources = ["arn:aws:logs:${var.region}:*:log-group:${var.log_group_name}:*"]
   }
   statement {
-    sid       = "ReadTheDatabaseUrl"
+    sid       = "ReadTheSecrets"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.database_url_secret_arn]
+    resources = [var.database_url_secret_arn, aws_secretsmanager_secret.peer.arn]
+  }
+}
+
+# The peer port's shared secret: random, made once, kept in Secrets Manager and handed to the
+# tasks as GEECACHE_PEER_SECRET by ECS (never in the task definition's text). Rotate it as the
+# README says: add the new one with GEECACHE_PEER_SECRET_ACCEPT, roll, swap, roll, drop.
+data "aws_secretsmanager_random_password" "peer" {
+  password_length     = 48
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret" "peer" {
+  #checkov:skip=CKV_AWS_149:encrypted with the AWS-managed key; only the task execution role reads it
+  #checkov:skip=CKV2_AWS_57:rotation is a rolling restart with GEECACHE_PEER_SECRET_ACCEPT (README), not a Lambda
+  name                    = "${var.name}/peer-secret"
+  description             = "GEECACHE_PEER_SECRET: the GeeCache nodes' peer and Raft port secret"
+  recovery_window_in_days = 0
+  tags                    = var.tags
+}
+
+resource "aws_secretsmanager_secret_version" "peer" {
+  secret_id     = aws_secretsmanager_secret.peer.id
+  secret_string = data.aws_secretsmanager_random_password.peer.random_password
+  lifecycle {
+    ignore_changes = [secret_string]
   }
 }
 
@@ -230,7 +255,10 @@ locals {
     { name = "GEECACHE_DRAIN_DELAY", value = "5s" },
     { name = "GEECACHE_LOG_FORMAT", value = "json" },
   ]
-  secrets = [{ name = "GEECACHE_DATABASE_URL", valueFrom = var.database_url_secret_arn }]
+  secrets = [
+    { name = "GEECACHE_DATABASE_URL", valueFrom = var.database_url_secret_arn },
+    { name = "GEECACHE_PEER_SECRET", valueFrom = aws_secretsmanager_secret.peer.arn },
+  ]
   logging = {
     logDriver = "awslogs"
     options = {

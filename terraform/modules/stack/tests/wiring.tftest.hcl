@@ -65,6 +65,14 @@ run "nodes_service" {
   module {
     source = "../ecs"
   }
+  override_resource {
+    target = aws_secretsmanager_secret.peer
+    values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:geecache/peer-secret-XyZ" }
+  }
+  override_data {
+    target = data.aws_secretsmanager_random_password.peer
+    values = { random_password = "mock-peer-secret-0123456789abcdef" }
+  }
   variables {
     name                    = "geecache"
     vpc_id                  = "vpc-0123"
@@ -105,6 +113,10 @@ run "nodes_service" {
   assert {
     condition     = strcontains(aws_ecs_task_definition.node.container_definitions, "dns://nodes.geecache.local:8001") && strcontains(aws_ecs_task_definition.node.container_definitions, var.database_url_secret_arn)
     error_message = "Cloud Map DNS discovery, and the database URL as a secret"
+  }
+  assert {
+    condition     = strcontains(aws_ecs_task_definition.node.container_definitions, "\"GEECACHE_PEER_SECRET\"") && strcontains(aws_ecs_task_definition.node.container_definitions, aws_secretsmanager_secret.peer.arn) && !strcontains(aws_ecs_task_definition.node.container_definitions, data.aws_secretsmanager_random_password.peer.random_password)
+    error_message = "the peer secret reaches the tasks from Secrets Manager, never as plain text in the task definition"
   }
   assert {
     condition     = aws_vpc_security_group_ingress_rule.api_from_alb.referenced_security_group_id == "sg-alb" && aws_vpc_security_group_ingress_rule.api_from_alb.from_port == 9999
