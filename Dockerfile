@@ -39,7 +39,8 @@ COPY benches benches
 COPY examples examples
 COPY tests tests
 COPY config config
-RUN cargo build --release --locked --bin geecache && cp target/release/geecache /geecache
+# With AWS discovery (cloudmap://, ecs:// seeds), which the ECS deployment can use.
+RUN cargo build --release --locked --features aws --bin geecache && cp target/release/geecache /geecache
 
 
 FROM runtime-base AS runtime

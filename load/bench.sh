@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 mode=${1:-quick}
 case "$mode" in quick|full) ;; *) echo "usage: load/bench.sh quick|full" >&2; exit 2 ;; esac
 cargo build --release --locked --quiet --bin geecache --example bare_handler -p geecache
-cargo build --release --locked --quiet -p geecache-load
+cargo build --release --locked --quiet -p geecache-load --features aws
 exec python3 load/suite.py "$mode"

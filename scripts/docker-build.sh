@@ -22,10 +22,10 @@ fi
 # GEECACHE_PROFILE=debug reuses the test build (CI: the compose test checks behaviour, not speed).
 profile=${GEECACHE_PROFILE:-release}
 if [ "$profile" = release ]; then
-  cargo build --release --locked --bin geecache
+  cargo build --release --locked --features aws --bin geecache
   bin=target/release/geecache
 else
-  cargo build --locked --bin geecache
+  cargo build --locked --features aws --bin geecache
   bin=target/debug/geecache
 fi
 mkdir -p target/docker

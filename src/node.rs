@@ -1,31 +1,34 @@
-//! Starting and stopping one node: actors, the two listeners, signals, drain.
+//! The composition root of a node: bind the listeners, build the cache and its actors, start
+//! membership, serve, drain. Each step is a function below; `Node::start` lists them.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use actix::Addr;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
-use crate::actors::{DbActor, LoaderActor, ShardActor, loader::Loader};
-use std::sync::atomic::{AtomicBool, Ordering};
+use actix::Actor as _;
 
-use actix::{Actor as _, Addr};
-
-use crate::actors::raft::{RaftActor, RaftSettings};
-use crate::cache::Shard;
-use crate::cluster::Cluster;
-use crate::config::{Config, Role, SourceKind};
-use crate::hot::RateTracker;
+use crate::actors::raft::RaftSettings;
+use crate::actors::{DbActor, LoaderActor, RaftActor, ShardActor};
+use crate::cache::hot::HotPolicy;
+use crate::cache::store::Store;
+use crate::cache::{Cache, Core, Loader};
+use crate::cli::config::{Config, Role, SourceKind};
 use crate::http::{self, AppState, Health};
-use crate::peer_client::{HttpPeerClient, PeerClient};
-use crate::raft::boot::{MemberLoop, PeerHttp, follow_ring, leave, run_member};
+use crate::peer::{PeerClient, PeerSettings};
+use crate::raft::boot::{MemberLoop, follow_ring, leave, run_member};
 use crate::raft::discovery::{Discovery, Seeds};
 use crate::raft::membership::MemberInfo;
 use crate::raft::node::RaftNode;
+use crate::ring::Cluster;
 use crate::source::embedded::EmbeddedConfig;
 use crate::source::postgres::PostgresConfig;
 use crate::source::{EmbeddedSource, PostgresSource, Source};
+use crate::telemetry::metrics::Counters;
 
 /// Builds the configured source (no connection is made yet).
 pub fn build_source(config: &Config) -> anyhow::Result<Arc<dyn Source>> {
@@ -41,12 +44,11 @@ pub fn build_source(config: &Config) -> anyhow::Result<Arc<dyn Source>> {
             pool_size: s.pool_size,
             connect_timeout: s.connect_timeout,
             statement_timeout: s.statement_timeout,
-            queries: s.queries.as_array(),
+            queries: [s.queries.scores.clone(), s.queries.products.clone()],
         })?),
     })
 }
 
-/// Starts the actors of a node on the current actix system and returns the handlers' state.
 /// HTTP workers per listener, and loaders: one per core unless configured.
 pub fn worker_count(config: &Config) -> usize {
     match config.workers {
@@ -55,73 +57,80 @@ pub fn worker_count(config: &Config) -> usize {
     }
 }
 
-pub fn start_actors(
-    config: &Config,
-    source: Arc<dyn Source>,
-    peers: impl Fn() -> Arc<dyn PeerClient>,
-) -> AppState {
-    let metrics = crate::metrics::install();
-    let counters = crate::metrics::Counters::new();
+fn peer_settings(config: &Config) -> PeerSettings {
+    PeerSettings {
+        timeout: config.peer_timeout,
+        secret: config.peer_secret.clone(),
+        max_value_bytes: config.max_value_bytes,
+    }
+}
+
+/// The stores, the ring and the counters every request and flight shares.
+fn build_core(config: &Config) -> Arc<Core> {
     // groupcache's split: the hot cache gets 1/8 of the bytes. A frontend owns no keys, so
     // all of its bytes go to the hot cache.
     let hot_bytes = match config.role {
         Role::Node => config.cache_bytes / 8,
         Role::Frontend => config.cache_bytes,
     };
-    let main = Shard::new("main", (config.cache_bytes - hot_bytes).max(1024), None);
-    let hot = Shard::new("hot", hot_bytes, Some(config.hot_ttl));
-    let cluster = Arc::new(Cluster::from_static(
-        config.self_url.as_deref(),
-        &config.peers,
-        config.role == Role::Node,
-        config.ring_hash,
-        config.vnodes,
-    ));
-    let rates = Arc::new(RateTracker::new(Duration::from_secs(1), 100_000));
-    let mailbox = config.loader_mailbox;
-    let shard_addr = ShardActor::new(main.clone(), hot.clone(), mailbox).start_bounded();
-    let db = DbActor::new(source, mailbox).start_bounded();
-    // One loader per core, each on an arbiter (thread) of its own with its own peer client, keys
-    // split by hash: a key's flights all live in one loader, and peer I/O spreads over the
-    // cores instead of queueing on one thread (measured by load/bench-remote.sh).
+    Arc::new(Core {
+        main: Store::new("main", (config.cache_bytes - hot_bytes).max(1024), None),
+        hot: Store::new("hot", hot_bytes, Some(config.hot_ttl)),
+        policy: HotPolicy::new(config.hot_min_qps),
+        cluster: Arc::new(Cluster::from_static(
+            config.self_url.as_deref(),
+            &config.peers,
+            config.role == Role::Node,
+            config.ring_hash,
+            config.vnodes,
+        )),
+        counters: Counters::new(),
+    })
+}
+
+/// Starts the cache's actors on the current actix system: the stores' maintenance, the source,
+/// and one loader per core, each on an arbiter (thread) of its own with its own peer client,
+/// keys split by hash: a key's flights all live in one loader, and peer I/O spreads over the
+/// cores instead of queueing on one thread (measured by load/bench-remote.sh).
+fn start_cache(config: &Config, core: Arc<Core>, source: Arc<dyn Source>) -> anyhow::Result<Cache> {
+    ShardActor::start(core.main.clone(), core.hot.clone());
+    let db = DbActor::new(source, config.loader_mailbox).start_bounded();
+    let settings = peer_settings(config);
     let loaders = (0..worker_count(config))
         .map(|_| {
             let loader = Loader {
-                main: main.clone(),
-                hot: hot.clone(),
+                core: Arc::clone(&core),
                 db: db.clone(),
-                counters: counters.clone(),
-                cluster: Arc::clone(&cluster),
-                peers: peers(),
-                rates: Arc::clone(&rates),
-                hot_min_qps: config.hot_min_qps,
+                peers: Arc::new(PeerClient::new(&settings)?),
                 max_value_bytes: config.max_value_bytes,
             };
-            let actor = LoaderActor::new(loader, mailbox, config.max_in_flight);
-            actor.start_in(&actix_rt::Arbiter::new().handle())
+            let actor = LoaderActor::new(loader, config.loader_mailbox, config.max_in_flight);
+            Ok(actor.start_in(&actix_rt::Arbiter::new().handle()))
         })
-        .collect();
-    AppState {
-        main,
-        hot,
-        shard_addr,
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Cache {
+        core,
         loaders,
-        counters,
-        cluster,
-        rates,
-        served_rates: Arc::new(RateTracker::new(Duration::from_secs(60), 100_000)),
+        request_timeout: config.request_timeout,
+    })
+}
+
+/// The handlers' state: the cache and everything the endpoints report on.
+pub fn build_state(config: &Config, source: Arc<dyn Source>) -> anyhow::Result<AppState> {
+    let metrics = crate::telemetry::metrics::install();
+    let cache = start_cache(config, build_core(config), source)?;
+    Ok(AppState {
+        cache,
+        raft: None,
+        membership_required: config.uses_raft(),
+        role: config.role,
         peer_auth: match &config.peer_secret {
             Some(secret) => http::peer::PeerAuth::new(Some(secret), &config.peer_secret_accept),
             None => http::peer::PeerAuth::open(),
         },
-        raft: None,
-        membership_required: config.uses_raft(),
-        role: config.role,
-        hit_path: config.hit_path,
-        request_timeout: config.request_timeout,
         health: Arc::new(Health::default()),
         metrics,
-    }
+    })
 }
 
 /// The client API app: `/api`, ops endpoints, JSON 404 elsewhere.
@@ -143,21 +152,112 @@ pub fn api_app(
         .default_service(web::to(http::not_found))
 }
 
-/// Prints one EMF line per interval with what happened in it.
-async fn emit_emf(metrics: metrics_exporter_prometheus::PrometheusHandle, every: Duration) {
-    let mut before = crate::emf::Snapshot::parse(&metrics.render());
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        metrics.run_upkeep();
-        let now = crate::emf::Snapshot::parse(&metrics.render());
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        println!("{}", crate::emf::line(&before, &now, ms));
-        before = now;
+/// The peer app: data fetches and Raft, all behind the peer secret.
+fn peer_app(
+    state: web::Data<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .configure(http::peer::configure)
+        .configure(http::membership::configure)
+        .default_service(web::to(http::not_found))
+        .wrap(actix_web::middleware::from_fn(http::peer::require_secret))
+}
+
+fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot bind {what} on {addr}: {e}"))
+}
+
+/// This node as a ring member.
+fn member_info(config: &Config) -> anyhow::Result<MemberInfo> {
+    let me = MemberInfo {
+        id: config.raft_id(),
+        peer_url: config
+            .self_url
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned(),
+        api_url: config.api_url(),
+        weight: 1,
+    };
+    me.check()
+        .map_err(|e| anyhow::anyhow!("this node cannot be a ring member: {e}"))?;
+    Ok(me)
+}
+
+/// Opens the Raft log and starts `RaftActor` on an arbiter of its own.
+fn start_raft(config: &Config, state: &AppState) -> anyhow::Result<(Addr<RaftActor>, MemberInfo)> {
+    let me = member_info(config)?;
+    let node = RaftNode::open(me.id, &config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the Raft log in {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    if !node.cluster_id().is_empty() {
+        tracing::info!(cluster_id = node.cluster_id(), data_dir = %config.data_dir.display(), "resuming this node's cluster");
     }
+    let settings = RaftSettings {
+        peers: peer_settings(config),
+        dead_after: config.dead_after,
+        leaderless: Arc::clone(&state.health.leaderless),
+    };
+    let actor = RaftActor::new(
+        node,
+        me.clone(),
+        Arc::clone(&state.cache.core.cluster),
+        settings,
+    )?;
+    let addr = RaftActor::start_in_arbiter(&actix_rt::Arbiter::new().handle(), move |_| actor);
+    Ok((addr, me))
+}
+
+/// The two listeners, serving.
+struct Servers {
+    api_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    api: ServerHandle,
+    peer: ServerHandle,
+}
+
+fn serve(
+    config: &Config,
+    state: web::Data<AppState>,
+    listeners: (TcpListener, TcpListener),
+) -> anyhow::Result<Servers> {
+    let workers = worker_count(config);
+    let shutdown = config.shutdown_timeout.as_secs().max(1);
+    let api_state = state.clone();
+    let api = HttpServer::new(move || api_app(api_state.clone()))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(shutdown)
+        .listen(listeners.0)?;
+    let peer = HttpServer::new(move || peer_app(state.clone()))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(shutdown)
+        .listen(listeners.1)?;
+    let (api_addr, peer_addr) = (api.addrs()[0], peer.addrs()[0]);
+    let (api, peer) = (api.run(), peer.run());
+    let servers = Servers {
+        api_addr,
+        peer_addr,
+        api: api.handle(),
+        peer: peer.handle(),
+    };
+    actix_rt::spawn(api);
+    actix_rt::spawn(peer);
+    Ok(servers)
 }
 
 /// A running node.
@@ -177,180 +277,86 @@ pub struct Node {
 struct RaftMember {
     addr: Addr<RaftActor>,
     id: u64,
-    http: PeerHttp,
+    peers: PeerClient,
     leaving: Arc<AtomicBool>,
 }
 
-/// Opens the Raft log and starts `RaftActor` on an arbiter of its own.
-fn start_raft(
+/// Starts membership: a member's boot loop, or a frontend following the ring.
+fn start_membership(
     config: &Config,
-    cluster: Arc<Cluster>,
-    leaderless: Arc<AtomicBool>,
-) -> anyhow::Result<(Addr<RaftActor>, MemberInfo)> {
-    let id = config.raft_id();
-    let me = MemberInfo {
-        id,
-        peer_url: config
-            .self_url
-            .clone()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_owned(),
-        api_url: config.api_url(),
-        weight: 1,
+    state: &AppState,
+    raft: Option<(Addr<RaftActor>, MemberInfo)>,
+    fatal: tokio::sync::mpsc::Sender<String>,
+) -> anyhow::Result<Option<RaftMember>> {
+    let discovery: Arc<dyn Discovery> = Arc::new(Seeds(config.seeds.clone()));
+    let peers = || PeerClient::new(&peer_settings(config));
+    let Some((addr, me)) = raft else {
+        if config.uses_raft() {
+            let cluster = Arc::clone(&state.cache.core.cluster);
+            actix_rt::spawn(follow_ring(cluster, discovery, peers()?));
+        }
+        return Ok(None);
     };
-    me.check()
-        .map_err(|e| anyhow::anyhow!("this node cannot be a ring member: {e}"))?;
-    let node = RaftNode::open(id, &config.data_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the Raft log in {}: {e}",
-            config.data_dir.display()
-        )
-    })?;
-    if !node.cluster_id().is_empty() {
-        tracing::info!(cluster_id = node.cluster_id(), data_dir = %config.data_dir.display(), "resuming this node's cluster");
-    }
-    let settings = RaftSettings {
-        ring_hash: config.ring_hash,
-        vnodes: config.vnodes,
-        secret: config.peer_secret.clone(),
-        dead_after: config.dead_after,
-        leaderless,
-    };
-    let actor = RaftActor::new(node, me.clone(), cluster, settings);
-    let addr = RaftActor::start_in_arbiter(&actix_rt::Arbiter::new().handle(), move |_| actor);
-    Ok((addr, me))
+    let leaving = Arc::new(AtomicBool::new(false));
+    actix_rt::spawn(run_member(MemberLoop {
+        raft: addr.clone(),
+        me: me.clone(),
+        discovery,
+        bootstrap_expect: config.bootstrap_expect,
+        peers: peers()?,
+        leaving: Arc::clone(&leaving),
+        fatal,
+        data_dir: config.data_dir.clone(),
+    }));
+    Ok(Some(RaftMember {
+        addr,
+        id: me.id,
+        peers: peers()?,
+        leaving,
+    }))
 }
 
 impl Node {
-    /// Starts actors and binds both listeners; must run inside an actix system.
+    /// Starts a node; must run inside an actix system.
     pub async fn start(mut config: Config) -> anyhow::Result<Node> {
         config.resolve_self().await?;
         // Bind and build everything that can fail before any actor starts: an actix system
         // dropped with actors still starting does not shut down cleanly.
-        let bind = |addr: SocketAddr, what: &str| {
-            std::net::TcpListener::bind(addr)
-                .map_err(|e| anyhow::anyhow!("cannot bind {what} on {addr}: {e}"))
-        };
-        let api_listener = bind(config.api_addr, "client API")?;
-        let peer_listener = bind(config.peer_addr, "peer port")?;
+        let listeners = (
+            bind(config.api_addr, "client API")?,
+            bind(config.peer_addr, "peer port")?,
+        );
         let source = build_source(&config)?;
-        // Fail here on a bad TLS/client setup rather than in a loader's arbiter.
-        HttpPeerClient::new(
-            config.peer_timeout,
-            config.peer_secret.as_deref(),
-            config.max_value_bytes,
-        )?;
-        let (timeout, secret) = (config.peer_timeout, config.peer_secret.clone());
-        let max_value = config.max_value_bytes;
-        let peers = move || -> Arc<dyn PeerClient> {
-            Arc::new(
-                HttpPeerClient::new(timeout, secret.as_deref(), max_value)
-                    .expect("the same settings built a client a moment ago"),
-            )
-        };
-        let mut state = start_actors(&config, source, peers);
-        if config.insecure_open_peer_port {
-            tracing::warn!(
-                peer_addr = %config.peer_addr,
-                "the peer port is OPEN (--insecure-open-peer-port): anyone who reaches it can read \
-                 and poison the cache and change the ring; use it only to mix with GeeCache (Go) nodes"
-            );
-        }
+        PeerClient::new(&peer_settings(&config))?;
+        warn_if_open(&config);
+        let mut state = build_state(&config, source)?;
         let raft = match (config.uses_raft(), config.role) {
-            (true, Role::Node) => Some(start_raft(
-                &config,
-                Arc::clone(&state.cluster),
-                Arc::clone(&state.health.leaderless),
-            )?),
+            (true, Role::Node) => Some(start_raft(&config, &state)?),
             _ => None,
         };
         state.raft = raft.as_ref().map(|(addr, _)| addr.clone());
         let state = web::Data::new(state);
-        let health = Arc::clone(&state.health);
-        let workers = worker_count(&config);
-        let shutdown = config.shutdown_timeout.as_secs().max(1);
-
-        let api_state = state.clone();
-        let api = HttpServer::new(move || api_app(api_state.clone()))
-            .workers(workers)
-            .disable_signals()
-            .shutdown_timeout(shutdown)
-            .listen(api_listener)?;
-        let api_addr = api.addrs()[0];
-
-        let peer_state = state.clone();
-        let peer = HttpServer::new(move || {
-            App::new()
-                .app_data(peer_state.clone())
-                .configure(http::peer::configure)
-                .configure(http::raft::configure)
-                .default_service(web::to(http::not_found))
-                .wrap(actix_web::middleware::from_fn(http::peer::require_secret))
-        })
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(shutdown)
-        .listen(peer_listener)?;
-        let peer_addr = peer.addrs()[0];
-
-        let api = api.run();
-        let peer = peer.run();
-        let (api_handle, peer_handle) = (api.handle(), peer.handle());
-        actix_rt::spawn(api);
-        actix_rt::spawn(peer);
-        health.set_ready();
+        let servers = serve(&config, state.clone(), listeners)?;
+        state.health.set_ready();
         if config.emf {
-            actix_rt::spawn(emit_emf(state.metrics.clone(), config.emf_interval));
+            let metrics = state.metrics.clone();
+            actix_rt::spawn(crate::telemetry::emit_emf(metrics, config.emf_interval));
         }
-        let discovery: Arc<dyn Discovery> = Arc::new(Seeds(config.seeds.clone()));
-        let http = PeerHttp::new(config.peer_secret.as_deref());
         let (fatal_tx, fatal) = tokio::sync::mpsc::channel(1);
-        let raft = match raft {
-            Some((addr, me)) => {
-                let leaving = Arc::new(AtomicBool::new(false));
-                actix_rt::spawn(run_member(MemberLoop {
-                    raft: addr.clone(),
-                    me: me.clone(),
-                    discovery,
-                    bootstrap_expect: config.bootstrap_expect,
-                    http: http.clone(),
-                    leaving: Arc::clone(&leaving),
-                    fatal: fatal_tx,
-                    data_dir: config.data_dir.clone(),
-                }));
-                Some(RaftMember {
-                    addr,
-                    id: me.id,
-                    http,
-                    leaving,
-                })
-            }
-            None => {
-                if config.uses_raft() {
-                    actix_rt::spawn(follow_ring(
-                        Arc::clone(&state.cluster),
-                        discovery,
-                        http,
-                        config.ring_hash,
-                        config.vnodes,
-                    ));
-                }
-                None
-            }
-        };
-        let view = state.cluster.view();
+        let raft = start_membership(&config, &state, raft, fatal_tx)?;
+        let view = state.cache.core.cluster.view();
         tracing::info!(
-            %api_addr, %peer_addr, role = ?config.role, source = ?config.source.kind,
+            api_addr = %servers.api_addr, peer_addr = %servers.peer_addr,
+            role = config.role.as_str(), source = config.source.kind.as_str(),
             cache_bytes = config.cache_bytes, members = view.ring.members().len(),
             self_url = config.self_url.as_deref().unwrap_or("-"), "node started"
         );
         Ok(Node {
-            api_addr,
-            peer_addr,
-            api: api_handle,
-            peer: peer_handle,
-            health,
+            api_addr: servers.api_addr,
+            peer_addr: servers.peer_addr,
+            api: servers.api,
+            peer: servers.peer,
+            health: Arc::clone(&state.health),
             config,
             raft,
             fatal,
@@ -376,12 +382,13 @@ impl Node {
         Ok(())
     }
 
-    /// Graceful stop: `/ready` says 503 for `drain_delay` (so a load balancer stops sending),
-    /// then the listeners stop accepting and in-flight requests get `shutdown_timeout`.
+    /// Graceful stop: leave the ring, then `/ready` says 503 for `drain_delay` (so a load
+    /// balancer stops sending), then the listeners stop accepting and in-flight requests get
+    /// `shutdown_timeout`.
     pub async fn shutdown(self) {
         if let Some(r) = &self.raft {
             r.leaving.store(true, Ordering::SeqCst);
-            let left = leave(&r.addr, r.id, &r.http, Duration::from_secs(5)).await;
+            let left = leave(&r.addr, r.id, &r.peers, Duration::from_secs(5)).await;
             tracing::info!(left, "left the ring");
         }
         self.health.start_draining();
@@ -390,5 +397,15 @@ impl Node {
         }
         tokio::join!(self.api.stop(true), self.peer.stop(true));
         tracing::info!("node stopped");
+    }
+}
+
+fn warn_if_open(config: &Config) {
+    if config.insecure_open_peer_port {
+        tracing::warn!(
+            peer_addr = %config.peer_addr,
+            "the peer port is OPEN (--insecure-open-peer-port): anyone who reaches it can read \
+             and poison the cache and change the ring; use it only to mix with GeeCache (Go) nodes"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region};
+use geecache::raft::discovery::aws::candidates_with;
 use geecache::raft::discovery::{AwsSeed, aws_seed};
 
 struct Moto(Child);
@@ -86,7 +87,7 @@ async fn cloud_map_discovery_against_the_emulator() {
             .unwrap();
     }
     let seed = aws_seed("cloudmap://geecache.local/nodes:8001").unwrap();
-    let mut found = seed.candidates(&config).await.unwrap();
+    let mut found = candidates_with(&seed, &config).await.unwrap();
     found.sort();
     assert_eq!(
         found,
@@ -99,7 +100,7 @@ async fn cloud_map_discovery_against_the_emulator() {
     let mut lookups = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
-        assert_eq!(seed.candidates(&config).await.unwrap().len(), 3);
+        assert_eq!(candidates_with(&seed, &config).await.unwrap().len(), 3);
         lookups.push(t.elapsed());
     }
     eprintln!(
@@ -179,7 +180,7 @@ async fn ecs_discovery_reads_the_tasks_private_ips() {
         .await;
     let seed = aws_seed("ecs://geecache/geecache-nodes:8001").unwrap();
     assert!(matches!(seed, AwsSeed::Ecs { .. }));
-    let mut found = seed.candidates(&config).await.unwrap();
+    let mut found = candidates_with(&seed, &config).await.unwrap();
     found.sort();
     assert_eq!(found, ["http://10.0.11.5:8001", "http://10.0.12.6:8001"]);
 }

@@ -57,7 +57,7 @@ async fn nodes_agree_on_owners_and_values() {
     // Every node answers every key with the same bytes (and the embedded rows' bytes).
     for id in (1..=1000).step_by(7).chain([1001, 0]) {
         let expected = if (1..=1000).contains(&id) {
-            (200, geecache::groups::product_value(id).into_bytes())
+            (200, geecache::source::demo::product_value(id).into_bytes())
         } else {
             (404, Vec::new())
         };
@@ -135,7 +135,7 @@ async fn six_hundred_misses_over_three_nodes_cost_one_query() {
     tokio::time::sleep(Duration::from_millis(200)).await; // let the peer requests land too
     db.batch_execute("COMMIT").await.unwrap();
 
-    let expected = geecache::groups::product_value(321).into_bytes();
+    let expected = geecache::source::demo::product_value(321).into_bytes();
     for r in join_all(requests).await {
         assert_eq!(r.unwrap(), (200, expected.clone()));
     }
@@ -167,7 +167,7 @@ async fn a_killed_node_does_not_fail_its_keys() {
             let (s, body) = get(&client, &format!("{}/api/products/{id}", n.api)).await;
             assert_eq!(
                 (s, body),
-                (200, geecache::groups::product_value(*id).into_bytes())
+                (200, geecache::source::demo::product_value(*id).into_bytes())
             );
         }
     }
@@ -179,7 +179,7 @@ async fn a_killed_node_does_not_fail_its_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_port_is_guarded_and_strict() {
-    let c = start_cluster(None, &["--embedded-latency-ms", "0"]);
+    let c = start_cluster(None, &["--embedded-latency", "0ms"]);
     let client = client();
     let peer = &c.peers[0];
     let url = format!("{peer}/_geecache/scores/Tom");
@@ -190,7 +190,7 @@ async fn the_peer_port_is_guarded_and_strict() {
     let ok = client.get(&url).bearer_auth(SECRET).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     let body = ok.bytes().await.unwrap();
-    let r = <geecache::proto::Response as prost::Message>::decode(body).unwrap();
+    let r = <geecache::peer::wire::Response as prost::Message>::decode(body).unwrap();
     assert_eq!(r.value, "630");
 
     let long = "k".repeat(3000);
@@ -218,7 +218,7 @@ async fn the_peer_port_is_guarded_and_strict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_remote_key_is_served_from_the_hot_cache() {
-    let c = start_cluster(None, &["--embedded-latency-ms", "0", "--hot-min-qps", "5"]);
+    let c = start_cluster(None, &["--embedded-latency", "0ms", "--hot-min-qps", "5"]);
     let client = client();
     let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
     let remote = (1..)

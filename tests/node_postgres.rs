@@ -53,7 +53,7 @@ async fn five_hundred_concurrent_misses_reach_postgres_once() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let expected = geecache::groups::product_value(777).into_bytes();
+    let expected = geecache::source::demo::product_value(777).into_bytes();
     assert!(
         answers
             .iter()
@@ -101,7 +101,7 @@ async fn database_outage_is_a_5xx_then_heals_without_restart() {
     pg.restart();
     let (status, body) = get(&client, &api("2")).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(body, geecache::groups::product_value(2).into_bytes());
+    assert_eq!(body, geecache::source::demo::product_value(2).into_bytes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +131,7 @@ async fn embedded_and_seeded_postgres_answer_the_same_bytes() {
     let pg = Pg::start();
     pg.seed(1000);
     let on_pg = pg_node(&pg, &[]);
-    let embedded = NodeProc::spawn(&["--products", "1000", "--embedded-latency-ms", "0"]);
+    let embedded = NodeProc::spawn(&["--products", "1000", "--embedded-latency", "0ms"]);
     let client = reqwest::Client::new();
     let mut paths: Vec<String> = ["Tom", "Jack", "Sam", "Nobody"]
         .iter()
@@ -149,7 +149,7 @@ async fn embedded_and_seeded_postgres_answer_the_same_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_its_documented_4xx() {
-    let node = NodeProc::spawn(&["--embedded-latency-ms", "0"]);
+    let node = NodeProc::spawn(&["--embedded-latency", "0ms"]);
     let client = reqwest::Client::new();
     let long = "k".repeat(3000);
     let cases: Vec<(String, u16, &str)> = vec![
@@ -194,7 +194,7 @@ async fn bad_input_gets_its_documented_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_cleanly() {
-    let mut node = NodeProc::spawn(&["--embedded-latency-ms", "300"]);
+    let mut node = NodeProc::spawn(&["--embedded-latency", "300ms"]);
     let client = reqwest::Client::new();
     let slow = tokio::spawn({
         let (client, url) = (client.clone(), format!("{}/api/products/9", node.api));

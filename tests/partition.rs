@@ -192,7 +192,7 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
                         "--peer-timeout",
                         "500ms",
                     ])
-                    .args(["--embedded-latency-ms", "0"])
+                    .args(["--embedded-latency", "0ms"])
                     .args(["--peer-secret", common::TEST_SECRET])
                     .stdout(log)
                     .spawn()

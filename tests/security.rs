@@ -28,7 +28,7 @@ async fn view(client: &reqwest::Client, raft: &Raft, id: u64) -> Value {
 
 /// A Raft batch as `/_raft/messages` takes it.
 fn batch(messages: &[RaftMessage], from_url: &str, cluster_id: &str) -> Vec<u8> {
-    prost::Message::encode_to_vec(&geecache::actors::raft::RaftBatch {
+    prost::Message::encode_to_vec(&geecache::peer::wire::RaftBatch {
         messages: messages
             .iter()
             .map(|m| m.write_to_bytes().unwrap())
@@ -245,7 +245,7 @@ fn append_committed(dir: &std::path::Path, data: &[Vec<u8>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_holding_poison_entries_replays_without_a_crash() {
-    use geecache::raft::membership::{Command, SetWeight, command};
+    use geecache::raft::membership::{RingCommand, SetWeight, command};
     let client = client();
     let raft = Raft::new(1, "10s");
     let (mut nodes, _) = raft.form(&client, 1).await;
@@ -253,7 +253,7 @@ async fn a_log_holding_poison_entries_replays_without_a_crash() {
     nodes[0].child.kill().unwrap();
     nodes[0].child.wait().unwrap();
 
-    let huge = Command {
+    let huge = RingCommand {
         op: Some(command::Op::SetWeight(SetWeight {
             id: 1,
             weight: u32::MAX,
@@ -560,8 +560,8 @@ async fn a_peer_answer_over_the_value_bound_is_refused() {
             &peers,
             "--max-value-bytes",
             "4096",
-            "--embedded-latency-ms",
-            "0",
+            "--embedded-latency",
+            "0ms",
         ],
     );
     let ring = geecache::ring::Ring::new(
@@ -579,7 +579,7 @@ async fn a_peer_answer_over_the_value_bound_is_refused() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        geecache::groups::product_value(key.parse().unwrap()).into_bytes()
+        geecache::source::demo::product_value(key.parse().unwrap()).into_bytes()
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     let errors = node

@@ -4,7 +4,7 @@
 //!   latency in HdrHistograms (corrected for coordinated omission in the open loop), the
 //!   cluster's hit rate and database queries scraped from every node's `/metrics`; prints a
 //!   table, writes JSON and SVG plots.
-//! - `geeload replay`: the same key trace through one moka cache (the node's own `Shard`), for
+//! - `geeload replay`: the same key trace through one moka cache (the node's own `Store`), for
 //!   the hit rate a single cache of the cluster's total size would reach.
 //! - `geeload discover`: timings of the node's own discovery (DNS, Cloud Map, ECS seeds).
 
@@ -282,8 +282,9 @@ fn read_events(path: &std::path::Path, t0: Instant) -> anyhow::Result<Vec<report
 }
 
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
-    use geecache::cache::{Shard, entry_weight};
-    use geecache::groups::{Group, product_value};
+    use geecache::cache::group::Group;
+    use geecache::cache::store::{Entry, Store, entry_weight};
+    use geecache::source::demo::product_value;
 
     let keys = Keys::parse(&a.keys)?;
     let n = keys
@@ -305,8 +306,8 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     };
     let parts = a.partitions.max(1);
     let each = (cache_bytes as f64 / f64::from(parts) * (1.0 - a.reserve)) as u64;
-    let shards: Vec<Shard> = (0..parts)
-        .map(|_| Shard::new("main", each.max(1024), None))
+    let shards: Vec<Store> = (0..parts)
+        .map(|_| Store::new("main", each.max(1024), None))
         .collect();
     let mut hits = 0u64;
     for i in 0..a.requests {
@@ -316,7 +317,11 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             hits += 1;
         } else {
             let id: u64 = key.parse().expect("product keys are ids");
-            shard.insert(Group::Products, &key, product_value(id).into());
+            let entry = Entry {
+                value: product_value(id).into(),
+                generation: 0,
+            };
+            shard.insert(Group::Products, &key, entry);
         }
     }
     let out = serde_json::json!({

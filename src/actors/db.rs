@@ -7,8 +7,8 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::error::SourceError;
-use crate::groups::Group;
+use crate::cache::error::SourceError;
+use crate::cache::group::Group;
 use crate::source::Source;
 
 pub type FetchResult = Result<Option<Bytes>, SourceError>;

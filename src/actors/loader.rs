@@ -1,29 +1,20 @@
 //! `LoaderActor`: singleflight as a mailbox.
 //!
 //! The actor owns the in-flight table (key -> waiters). The first miss of a key opens a flight
-//! and starts the load as a task of its own, detached from every caller: a caller that times
-//! out or disconnects only drops its reply channel, and the others still get the result. When
-//! the load ends the task tells the actor (`LoadFinished`), which hands the result, value or
-//! error, to every waiter. Errors are shared, never cached.
+//! and starts the load (`cache::Loader::load`) as a task of its own, detached from every
+//! caller: a caller that times out or disconnects only drops its reply channel, and the others
+//! still get the result. When the load ends the task tells the actor (`LoadFinished`), which
+//! hands the result, value or error, to every waiter. Errors are shared, never cached.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::ask;
-use super::db::{DbActor, Fetch};
-use crate::cache::Shard;
-use crate::cluster::{Cluster, Route};
-use crate::error::LoadError;
-use crate::groups::Group;
-use crate::hot::RateTracker;
-use crate::metrics::Counters;
-use crate::peer_client::{PeerClient, PeerError};
-use crate::singleflight::{Flights, Joined, TooManyFlights};
-
-pub type LoadResult = Result<Bytes, LoadError>;
+use crate::cache::error::LoadError;
+use crate::cache::flights::{Flights, Joined, TooManyFlights};
+use crate::cache::group::Group;
+use crate::cache::{LoadResult, Loader};
 
 /// Loads a key that missed the cache, joining the flight already open for it if any.
 #[derive(Message)]
@@ -45,115 +36,11 @@ pub struct LoadFinished {
     pub result: LoadResult,
 }
 
-/// One flight per (group, key, goes_to_peer): a peer's request (always served locally) never
-/// joins a flight that is itself waiting on a peer, while on the owner the client API's loads
-/// and the peers' loads of a key share one flight.
-pub type FlightKey = (Group, Box<str>, bool);
-
-/// What a load does, cloned into each detached load task.
-#[derive(Clone)]
-pub struct Loader {
-    pub main: Shard,
-    pub hot: Shard,
-    pub db: Addr<DbActor>,
-    pub counters: Counters,
-    pub cluster: Arc<Cluster>,
-    pub peers: Arc<dyn PeerClient>,
-    /// Local request rates of keys owned elsewhere (counted by the request path).
-    pub rates: Arc<RateTracker>,
-    pub hot_min_qps: f64,
-    /// Values larger than this are refused (and not cached), as peers refuse them.
-    pub max_value_bytes: usize,
-}
-
-impl Loader {
-    /// Reads both caches. Used again inside singleflight: between a request's miss and its
-    /// `Load` reaching the actor, an earlier flight for the same key may have landed and
-    /// filled the cache (groupcache's `load()` comment spells out this interleaving).
-    pub fn cached(&self, group: Group, key: &str) -> Option<Bytes> {
-        self.main
-            .recheck(group, key)
-            .or_else(|| self.hot.recheck(group, key))
-    }
-
-    /// The owner to ask, or `None` to load from this node's source.
-    fn peer_for(&self, key: &str, local_only: bool) -> Option<Arc<str>> {
-        match self.cluster.route(key) {
-            Route::Remote(peer) if !local_only => Some(peer),
-            _ => None,
-        }
-    }
-
-    pub async fn load(&self, group: Group, key: &str, peer: Option<Arc<str>>) -> LoadResult {
-        let Some(peer) = peer else {
-            return self.load_local(group, key, &self.main).await;
-        };
-        let counters = self.counters.group(group);
-        match self
-            .peers
-            .fetch(&peer, group, key, self.cluster.epoch())
-            .await
-        {
-            Ok(answer) => {
-                counters.peer_loads.increment(1);
-                if self.is_hot(group, key, answer.minute_qps) {
-                    self.hot.insert(group, key, answer.value.clone());
-                }
-                Ok(answer.value)
-            }
-            Err(PeerError::NotFound) => {
-                counters.peer_loads.increment(1);
-                Err(LoadError::NotFound)
-            }
-            Err(e) => {
-                // As groupcache: a failing owner does not fail the request; load here. The
-                // value goes to the hot cache, whose TTL bounds how long this copy can live.
-                counters.peer_errors.increment(1);
-                tracing::warn!(%peer, group = %group, key, error = %e, "peer load failed; loading locally");
-                self.load_local(group, key, &self.hot).await
-            }
-        }
-    }
-
-    /// Hot: requested here at `hot_min_qps` or more, or, by the owner's count, at that rate
-    /// on every member.
-    fn is_hot(&self, group: Group, key: &str, owner_qps: f64) -> bool {
-        let members = self.cluster.view().ring.members().len().max(1) as f64;
-        self.rates.rate(group, key) >= self.hot_min_qps || owner_qps >= self.hot_min_qps * members
-    }
-
-    /// Fetches from the source through `DbActor` and fills `into`.
-    pub async fn load_local(&self, group: Group, key: &str, into: &Shard) -> LoadResult {
-        let counters = self.counters.group(group);
-        counters.loads.increment(1);
-        let rx = ask(&self.db, "source", |reply| Fetch {
-            group,
-            key: key.to_owned(),
-            reply,
-        })?;
-        match rx.await.map_err(|_| LoadError::Stopped)? {
-            Ok(Some(value)) if value.len() > self.max_value_bytes => {
-                counters.local_load_errors.increment(1);
-                Err(LoadError::Source(crate::error::SourceError::Query(
-                    format!(
-                        "the value is {} bytes, larger than --max-value-bytes {}",
-                        value.len(),
-                        self.max_value_bytes
-                    ),
-                )))
-            }
-            Ok(Some(value)) => {
-                into.insert(group, key, value.clone());
-                Ok(value)
-            }
-            Ok(None) => Err(LoadError::NotFound),
-            Err(e) => {
-                counters.local_load_errors.increment(1);
-                Err(e.into())
-            }
-        }
-    }
-}
+/// One flight per (group, key, goes_to_peer, purge generation): a peer's request (always served
+/// locally) never joins a flight that is itself waiting on a peer, while on the owner the client
+/// API's loads and the peers' loads of a key share one flight; a request after a purge never
+/// joins a flight that began before it.
+pub type FlightKey = (Group, Arc<str>, bool, u64);
 
 type Waiter = oneshot::Sender<LoadResult>;
 
@@ -196,14 +83,15 @@ impl Handler<Load> for LoaderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Load, ctx: &mut Self::Context) {
-        let counters = self.loader.counters.group(msg.group);
-        if let Some(value) = self.loader.cached(msg.group, &msg.key) {
+        let counters = self.loader.core.counters.group(msg.group);
+        if let Some(value) = self.loader.core.recheck(msg.group, &msg.key) {
             counters.cache_hits.increment(1);
             let _ = msg.reply.send(Ok(value));
             return;
         }
         let peer = self.loader.peer_for(&msg.key, msg.local_only);
-        let flight: FlightKey = (msg.group, msg.key.into(), peer.is_some());
+        let generation = self.loader.core.cluster.generation(msg.group);
+        let flight: FlightKey = (msg.group, msg.key.into(), peer.is_some(), generation);
         match self.flights.join(flight.clone(), msg.reply) {
             Ok(Joined::Follower) => counters.loads_deduped.increment(1),
             Ok(Joined::Leader) => {
@@ -240,8 +128,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::error::SourceError;
+    use crate::actors::DbActor;
+    use crate::actors::ask;
+    use crate::cache::Core;
+    use crate::cache::error::SourceError;
+    use crate::cache::hot::HotPolicy;
+    use crate::cache::store::Store;
+    use crate::peer::{PeerClient, PeerSettings};
+    use crate::ring::Cluster;
     use crate::source::{Source, SourceFuture};
+    use crate::telemetry::metrics::Counters;
+    use bytes::Bytes;
 
     /// Counts fetches; answers after a delay, with an error for keys starting with "bad".
     struct SlowCounting {
@@ -269,19 +166,18 @@ mod tests {
     fn setup(
         delay: Duration,
         max_in_flight: usize,
-    ) -> (Addr<LoaderActor>, Arc<SlowCounting>, Shard) {
-        crate::metrics::install();
+    ) -> (Addr<LoaderActor>, Arc<SlowCounting>, Store) {
+        crate::telemetry::metrics::install();
         let source = Arc::new(SlowCounting {
             fetches: AtomicUsize::new(0),
             delay,
         });
         let db = DbActor::new(Arc::new(source.clone()), 1024).start_bounded();
-        let main = Shard::new("main", 1 << 20, None);
-        let loader = Loader {
+        let main = Store::new("main", 1 << 20, None);
+        let core = Arc::new(Core {
             main: main.clone(),
-            hot: Shard::new("hot", 1 << 16, None),
-            db,
-            counters: Counters::new(),
+            hot: Store::new("hot", 1 << 16, None),
+            policy: HotPolicy::new(10.0),
             cluster: Arc::new(Cluster::from_static(
                 None,
                 &[],
@@ -289,12 +185,17 @@ mod tests {
                 Default::default(),
                 10,
             )),
-            peers: Arc::new(
-                crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None, 1 << 20)
-                    .unwrap(),
-            ),
-            rates: Arc::new(RateTracker::new(Duration::from_secs(1), 100)),
-            hot_min_qps: 10.0,
+            counters: Counters::new(),
+        });
+        let settings = PeerSettings {
+            timeout: Duration::from_secs(1),
+            secret: None,
+            max_value_bytes: 1 << 20,
+        };
+        let loader = Loader {
+            core,
+            db,
+            peers: Arc::new(PeerClient::new(&settings).unwrap()),
             max_value_bytes: 1 << 20,
         };
         (
@@ -322,7 +223,7 @@ mod tests {
             assert_eq!(w.await.unwrap().unwrap(), "v-k");
         }
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
-        assert_eq!(main.get(Group::Products, "k").unwrap(), "v-k");
+        assert_eq!(main.get(Group::Products, "k").unwrap().value, "v-k");
         // Now cached: the recheck inside the actor answers without a fetch.
         assert_eq!(load(&addr, "k").await.unwrap().unwrap(), "v-k");
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);

@@ -12,10 +12,11 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::error::LoadError;
+use crate::cache::error::LoadError;
 
 pub use db::DbActor;
 pub use loader::LoaderActor;
+pub use raft::RaftActor;
 pub use shard::ShardActor;
 
 /// Starts an actor with its mailbox bound already in place: set in `started` it would come too

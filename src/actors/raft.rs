@@ -13,32 +13,18 @@ use protobuf::Message as PbMessage;
 use raft::prelude::Message as RaftMessage;
 use tokio::sync::oneshot;
 
-use crate::cluster::Cluster;
-use crate::raft::membership::{Command, Invalid, MemberInfo, Membership};
+use crate::peer::wire::{MemberStatus, RaftBatch, RaftStatus, RingMembers};
+use crate::peer::{PeerClient, PeerSettings};
+use crate::raft::admission::{Batch, inadmissible};
+use crate::raft::membership::{Invalid, MemberInfo, Membership, RingCommand};
 use crate::raft::node::RaftNode;
-use crate::ring::RingHash;
+use crate::ring::Cluster;
 
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// A member without a leader for longer than this is not ready (raft-rs draws its election
 /// timeout from [10, 20) ticks, so a healthy election ends before it).
 pub const LEADERLESS_GRACE: Duration = Duration::from_secs(2);
-
-/// A batch of raft messages on the wire (`POST /_raft/messages`): each one protobuf-encoded
-/// `eraftpb::Message`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RaftBatch {
-    #[prost(bytes = "vec", repeated, tag = "1")]
-    pub messages: Vec<Vec<u8>>,
-    /// The sender's peer URL: it must be the URL its member id has in the membership, and a
-    /// node that is still joining learns from it where to answer the leader.
-    #[prost(string, tag = "2")]
-    pub from_url: String,
-    /// The sender's cluster id ("" while it has not joined one): a message from another
-    /// cluster is dropped.
-    #[prost(string, tag = "3")]
-    pub cluster_id: String,
-}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -76,7 +62,7 @@ pub enum ChangeError {
 /// Adds a member (leader only); answers once the change is applied here.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Join {
+pub struct AddMember {
     pub info: MemberInfo,
     /// The joiner's cluster id, "" for a node with an empty data dir.
     pub cluster_id: String,
@@ -86,7 +72,7 @@ pub struct Join {
 /// Removes a member (leader only); answers once the change is applied here.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Remove {
+pub struct RemoveMember {
     pub id: u64,
     /// The caller's cluster id when it has one ("" from operators' tools).
     pub cluster_id: String,
@@ -98,35 +84,19 @@ pub struct Remove {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Propose {
-    pub command: Command,
+    pub command: RingCommand,
     pub cluster_id: String,
     pub reply: oneshot::Sender<Result<u64, ChangeError>>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MemberStatus {
-    #[serde(flatten)]
-    pub info: MemberInfo,
-    pub role: &'static str,
-    pub state: &'static str,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RaftStatus {
-    pub node_id: u64,
-    pub cluster_id: String,
-    pub initialized: bool,
-    pub leader_id: u64,
-    pub leader_peer_url: Option<String>,
-    pub term: u64,
-    pub epoch: u64,
-    pub state: String,
-    pub members: Vec<MemberStatus>,
 }
 
 #[derive(Message)]
 #[rtype(result = "RaftStatus")]
 pub struct Status;
+
+/// The applied ring: members, epoch, purge generations (what frontends follow).
+#[derive(Message)]
+#[rtype(result = "RingMembers")]
+pub struct RingMembersOf;
 
 /// A membership change waiting for its turn (raft-rs applies one conf change at a time).
 #[derive(Debug, Clone)]
@@ -142,10 +112,7 @@ pub struct RaftActor {
     node: RaftNode,
     me: MemberInfo,
     cluster: Arc<Cluster>,
-    ring_hash: RingHash,
-    vnodes: usize,
-    client: reqwest::Client,
-    auth: Option<String>,
+    peers: Arc<PeerClient>,
     /// Peer URLs by id: the membership's, plus nodes being added.
     addresses: HashMap<u64, String>,
     last_seen: HashMap<u64, Instant>,
@@ -163,54 +130,12 @@ pub struct RaftActor {
     leaderless_since: Option<Instant>,
 }
 
-/// How a `RaftActor` talks to its peers and publishes its ring.
+/// How a `RaftActor` talks to its peers.
 pub struct RaftSettings {
-    pub ring_hash: RingHash,
-    pub vnodes: usize,
-    pub secret: Option<String>,
+    pub peers: PeerSettings,
     pub dead_after: Duration,
     /// Set while this member has no leader (read by `/ready`).
     pub leaderless: Arc<AtomicBool>,
-}
-
-/// The IP literal of a base URL's host, if it is one (`http://10.0.1.5:8001`, `http://[::1]:8001`).
-fn url_ip(url: &str) -> Option<std::net::IpAddr> {
-    let host = url.split_once("://")?.1;
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split_once(']')?.0,
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    host.parse().ok()
-}
-
-/// Why a message from a peer is dropped before raft-rs sees it (the metric's label).
-fn inadmissible(m: &RaftMessage, me: u64, ours: &Membership, batch: &Step) -> Option<&'static str> {
-    let (from_url, cluster_id) = (batch.from_url.as_str(), batch.cluster_id.as_str());
-    if m.to != me {
-        return Some("wrong_recipient");
-    }
-    if !cluster_id.is_empty() && !ours.cluster_id.is_empty() && cluster_id != ours.cluster_id {
-        return Some("foreign_cluster");
-    }
-    // A node that has not joined yet knows no members: the leader adding it is a stranger to
-    // it until the snapshot arrives, and the peer secret is what vouches for it.
-    if ours.members.is_empty() {
-        return None;
-    }
-    let Some(info) = ours.members.get(&m.from) else {
-        return Some("not_member");
-    };
-    if info.peer_url != from_url {
-        return Some("url_mismatch");
-    }
-    // A member named by its IP (as `--self http://auto:PORT` and ECS make them) must send
-    // from that IP.
-    match (url_ip(&info.peer_url), batch.from_ip) {
-        (Some(want), Some(got)) if want.to_canonical() != got.to_canonical() => {
-            Some("address_mismatch")
-        }
-        _ => None,
-    }
 }
 
 impl RaftActor {
@@ -219,20 +144,12 @@ impl RaftActor {
         me: MemberInfo,
         cluster: Arc<Cluster>,
         settings: RaftSettings,
-    ) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
+    ) -> Result<Self, reqwest::Error> {
         let mut actor = RaftActor {
             node,
             me,
             cluster,
-            ring_hash: settings.ring_hash,
-            vnodes: settings.vnodes,
-            client,
-            auth: settings.secret.map(|s| format!("Bearer {s}")),
+            peers: Arc::new(PeerClient::new(&settings.peers)?),
             addresses: HashMap::new(),
             last_seen: HashMap::new(),
             was_leader: false,
@@ -246,7 +163,7 @@ impl RaftActor {
             leaderless_since: None,
         };
         actor.publish();
-        actor
+        Ok(actor)
     }
 
     /// Hands the current membership's ring to the request path.
@@ -257,7 +174,7 @@ impl RaftActor {
         }
         if !m.members.is_empty() {
             self.cluster
-                .set(m.ring(self.ring_hash, self.vnodes), m.epoch);
+                .publish(m.epoch, m.members.values(), &m.generations);
         }
         let waiters = std::mem::take(&mut self.waiters);
         for (done, reply) in waiters {
@@ -310,23 +227,14 @@ impl RaftActor {
                 self.node.report_unreachable(to);
                 continue;
             };
-            let body = prost::Message::encode_to_vec(&RaftBatch {
+            let batch = RaftBatch {
                 messages,
                 from_url: self.me.peer_url.clone(),
                 cluster_id: self.node.cluster_id().to_owned(),
-            });
-            let mut req = self
-                .client
-                .post(format!("{url}/_raft/messages"))
-                .header("content-type", "application/x-protobuf")
-                .body(body);
-            if let Some(auth) = &self.auth {
-                req = req.header("authorization", auth);
-            }
-            let me = ctx.address();
+            };
+            let (me, peers, url) = (ctx.address(), Arc::clone(&self.peers), url.clone());
             actix_rt::spawn(async move {
-                let ok = req.send().await.is_ok_and(|r| r.status().is_success());
-                if !ok {
+                if peers.send_raft(&url, &batch).await.is_err() {
                     me.do_send(Unreachable(to));
                 }
             });
@@ -471,9 +379,14 @@ impl Handler<Step> for RaftActor {
         let now = Instant::now();
         let joining = self.node.membership().members.is_empty();
         let messages = std::mem::take(&mut msg.messages);
+        let batch = Batch {
+            from_url: &msg.from_url,
+            cluster_id: &msg.cluster_id,
+            from_ip: msg.from_ip,
+        };
         for m in messages {
             let membership = self.node.membership();
-            if let Some(reason) = inadmissible(&m, self.node.id, membership, &msg) {
+            if let Some(reason) = inadmissible(&m, self.node.id, membership, &batch) {
                 tracing::debug!(from = m.from, url = %msg.from_url, reason, "raft message dropped");
                 metrics::counter!("geecache_raft_messages_dropped_total", "reason" => reason)
                     .increment(1);
@@ -521,6 +434,16 @@ impl Handler<Bootstrap> for RaftActor {
     }
 }
 
+/// raft-rs's role, as `/_raft/info` and `/cluster` name it.
+fn role_name(role: raft::StateRole) -> &'static str {
+    match role {
+        raft::StateRole::Leader => "leader",
+        raft::StateRole::Follower => "follower",
+        raft::StateRole::Candidate => "candidate",
+        raft::StateRole::PreCandidate => "precandidate",
+    }
+}
+
 /// 128 random bits, as 32 hex digits.
 fn new_cluster_id() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
@@ -528,9 +451,9 @@ fn new_cluster_id() -> Result<String, getrandom::Error> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-impl Handler<Join> for RaftActor {
+impl Handler<AddMember> for RaftActor {
     type Result = ();
-    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: AddMember, ctx: &mut Self::Context) {
         if let Some(e) = self.foreign(&msg.cluster_id) {
             let _ = msg.reply.send(Err(e));
             return;
@@ -554,9 +477,9 @@ impl Handler<Join> for RaftActor {
     }
 }
 
-impl Handler<Remove> for RaftActor {
+impl Handler<RemoveMember> for RaftActor {
     type Result = ();
-    fn handle(&mut self, msg: Remove, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: RemoveMember, ctx: &mut Self::Context) {
         if let Some(e) = self.foreign(&msg.cluster_id) {
             let _ = msg.reply.send(Err(e));
             return;
@@ -619,6 +542,19 @@ impl Handler<Propose> for RaftActor {
     }
 }
 
+impl Handler<RingMembersOf> for RaftActor {
+    type Result = MessageResult<RingMembersOf>;
+    fn handle(&mut self, _: RingMembersOf, _: &mut Self::Context) -> Self::Result {
+        let m = self.node.membership();
+        MessageResult(RingMembers {
+            cluster_id: m.cluster_id.clone(),
+            epoch: m.epoch,
+            members: m.members.values().cloned().collect(),
+            generations: m.generations.clone(),
+        })
+    }
+}
+
 impl Handler<Status> for RaftActor {
     type Result = MessageResult<Status>;
     fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
@@ -633,7 +569,8 @@ impl Handler<Status> for RaftActor {
                     "voter"
                 } else {
                     "learner"
-                },
+                }
+                .to_owned(),
                 state: if info.id == self.node.id {
                     "self"
                 } else if self.node.is_leader() {
@@ -643,7 +580,8 @@ impl Handler<Status> for RaftActor {
                     }
                 } else {
                     "member"
-                },
+                }
+                .to_owned(),
             })
             .collect();
         MessageResult(RaftStatus {
@@ -654,117 +592,8 @@ impl Handler<Status> for RaftActor {
             leader_peer_url: self.leader_url(),
             term: self.node.term(),
             epoch: m.epoch,
-            state: format!("{:?}", self.node.role()).to_lowercase(),
+            state: role_name(self.node.role()).to_owned(),
             members,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn membership() -> Membership {
-        let mut m = Membership {
-            cluster_id: "ours".into(),
-            ..Default::default()
-        };
-        for (id, url) in [(1, "http://10.0.0.1:8001"), (2, "http://node2:8001")] {
-            m.add(MemberInfo {
-                id,
-                peer_url: url.into(),
-                api_url: String::new(),
-                weight: 1,
-            })
-            .unwrap();
-        }
-        m
-    }
-
-    fn msg(from: u64, to: u64) -> RaftMessage {
-        RaftMessage {
-            from,
-            to,
-            ..Default::default()
-        }
-    }
-
-    fn batch(url: &str, cluster: &str, ip: Option<&str>) -> Step {
-        Step {
-            messages: Vec::new(),
-            from_url: url.into(),
-            cluster_id: cluster.into(),
-            from_ip: ip.map(|i| i.parse().unwrap()),
-        }
-    }
-
-    #[test]
-    fn only_members_of_this_cluster_at_their_own_address_get_through() {
-        let m = membership();
-        let ok = batch("http://10.0.0.1:8001", "ours", Some("10.0.0.1"));
-        assert_eq!(inadmissible(&msg(1, 2), 2, &m, &ok), None);
-        let cases = [
-            (
-                msg(1, 3),
-                batch("http://10.0.0.1:8001", "ours", Some("10.0.0.1")),
-                "wrong_recipient",
-            ),
-            (
-                msg(1, 2),
-                batch("http://10.0.0.1:8001", "theirs", Some("10.0.0.1")),
-                "foreign_cluster",
-            ),
-            (
-                msg(99, 2),
-                batch("http://10.0.0.9:8001", "ours", Some("10.0.0.9")),
-                "not_member",
-            ),
-            (
-                msg(1, 2),
-                batch("http://10.0.0.9:8001", "ours", Some("10.0.0.9")),
-                "url_mismatch",
-            ),
-            (
-                msg(1, 2),
-                batch("http://10.0.0.1:8001", "ours", Some("10.0.0.9")),
-                "address_mismatch",
-            ),
-        ];
-        for (m1, b, why) in cases {
-            assert_eq!(inadmissible(&m1, 2, &m, &b), Some(why));
-        }
-        // A joiner's first answers carry no cluster id yet; a member named by DNS is checked by
-        // URL only; a node that has joined nothing takes what the peer secret let through.
-        assert_eq!(
-            inadmissible(
-                &msg(1, 2),
-                2,
-                &m,
-                &batch("http://10.0.0.1:8001", "", Some("::ffff:10.0.0.1"))
-            ),
-            None
-        );
-        assert_eq!(
-            inadmissible(
-                &msg(2, 1),
-                1,
-                &m,
-                &batch("http://node2:8001", "ours", Some("10.9.9.9"))
-            ),
-            None
-        );
-        let fresh = Membership::default();
-        assert_eq!(
-            inadmissible(&msg(7, 2), 2, &fresh, &batch("http://x:1", "any", None)),
-            None
-        );
-    }
-
-    #[test]
-    fn url_ips_are_read_from_ip_literals_only() {
-        assert_eq!(url_ip("http://10.0.0.1:8001"), "10.0.0.1".parse().ok());
-        assert_eq!(url_ip("http://[::1]:8001"), "::1".parse().ok());
-        assert_eq!(url_ip("http://node:8001"), None);
-        assert_eq!(url_ip("http://10.0.0.1"), "10.0.0.1".parse().ok());
     }
 }

@@ -2,10 +2,10 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use super::decode::{DecodeError, decode, query_pairs};
+use super::error::ApiError;
 use super::{AppState, get_resource, parse_group, value_response};
-use crate::decode::{decode, query_pairs};
-use crate::error::ApiError;
-use crate::groups::Group;
+use crate::cache::group::Group;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_resource("/api", by_query))
@@ -35,7 +35,7 @@ async fn by_query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         Some(name) => parse_group(&name)?,
         None => Group::Scores,
     };
-    Ok(value_response(state.get(group, &key).await?))
+    Ok(value_response(state.cache.get(group, &key).await?))
 }
 
 /// `GET /api/{group}/{key}`: the key is the rest of the raw path, percent-decoded strictly
@@ -45,10 +45,10 @@ async fn by_path(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     let (group, key) = rest
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request("bad_path", "expected /api/{group}/{key}"))?;
-    let bad = |e: crate::decode::DecodeError| ApiError::bad_request("bad_path", e.to_string());
+    let bad = |e: DecodeError| ApiError::bad_request("bad_path", e.to_string());
     let group = parse_group(&decode(group, false).map_err(bad)?)?;
     let key = decode(key, false).map_err(bad)?;
-    Ok(value_response(state.get(group, &key).await?))
+    Ok(value_response(state.cache.get(group, &key).await?))
 }
 
 #[cfg(test)]
@@ -58,8 +58,8 @@ mod tests {
 
     use actix_web::test;
 
-    use crate::config::Config;
-    use crate::node::{api_app, start_actors};
+    use crate::cli::config::Config;
+    use crate::node::{api_app, build_state};
     use crate::source::EmbeddedSource;
     use crate::source::embedded::EmbeddedConfig;
 
@@ -69,13 +69,11 @@ mod tests {
             latency: Duration::ZERO,
             error_rate: 0.0,
         });
-        let peers = || -> Arc<dyn crate::peer_client::PeerClient> {
-            Arc::new(
-                crate::peer_client::HttpPeerClient::new(Duration::from_secs(1), None, 1 << 20)
-                    .unwrap(),
-            )
+        let config = Config {
+            insecure_open_peer_port: true,
+            ..Config::default()
         };
-        actix_web::web::Data::new(start_actors(&Config::default(), Arc::new(source), peers))
+        actix_web::web::Data::new(build_state(&config, Arc::new(source)).unwrap())
     }
 
     #[actix_web::test]

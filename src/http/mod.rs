@@ -1,15 +1,19 @@
-//! The node's two HTTP listeners: the client API (`api`, `ops`) and the peer protocol.
+//! The node's two HTTP listeners, as thin handlers over `cache`: the client API (`api`,
+//! `ops`) and the peer protocol (`peer` for data, `membership` for Raft); the error table
+//! (`error`) and strict decoding (`decode`) they share.
 
 pub mod api;
+pub mod decode;
+pub mod error;
+pub mod membership;
 pub mod ops;
 pub mod peer;
-pub mod raft;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::Addr;
 use actix_web::body::MessageBody;
@@ -21,15 +25,11 @@ use bytes::Bytes;
 use metrics::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::actors::shard::{Get, ShardActor};
-use crate::actors::{LoaderActor, ask, loader::Load};
-use crate::cache::Shard;
-use crate::cluster::{Cluster, Route};
-use crate::config::{HitPath, Role};
-use crate::error::{ApiError, LoadError};
-use crate::groups::{Group, validate_key};
-use crate::hot::RateTracker;
-use crate::metrics::Counters;
+use crate::actors::RaftActor;
+use crate::cache::Cache;
+use crate::cache::group::Group;
+use crate::cli::config::Role;
+use error::ApiError;
 
 /// Liveness and readiness, as a load balancer sees them.
 #[derive(Debug, Default)]
@@ -65,26 +65,15 @@ impl Health {
 
 /// What every handler of a node shares.
 pub struct AppState {
-    pub main: Shard,
-    pub hot: Shard,
-    pub shard_addr: Addr<ShardActor>,
-    /// Loaders, each owning the flights of the keys that hash to it.
-    pub loaders: Vec<Addr<LoaderActor>>,
-    pub counters: Counters,
-    pub cluster: Arc<Cluster>,
-    /// Local request rates of keys owned elsewhere (hot cache promotion).
-    pub rates: Arc<RateTracker>,
-    /// Rates of keys served to peers, reported back as `minute_qps`.
-    pub served_rates: Arc<RateTracker>,
-    /// Who may use the peer port.
-    pub peer_auth: peer::PeerAuth,
+    /// The read-through cache: what the client API and the peer protocol read.
+    pub cache: Cache,
     /// Raft membership, when this node takes part in it.
-    pub raft: Option<Addr<crate::actors::raft::RaftActor>>,
+    pub raft: Option<Addr<RaftActor>>,
     /// Ready only once the agreed ring holds this node (a frontend: once it has a ring).
     pub membership_required: bool,
     pub role: Role,
-    pub hit_path: HitPath,
-    pub request_timeout: Duration,
+    /// Who may use the peer port.
+    pub peer_auth: peer::PeerAuth,
     pub health: Arc<Health>,
     pub metrics: PrometheusHandle,
 }
@@ -96,73 +85,14 @@ impl AppState {
             if !self.membership_required {
                 return None;
             }
-            let view = self.cluster.view();
-            let in_ring = match (self.role, self.cluster.self_name()) {
+            let cluster = &self.cache.core.cluster;
+            let view = cluster.view();
+            let in_ring = match (self.role, cluster.self_name()) {
                 (Role::Node, Some(me)) => view.ring.members().iter().any(|m| &*m.name == me),
                 _ => !view.ring.is_empty(),
             };
             (!in_ring || view.epoch == 0).then_some("not in the ring yet")
         })
-    }
-
-    /// The read-through get of the client API: main shard, hot cache, then a load (from the
-    /// owner, or from the source when this node owns the key).
-    pub async fn get(&self, group: Group, key: &str) -> Result<Bytes, ApiError> {
-        validate_key(key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
-        let counters = self.counters.group(group);
-        counters.gets.increment(1);
-        let cached = match self.hit_path {
-            HitPath::Direct => self.main.get(group, key).or_else(|| {
-                if let Route::Remote(_) = self.cluster.route(key) {
-                    self.rates.hit(group, key);
-                }
-                let hot = self.hot.get(group, key);
-                if hot.is_some() {
-                    counters.hot_cache_hits.increment(1);
-                }
-                hot
-            }),
-            HitPath::Actor => {
-                let rx = ask(&self.shard_addr, "shard", |reply| Get {
-                    group,
-                    key: key.to_owned(),
-                    reply,
-                })?;
-                rx.await.map_err(|_| LoadError::Stopped)?
-            }
-        };
-        if let Some(value) = cached {
-            counters.cache_hits.increment(1);
-            return Ok(value);
-        }
-        self.load(group, key, false).await
-    }
-
-    /// A peer's get: this node's main shard, then a load from this node's source. Never
-    /// forwarded to another peer.
-    pub async fn get_for_peer(&self, group: Group, key: &str) -> Result<Bytes, ApiError> {
-        validate_key(key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
-        self.counters.group(group).server_requests.increment(1);
-        if let Some(value) = self.main.get(group, key) {
-            return Ok(value);
-        }
-        self.load(group, key, true).await
-    }
-
-    async fn load(&self, group: Group, key: &str, local_only: bool) -> Result<Bytes, ApiError> {
-        let i = crc32fast::hash(key.as_bytes()) as usize % self.loaders.len();
-        let rx = ask(&self.loaders[i], "loader", |reply| Load {
-            group,
-            key: key.to_owned(),
-            local_only,
-            reply,
-        })?;
-        let result = match tokio::time::timeout(self.request_timeout, rx).await {
-            Err(_) => Err(LoadError::Timeout),
-            Ok(Err(_)) => Err(LoadError::Stopped),
-            Ok(Ok(result)) => result,
-        };
-        Ok(result?)
     }
 }
 
@@ -177,6 +107,7 @@ pub fn parse_group(name: &str) -> Result<Group, ApiError> {
     })
 }
 
+/// 200 with the raw value bytes.
 pub fn value_response(value: Bytes) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/octet-stream")

@@ -4,11 +4,11 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use super::decode::query_pairs;
+use super::error::ApiError;
 use super::{AppState, get_resource};
-use crate::cluster::Route;
-use crate::decode::query_pairs;
-use crate::error::ApiError;
-use crate::groups::validate_key;
+use crate::cache::group::validate_key;
+use crate::ring::Route;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_resource("/health", health))
@@ -20,10 +20,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// This node's view of the cluster.
 async fn cluster(state: web::Data<AppState>) -> HttpResponse {
-    let view = state.cluster.view();
+    let cluster = &state.cache.core.cluster;
+    let view = cluster.view();
     let mut body = json!({
-        "self": state.cluster.self_name(),
-        "role": format!("{:?}", state.role).to_lowercase(),
+        "self": cluster.self_name(),
+        "role": state.role.as_str(),
         "membership": if state.raft.is_some() || state.membership_required { "raft" } else { "static" },
         "epoch": view.epoch,
         "vnodes": view.ring.vnodes(),
@@ -56,12 +57,13 @@ async fn owner(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     }
     let key = key.ok_or_else(|| ApiError::bad_request("bad_query", "missing parameter \"key\""))?;
     validate_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
-    let view = state.cluster.view();
+    let cluster = &state.cache.core.cluster;
+    let view = cluster.view();
     let owner = view.ring.owner(&key).map(|m| m.name.to_string());
     Ok(HttpResponse::Ok().json(json!({
         "key": key,
-        "owner": owner.or_else(|| state.cluster.self_name().map(str::to_owned)),
-        "local": state.cluster.route(&key) == Route::Local,
+        "owner": owner.or_else(|| cluster.self_name().map(str::to_owned)),
+        "local": cluster.route(&key) == Route::Local,
         "epoch": view.epoch,
     })))
 }

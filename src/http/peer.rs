@@ -12,14 +12,11 @@ use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use prost::Message;
 
+use super::decode::{DecodeError, decode};
+use super::error::ApiError;
 use super::{AppState, get_resource, parse_group};
-use crate::cluster::Route;
-use crate::decode::decode;
-use crate::error::ApiError;
-use crate::peer_client::EPOCH_HEADER;
-use crate::proto::Response;
-
-pub const PREFIX: &str = "/_geecache/";
+use crate::cache::error::LoadError;
+use crate::peer::wire::{DATA_PREFIX, EPOCH_HEADER, Response};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_resource("/_geecache/{group}/{key:.*}", get));
@@ -101,35 +98,41 @@ pub async fn require_secret(
 }
 
 async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let rest = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(DATA_PREFIX)
+        .unwrap_or_default();
     let (group, key) = rest
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request("bad_path", "expected /_geecache/{group}/{key}"))?;
-    let bad = |e: crate::decode::DecodeError| ApiError::bad_request("bad_path", e.to_string());
+    let bad = |e: DecodeError| ApiError::bad_request("bad_path", e.to_string());
     let group = parse_group(&decode(group, true).map_err(bad)?)?;
     // `+` is a space here: GeeCache's Go client escapes keys with url.QueryEscape.
     let key = decode(key, true).map_err(bad)?;
-    // A caller on an older ring may ask a node that no longer owns the key: say so (with our
-    // epoch) instead of loading, so that exactly the owner loads; the caller loads locally and
-    // catches up. A caller on a newer ring is right: serve it.
     let theirs = req
         .headers()
         .get(EPOCH_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mine = state.cluster.epoch();
-    if theirs.is_some_and(|e| e < mine) && state.cluster.route(&key) != Route::Local {
-        return Err(ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "stale_epoch",
-            format!("not the owner under epoch {mine}"),
-        ));
-    }
-    let value = state.get_for_peer(group, &key).await?;
-    let minute_qps = state.served_rates.hit(group, &key);
+    let hit = match state.cache.get_for_peer(group, &key, theirs).await {
+        Ok(hit) => hit,
+        // The caller's ring is older: say so with ours, so that it catches up and retries.
+        Err(e @ LoadError::NotOwner(mine)) => {
+            use actix_web::ResponseError;
+            let mut res = ApiError::from(e).error_response();
+            res.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static(EPOCH_HEADER),
+                mine.into(),
+            );
+            return Ok(res);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let body = Response {
-        value,
-        minute_qps,
-        epoch: state.cluster.epoch(),
+        value: hit.value,
+        minute_qps: hit.minute_qps,
+        epoch: state.cache.core.cluster.epoch(),
+        generation: hit.generation,
     }
     .encode_to_vec();
     Ok(HttpResponse::Ok()

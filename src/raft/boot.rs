@@ -12,101 +12,16 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::discovery::Discovery;
-use super::membership::{MemberInfo, Membership};
-use crate::actors::raft::{Bootstrap, RaftActor, Remove, Status};
-use crate::cluster::Cluster;
-use crate::http::raft::CLUSTER_HEADER;
-use crate::ring::RingHash;
+use super::membership::MemberInfo;
+use crate::actors::raft::{Bootstrap, RaftActor, RemoveMember, Status};
+use crate::peer::wire::{RAFT_JOIN, RAFT_REMOVE, RaftStatus};
+use crate::peer::{Changed, PeerClient};
+use crate::ring::Cluster;
 
-/// HTTP to other members' peer ports, with the peer secret.
-#[derive(Clone)]
-pub struct PeerHttp {
-    client: reqwest::Client,
-    auth: Option<String>,
-}
-
-impl PeerHttp {
-    pub fn new(secret: Option<&str>) -> PeerHttp {
-        PeerHttp {
-            client: reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(12))
-                .build()
-                .unwrap_or_default(),
-            auth: secret.map(|s| format!("Bearer {s}")),
-        }
-    }
-
-    async fn get(&self, url: &str) -> Option<Value> {
-        let mut req = self.client.get(url).timeout(Duration::from_secs(1));
-        if let Some(a) = &self.auth {
-            req = req.header("authorization", a);
-        }
-        let res = req.send().await.ok()?;
-        if !res.status().is_success() {
-            return None;
-        }
-        res.json().await.ok()
-    }
-
-    async fn post(&self, url: &str, body: &Value, cluster_id: &str) -> Option<(u16, Value)> {
-        let mut req = self.client.post(url).json(body);
-        if let Some(a) = &self.auth {
-            req = req.header("authorization", a);
-        }
-        if !cluster_id.is_empty() {
-            req = req.header(CLUSTER_HEADER, cluster_id);
-        }
-        let res = req.send().await.ok()?;
-        let status = res.status().as_u16();
-        Some((status, res.json().await.unwrap_or(Value::Null)))
-    }
-
-    /// `/_raft/info` of every candidate that answers: (its URL, its status).
-    async fn infos(&self, candidates: &[String]) -> Vec<(String, Value)> {
-        let calls = candidates.iter().map(|c| async move {
-            self.get(&format!("{c}/_raft/info"))
-                .await
-                .map(|v| (c.clone(), v))
-        });
-        join_all(calls).await.into_iter().flatten().collect()
-    }
-
-    /// Asks the cluster that `via` belongs to, following redirects to its leader, to apply
-    /// `path` (`join` or `remove`) with `body`, on behalf of a member of `cluster_id`.
-    async fn change(&self, via: &str, path: &str, body: &Value, cluster_id: &str) -> Changed {
-        let mut target = via.to_owned();
-        for _ in 0..3 {
-            match self
-                .post(&format!("{target}/_raft/{path}"), body, cluster_id)
-                .await
-            {
-                Some((200, _)) => return Changed::Applied,
-                Some((421, v)) => match v["leader"].as_str() {
-                    Some(leader) => target = leader.to_owned(),
-                    None => return Changed::Failed,
-                },
-                Some((409, v)) => {
-                    return Changed::Foreign(v["message"].as_str().unwrap_or("").to_owned());
-                }
-                _ => return Changed::Failed,
-            }
-        }
-        Changed::Failed
-    }
-}
-
-/// What became of a membership change asked of the cluster.
-enum Changed {
-    Applied,
-    /// The cluster is another one than this node's data dir belongs to.
-    Foreign(String),
-    Failed,
-}
-
-fn leader_of(url: &str, info: &Value) -> String {
-    info["leader_peer_url"].as_str().unwrap_or(url).to_owned()
-}
+/// How often the boot loop and a frontend look again.
+const POLL: Duration = Duration::from_millis(250);
+/// Polls without a leader after which a member asks the others whether it was removed.
+const LEADERLESS_POLLS: u32 = 8;
 
 /// What a member's boot loop needs.
 pub struct MemberLoop {
@@ -114,12 +29,19 @@ pub struct MemberLoop {
     pub me: MemberInfo,
     pub discovery: Arc<dyn Discovery>,
     pub bootstrap_expect: usize,
-    pub http: PeerHttp,
+    pub peers: PeerClient,
     /// Set at SIGTERM: stop rejoining.
     pub leaving: Arc<AtomicBool>,
     /// Where the node says that it cannot go on.
     pub fatal: mpsc::Sender<String>,
     pub data_dir: PathBuf,
+}
+
+/// What one look at the other candidates decided.
+enum Step {
+    Wait,
+    /// This node cannot take part in the cluster it found (the reason).
+    Stop(String),
 }
 
 impl MemberLoop {
@@ -131,13 +53,83 @@ impl MemberLoop {
             dir = self.data_dir.display()
         )
     }
+
+    /// `/_raft/info` of every other candidate that answers: (its URL, its status).
+    async fn others(&self) -> Vec<(String, RaftStatus)> {
+        let candidates = self.discovery.candidates().await;
+        let calls = candidates
+            .iter()
+            .filter(|c| **c != self.me.peer_url)
+            .map(|c| async move { self.peers.raft_info(c).await.ok().map(|i| (c.clone(), i)) });
+        join_all(calls).await.into_iter().flatten().collect()
+    }
+
+    /// Joins the cluster `url` belongs to (through its leader), unless it is another cluster
+    /// than this node's data dir's.
+    async fn join(&self, ours: &str, url: &str, info: &RaftStatus) -> Step {
+        if !ours.is_empty() && !info.cluster_id.is_empty() && ours != info.cluster_id {
+            return Step::Stop(self.foreign(ours, url, &info.cluster_id));
+        }
+        let leader = info.leader_peer_url.as_deref().unwrap_or(url);
+        let body = serde_json::to_value(&self.me).unwrap_or(Value::Null);
+        match self.peers.change(leader, RAFT_JOIN, &body, ours).await {
+            Changed::Applied(_) => tracing::info!(%leader, "joined the cluster"),
+            Changed::Foreign(why) => return Step::Stop(why),
+            Changed::Failed(status, v) => {
+                tracing::debug!(%leader, status, answer = %v, "join not applied yet")
+            }
+        }
+        Step::Wait
+    }
+
+    /// Bootstraps a new cluster when no candidate has one, `bootstrap_expect` see each other,
+    /// and this node has the lowest id among them.
+    async fn maybe_bootstrap(&self, others: &[(String, RaftStatus)], logged: &mut bool) {
+        let mut ids: Vec<u64> = others.iter().map(|(_, i)| i.node_id).collect();
+        ids.push(self.me.id);
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() >= self.bootstrap_expect && ids[0] == self.me.id {
+            match self.raft.send(Bootstrap).await {
+                Ok(Ok(())) => tracing::info!(candidates = ids.len(), "formed a new cluster"),
+                Ok(Err(e)) => tracing::error!(error = %e, "bootstrap failed"),
+                Err(_) => {}
+            }
+        } else if !*logged {
+            tracing::info!(
+                visible = ids.len(),
+                expect = self.bootstrap_expect,
+                "waiting for the cluster to form"
+            );
+            *logged = true;
+        }
+    }
+
+    /// One look at the others, for a node that is not (or may no longer be) a member.
+    async fn look(&self, status: &RaftStatus, logged: &mut bool) -> Step {
+        let member = status.members.iter().any(|s| s.info.id == self.me.id);
+        let others = self.others().await;
+        let existing = others
+            .iter()
+            .find(|(_, i)| i.initialized && i.leader_id != 0);
+        let ours = status.cluster_id.as_str();
+        if let Some((url, info)) = existing {
+            let listed = info.members.iter().any(|m| m.info.id == self.me.id);
+            let same = ours.is_empty() || info.cluster_id.is_empty() || ours == info.cluster_id;
+            if !(same && member && listed) {
+                return self.join(ours, url, info).await;
+            }
+        } else if !status.initialized && others.iter().all(|(_, i)| !i.initialized) {
+            self.maybe_bootstrap(&others, logged).await;
+        }
+        Step::Wait
+    }
 }
 
 /// Runs for the node's life: forms or joins the cluster, then rejoins whenever the agreed
 /// membership no longer holds this node (removed while unreachable), until `leaving`. A node
 /// whose data dir belongs to another cluster than the one it finds says so and stops.
 pub async fn run_member(m: MemberLoop) {
-    let body = serde_json::to_value(&m.me).unwrap_or(Value::Null);
     let mut logged = false;
     let mut leaderless = 0;
     while !m.leaving.load(Ordering::SeqCst) {
@@ -151,76 +143,20 @@ pub async fn run_member(m: MemberLoop) {
             0
         };
         // A member that hears from a leader is settled. One that has heard from none for a
-        // while may have been removed while it was away: ask the others below.
-        if status.initialized && member && leaderless < 8 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
+        // while may have been removed while it was away: ask the others.
+        let settled = status.initialized && member && leaderless < LEADERLESS_POLLS;
+        if !settled && let Step::Stop(why) = m.look(&status, &mut logged).await {
+            let _ = m.fatal.send(why).await;
+            return;
         }
-        let candidates: Vec<String> = m
-            .discovery
-            .candidates()
-            .await
-            .into_iter()
-            .filter(|c| *c != m.me.peer_url)
-            .collect();
-        let infos = m.http.infos(&candidates).await;
-        let existing = infos
-            .iter()
-            .find(|(_, i)| i["initialized"] == true && i["leader_id"].as_u64().unwrap_or(0) != 0);
-        let listed = |info: &Value| {
-            info["members"]
-                .as_array()
-                .is_some_and(|ms| ms.iter().any(|s| s["id"].as_u64() == Some(m.me.id)))
-        };
-        let ours = status.cluster_id.as_str();
-        if let Some((url, info)) = existing {
-            let theirs = info["cluster_id"].as_str().unwrap_or_default();
-            if !ours.is_empty() && !theirs.is_empty() && ours != theirs {
-                let _ = m.fatal.send(m.foreign(ours, url, theirs)).await;
-                return;
-            }
-        }
-        if let Some((url, info)) = existing.filter(|(_, i)| !(member && listed(i))) {
-            let leader = leader_of(url, info);
-            match m.http.change(&leader, "join", &body, ours).await {
-                Changed::Applied => tracing::info!(%leader, "joined the cluster"),
-                Changed::Foreign(why) => {
-                    let _ = m.fatal.send(why).await;
-                    return;
-                }
-                Changed::Failed => {}
-            }
-        } else if !status.initialized && infos.iter().all(|(_, i)| i["initialized"] != true) {
-            let mut ids: Vec<u64> = infos
-                .iter()
-                .filter_map(|(_, i)| i["node_id"].as_u64())
-                .collect();
-            ids.push(m.me.id);
-            ids.sort_unstable();
-            ids.dedup();
-            if ids.len() >= m.bootstrap_expect && ids[0] == m.me.id {
-                match m.raft.send(Bootstrap).await {
-                    Ok(Ok(())) => tracing::info!(candidates = ids.len(), "formed a new cluster"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "bootstrap failed"),
-                    Err(_) => return,
-                }
-            } else if !logged {
-                tracing::info!(
-                    visible = ids.len(),
-                    expect = m.bootstrap_expect,
-                    "waiting for the cluster to form"
-                );
-                logged = true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
 /// Removes this node from the agreed membership (SIGTERM), waiting up to `timeout`. The last
 /// voter stays: removing it would leave a cluster that can never elect a leader again, so it
 /// stops as a member and resumes its cluster when restarted.
-pub async fn leave(raft: &Addr<RaftActor>, id: u64, http: &PeerHttp, timeout: Duration) -> bool {
+pub async fn leave(raft: &Addr<RaftActor>, id: u64, peers: &PeerClient, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         let Ok(status) = raft.send(Status).await else {
@@ -241,7 +177,7 @@ pub async fn leave(raft: &Addr<RaftActor>, id: u64, http: &PeerHttp, timeout: Du
         }
         let done = if status.leader_id == id {
             let (tx, rx) = oneshot::channel();
-            raft.try_send(Remove {
+            raft.try_send(RemoveMember {
                 id,
                 cluster_id: status.cluster_id.clone(),
                 reply: tx,
@@ -254,9 +190,10 @@ pub async fn leave(raft: &Addr<RaftActor>, id: u64, http: &PeerHttp, timeout: Du
         } else if let Some(leader) = &status.leader_peer_url {
             let body = serde_json::json!({ "id": id });
             matches!(
-                http.change(leader, "remove", &body, &status.cluster_id)
+                peers
+                    .change(leader, RAFT_REMOVE, &body, &status.cluster_id)
                     .await,
-                Changed::Applied
+                Changed::Applied(_)
             )
         } else {
             false
@@ -271,48 +208,28 @@ pub async fn leave(raft: &Addr<RaftActor>, id: u64, http: &PeerHttp, timeout: Du
 
 /// A frontend's view of the ring: polls members' `/_raft/members` and adopts newer epochs, of
 /// the first cluster it finds (answers from another cluster id are ignored).
-pub async fn follow_ring(
-    cluster: Arc<Cluster>,
-    discovery: Arc<dyn Discovery>,
-    http: PeerHttp,
-    hash: RingHash,
-    vnodes: usize,
-) {
+pub async fn follow_ring(cluster: Arc<Cluster>, discovery: Arc<dyn Discovery>, peers: PeerClient) {
     let mut following = String::new();
     loop {
         // Ask every candidate and adopt the newest ring any of them has: a member that lags
         // (or is cut off) must not hold the frontend back.
         let candidates = discovery.candidates().await;
-        let answers = join_all(candidates.iter().map(|c| {
-            let http = &http;
-            async move { http.get(&format!("{c}/_raft/members")).await }
-        }))
-        .await;
+        let answers = join_all(candidates.iter().map(|c| peers.ring_members(c))).await;
         let newest = answers
             .into_iter()
             .flatten()
-            .filter(|v| {
-                let id = v["cluster_id"].as_str().unwrap_or_default();
-                following.is_empty() || id.is_empty() || id == following
+            .filter(|r| {
+                following.is_empty() || r.cluster_id.is_empty() || r.cluster_id == following
             })
-            .max_by_key(|v| v["epoch"].as_u64().unwrap_or(0));
-        if let Some(v) = newest {
-            let epoch = v["epoch"].as_u64().unwrap_or(0);
-            let members: Vec<MemberInfo> =
-                serde_json::from_value(v["members"].clone()).unwrap_or_default();
-            if epoch > cluster.epoch() && !members.is_empty() {
-                let mut m = Membership::default();
-                for info in members {
-                    if let Err(e) = m.add(info) {
-                        tracing::warn!(error = %e, "ignoring an invalid member of the ring");
-                    }
-                }
-                cluster.set(m.ring(hash, vnodes), epoch);
-                if following.is_empty() {
-                    following = v["cluster_id"].as_str().unwrap_or_default().to_owned();
-                }
-                tracing::info!(epoch, cluster_id = %following, "following a new ring");
+            .filter(|r| !r.members.is_empty())
+            .max_by_key(|r| r.epoch);
+        if let Some(ring) = newest
+            && cluster.publish(ring.epoch, &ring.members, &ring.generations)
+        {
+            if following.is_empty() {
+                following = ring.cluster_id.clone();
             }
+            tracing::info!(epoch = ring.epoch, cluster_id = %following, "following a new ring");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

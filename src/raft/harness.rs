@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use raft::prelude::Message;
 use tempfile::TempDir;
 
-use super::membership::{Command, MemberInfo, PurgeGroup, command};
+use super::membership::{MemberInfo, PurgeGroup, RingCommand, command};
 use super::node::RaftNode;
 
 pub struct Harness {
@@ -122,7 +122,7 @@ impl Harness {
     }
 
     pub fn purge(&mut self, at: u64, group: &str) {
-        let cmd = Command {
+        let cmd = RingCommand {
             op: Some(command::Op::PurgeGroup(PurgeGroup {
                 group: group.into(),
             })),
@@ -220,7 +220,7 @@ mod tests {
         let before: Vec<_> = (1..=3)
             .map(|id| h.nodes[&id].membership().clone())
             .collect();
-        let huge = Command {
+        let huge = RingCommand {
             op: Some(command::Op::SetWeight(SetWeight {
                 id: 2,
                 weight: u32::MAX,
@@ -229,7 +229,7 @@ mod tests {
         let node = h.nodes.get_mut(&leader).unwrap();
         node.propose(&huge).unwrap();
         node.propose_raw(b"\xff\xff not protobuf".to_vec()).unwrap();
-        node.propose(&Command { op: None }).unwrap();
+        node.propose(&RingCommand { op: None }).unwrap();
         h.run(20);
         let mut bad = info(9);
         bad.peer_url = "not a url".into();

@@ -12,8 +12,6 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use crate::ring::{Member, Ring, RingHash};
-
 /// Weights are within 1..=MAX_WEIGHT: a member's share of the ring is weight × vnodes points.
 pub use crate::ring::MAX_WEIGHT;
 /// Members of one ring, voters and learners together.
@@ -148,7 +146,7 @@ impl MemberInfo {
 /// A normal (non conf-change) command. Adding and removing nodes travel as Raft conf changes
 /// carrying a `MemberInfo`, so that Raft's voter set and the ring change in the same entry.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Command {
+pub struct RingCommand {
     #[prost(oneof = "command::Op", tags = "1, 2")]
     pub op: Option<command::Op>,
 }
@@ -235,7 +233,7 @@ impl Membership {
     }
 
     /// Whether `cmd` may be applied now.
-    pub fn check(&self, cmd: &Command) -> Result<(), Invalid> {
+    pub fn check(&self, cmd: &RingCommand) -> Result<(), Invalid> {
         match &cmd.op {
             Some(command::Op::SetWeight(w)) => {
                 if !(1..=MAX_WEIGHT).contains(&w.weight) {
@@ -260,7 +258,7 @@ impl Membership {
     }
 
     /// Applies a checked command; false when nothing changed.
-    pub fn apply(&mut self, cmd: &Command) -> Result<bool, Invalid> {
+    pub fn apply(&mut self, cmd: &RingCommand) -> Result<bool, Invalid> {
         self.check(cmd)?;
         Ok(match &cmd.op {
             Some(command::Op::SetWeight(w)) => match self.members.get_mut(&w.id) {
@@ -278,17 +276,6 @@ impl Membership {
             }
             None => false,
         })
-    }
-
-    pub fn ring(&self, hash: RingHash, vnodes: usize) -> Ring {
-        Ring::new(
-            hash,
-            vnodes,
-            self.members.values().map(|m| Member {
-                name: m.peer_url.as_str().into(),
-                weight: m.weight,
-            }),
-        )
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -325,14 +312,14 @@ mod tests {
         }
     }
 
-    fn weight(id: u64, weight: u32) -> Command {
-        Command {
+    fn weight(id: u64, weight: u32) -> RingCommand {
+        RingCommand {
             op: Some(command::Op::SetWeight(SetWeight { id, weight })),
         }
     }
 
-    fn purge(group: &str) -> Command {
-        Command {
+    fn purge(group: &str) -> RingCommand {
+        RingCommand {
             op: Some(command::Op::PurgeGroup(PurgeGroup {
                 group: group.into(),
             })),
@@ -354,7 +341,7 @@ mod tests {
         assert!(!m.remove(1));
         assert_eq!(m.epoch, 5);
         assert_eq!(m.generations["products"], 1);
-        assert_eq!(m.ring(RingHash::Crc32, 10).members().len(), 1);
+        assert_eq!(m.members.len(), 1);
         m.cluster_id = "c0ffee".into();
         assert_eq!(Membership::decode(&m.encode()).unwrap(), m);
     }
@@ -368,7 +355,7 @@ mod tests {
             assert_eq!(m.apply(&weight(1, w)), Err(Invalid::Weight(w)));
         }
         assert_eq!(m.apply(&weight(9, 2)), Err(Invalid::UnknownMember(9)));
-        assert_eq!(m.apply(&Command { op: None }), Err(Invalid::Empty));
+        assert_eq!(m.apply(&RingCommand { op: None }), Err(Invalid::Empty));
         for g in ["", "Products", "a b", &"x".repeat(65), "prod\0"] {
             assert!(m.apply(&purge(g)).is_err(), "{g:?}");
         }

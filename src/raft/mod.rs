@@ -1,9 +1,11 @@
 //! Membership by Raft: the ring as a replicated state machine (tikv raft-rs).
 //!
 //! - [`storage`]: durable `raft::Storage` (write-ahead file, snapshots carry the membership).
+//! - [`admission`]: which peers' messages reach raft-rs.
 //! - [`membership`]: the state machine: members, weights, purge generations, the epoch.
 //! - [`node`]: `RawNode` + storage + membership, driven by `RaftActor` or the test harness.
 
+pub mod admission;
 pub mod boot;
 pub mod discovery;
 pub mod membership;

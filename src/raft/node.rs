@@ -8,7 +8,7 @@ use protobuf::Message as PbMessage;
 use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode, StateRole, Storage};
 
-use super::membership::{Command, Invalid, MemberInfo, Membership};
+use super::membership::{Invalid, MemberInfo, Membership, RingCommand};
 use super::storage::{DiskStorage, WalError};
 
 /// Up to this many voters; further members join as learners (they still own keys).
@@ -212,7 +212,7 @@ impl RaftNode {
         Ok(self.raw.propose_conf_change(Vec::new(), cc)?)
     }
 
-    pub fn propose(&mut self, cmd: &Command) -> Result<(), RaftError> {
+    pub fn propose(&mut self, cmd: &RingCommand) -> Result<(), RaftError> {
         Ok(self
             .raw
             .propose(Vec::new(), prost::Message::encode_to_vec(cmd))?)
@@ -287,7 +287,7 @@ impl RaftNode {
                 })
             }
             EntryType::EntryNormal => {
-                let cmd: Command =
+                let cmd: RingCommand =
                     prost::Message::decode(&entry.data[..]).map_err(|e| decode(&e))?;
                 self.membership.apply(&cmd).map_err(Skip::Invalid)
             }

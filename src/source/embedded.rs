@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::demo::{SCORES, product_id, product_value};
 use super::{Source, SourceFuture};
-use crate::error::SourceError;
-use crate::groups::{Group, SCORES, product_id, product_value};
+use crate::cache::error::SourceError;
+use crate::cache::group::Group;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {

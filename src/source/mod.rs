@@ -2,6 +2,7 @@
 //!
 //! `DbActor` owns one `Source`; tests put a counting or failing source behind the same trait.
 
+pub mod demo;
 pub mod embedded;
 pub mod postgres;
 pub mod seed;
@@ -11,8 +12,8 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::error::SourceError;
-use crate::groups::Group;
+use crate::cache::error::SourceError;
+use crate::cache::group::Group;
 
 pub type SourceFuture = Pin<Box<dyn Future<Output = Result<Option<Bytes>, SourceError>> + Send>>;
 

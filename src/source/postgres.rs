@@ -10,8 +10,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::{Source, SourceFuture};
-use crate::error::SourceError;
-use crate::groups::Group;
+use crate::cache::error::SourceError;
+use crate::cache::group::Group;
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {

@@ -10,7 +10,7 @@ use futures_util::SinkExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_postgres::NoTls;
 
-use crate::groups::{SCORES, product_value};
+use super::demo::{SCORES, product_value};
 
 /// Rows per COPY chunk: large enough to amortise the sink, small enough to stay in cache.
 const CHUNK_ROWS: u64 = 10_000;

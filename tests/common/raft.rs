@@ -73,8 +73,8 @@ impl Raft {
             &data,
             "--dead-after",
             self.dead_after,
-            "--embedded-latency-ms",
-            "1",
+            "--embedded-latency",
+            "1ms",
             "--peer-timeout",
             "1s",
         ];

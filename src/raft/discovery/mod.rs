@@ -9,8 +9,12 @@
 //! - `ecs://CLUSTER/SERVICE:PORT`: the RUNNING tasks of an ECS service (`ListTasks`,
 //!   `DescribeTasks`), by their private IPs.
 //!
-//! The AWS backends use the SDK's default configuration (region, credentials, and
-//! `AWS_ENDPOINT_URL` for an emulator).
+//! The AWS backends ([`aws`], cargo feature `aws`) use the SDK's default configuration (region,
+//! credentials, and `AWS_ENDPOINT_URL` for an emulator). A build without the feature refuses
+//! AWS seeds at startup, saying which feature it lacks.
+
+#[cfg(feature = "aws")]
+pub mod aws;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,10 +35,7 @@ impl Discovery for Seeds {
             let mut out = Vec::new();
             for seed in seeds {
                 if let Some(aws) = aws_seed(&seed) {
-                    match aws
-                        .candidates(&crate::raft::discovery::sdk_config().await)
-                        .await
-                    {
+                    match aws.candidates().await {
                         Ok(found) => out.extend(found),
                         Err(e) => {
                             tracing::debug!(%seed, error = %e, "AWS discovery found nothing yet")
@@ -87,6 +88,25 @@ pub enum AwsSeed {
     },
 }
 
+/// Why an AWS seed cannot be used by this build.
+pub const NO_AWS: &str = "AWS discovery (cloudmap://, ecs://) is not in this build: build it with \
+     `cargo build --release --features aws` (the Docker image and CI have it), or use \
+     --seeds dns://NAME:PORT (Cloud Map's DNS names work without it)";
+
+impl AwsSeed {
+    /// Peer URLs of the instances or tasks behind this seed.
+    pub async fn candidates(&self) -> Result<Vec<String>, String> {
+        #[cfg(feature = "aws")]
+        {
+            aws::candidates(self).await
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            Err(NO_AWS.to_owned())
+        }
+    }
+}
+
 /// Parses `cloudmap://NAMESPACE/SERVICE:PORT` and `ecs://CLUSTER/SERVICE:PORT`.
 pub fn aws_seed(seed: &str) -> Option<AwsSeed> {
     let (scheme, rest) = seed.split_once("://")?;
@@ -105,135 +125,6 @@ pub fn aws_seed(seed: &str) -> Option<AwsSeed> {
             port,
         }),
         _ => None,
-    }
-}
-
-/// An emulator on a local address: DiscoverInstances' `data-` host prefix cannot apply there.
-fn is_local_endpoint(url: &str) -> bool {
-    let host = url.split("://").nth(1).unwrap_or(url);
-    host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
-}
-
-/// Drops the `data-` host prefix that DiscoverInstances puts in front of the endpoint, which an
-/// emulator at `http://127.0.0.1:PORT` cannot resolve (AWS's own endpoints keep it).
-#[derive(Debug)]
-struct NoHostPrefix;
-
-impl aws_sdk_servicediscovery::config::Intercept for NoHostPrefix {
-    fn name(&self) -> &'static str {
-        "NoHostPrefix"
-    }
-
-    fn modify_before_transmit(
-        &self,
-        context: &mut aws_sdk_servicediscovery::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
-        _: &aws_sdk_servicediscovery::config::RuntimeComponents,
-        _: &mut aws_sdk_servicediscovery::config::ConfigBag,
-    ) -> Result<(), aws_sdk_servicediscovery::error::BoxError> {
-        let uri = context.request().uri().replacen("://data-", "://", 1);
-        context.request_mut().set_uri(uri)?;
-        Ok(())
-    }
-}
-
-/// The SDK configuration, loaded once per process.
-pub async fn sdk_config() -> aws_config::SdkConfig {
-    static CONFIG: tokio::sync::OnceCell<aws_config::SdkConfig> =
-        tokio::sync::OnceCell::const_new();
-    CONFIG
-        .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
-        .await
-        .clone()
-}
-
-impl AwsSeed {
-    /// Peer URLs of the instances or tasks behind this seed.
-    pub async fn candidates(&self, config: &aws_config::SdkConfig) -> Result<Vec<String>, String> {
-        match self {
-            AwsSeed::CloudMap {
-                namespace,
-                service,
-                port,
-            } => {
-                let mut sd = aws_sdk_servicediscovery::config::Builder::from(config);
-                if config.endpoint_url().is_some_and(is_local_endpoint) {
-                    sd = sd.interceptor(NoHostPrefix);
-                }
-                let client = aws_sdk_servicediscovery::Client::from_conf(sd.build());
-                let out = client
-                    .discover_instances()
-                    .namespace_name(namespace)
-                    .service_name(service)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "DiscoverInstances: {}",
-                            aws_sdk_servicediscovery::error::DisplayErrorContext(e)
-                        )
-                    })?;
-                Ok(out
-                    .instances()
-                    .iter()
-                    .filter_map(|i| i.attributes()?.get("AWS_INSTANCE_IPV4").cloned())
-                    .map(|ip| format!("http://{ip}:{port}"))
-                    .collect())
-            }
-            AwsSeed::Ecs {
-                cluster,
-                service,
-                port,
-            } => {
-                let client = aws_sdk_ecs::Client::new(config);
-                let arns = client
-                    .list_tasks()
-                    .cluster(cluster)
-                    .service_name(service)
-                    .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        format!("ListTasks: {}", aws_sdk_ecs::error::DisplayErrorContext(e))
-                    })?
-                    .task_arns
-                    .unwrap_or_default();
-                if arns.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let tasks = client
-                    .describe_tasks()
-                    .cluster(cluster)
-                    .set_tasks(Some(arns))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "DescribeTasks: {}",
-                            aws_sdk_ecs::error::DisplayErrorContext(e)
-                        )
-                    })?
-                    .tasks
-                    .unwrap_or_default();
-                let mut ips = Vec::new();
-                for task in &tasks {
-                    let from_eni = task
-                        .attachments()
-                        .iter()
-                        .flat_map(|a| a.details())
-                        .filter(|d| d.name() == Some("privateIPv4Address"))
-                        .filter_map(|d| d.value());
-                    let from_containers = task
-                        .containers()
-                        .iter()
-                        .flat_map(|c| c.network_interfaces())
-                        .filter_map(|n| n.private_ipv4_address());
-                    if let Some(ip) = from_eni.chain(from_containers).next() {
-                        ips.push(format!("http://{ip}:{port}"));
-                    }
-                }
-                Ok(ips)
-            }
-        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, counter};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::groups::Group;
+use crate::cache::group::Group;
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -48,6 +48,8 @@ pub struct GroupCounters {
     pub peer_loads: Counter,
     pub peer_errors: Counter,
     pub server_requests: Counter,
+    /// Peer fetches retried once because the owner's ring was newer.
+    pub stale_epoch_retries: Counter,
 }
 
 impl GroupCounters {
@@ -63,6 +65,7 @@ impl GroupCounters {
             peer_loads: counter!("geecache_peer_loads_total", "group" => g),
             peer_errors: counter!("geecache_peer_errors_total", "group" => g),
             server_requests: counter!("geecache_server_requests_total", "group" => g),
+            stale_epoch_retries: counter!("geecache_stale_epoch_retries_total", "group" => g),
         }
     }
 }

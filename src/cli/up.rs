@@ -1,7 +1,8 @@
 //! `geecache up`: a local cluster of real node processes on 127.0.0.1, and a frontend.
 //!
-//! Each node is this same binary run as `geecache node` with static membership; their output
-//! is prefixed with their name. Ctrl-C (or SIGTERM) stops them all gracefully.
+//! Each node is this same binary run as `geecache node`, agreeing on the ring by Raft, with a
+//! peer secret made for the cluster; their output is prefixed with their name. Ctrl-C (or
+//! SIGTERM) stops them all gracefully.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,8 +14,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::cli::UpArgs;
-use crate::config::SourceKind;
+use super::UpArgs;
+use super::config::SourceKind;
+use super::tools::init_secret;
 
 struct Proc {
     name: String,
@@ -126,68 +128,47 @@ fn cluster_secret(root: &Path, node_args: &[String]) -> anyhow::Result<Option<Pa
     Ok(Some(path))
 }
 
-/// Writes a new random peer secret (32 random bytes as hex, mode 0600) to `path` unless it
-/// exists; true when it wrote one.
-pub fn init_secret(path: &Path) -> anyhow::Result<bool> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if path.exists() {
-        return Ok(false);
-    }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("no randomness for the secret: {e}"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| writeln!(f, "{hex}"))
-        .with_context(|| format!("cannot write the peer secret to {}", path.display()))?;
-    Ok(true)
+/// What `up` starts: where, with which flags.
+struct Plan {
+    peer_urls: Vec<String>,
+    data_root: PathBuf,
+    secret: Option<PathBuf>,
+    /// Flags every process gets.
+    common: Vec<String>,
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    if args.source == SourceKind::Postgres && args.database_url.is_none() {
-        anyhow::bail!("--source postgres needs --database-url");
-    }
-    let peer_urls: Vec<String> = (0..args.nodes)
-        .map(|i| format!("http://127.0.0.1:{}", args.peer_port + i))
-        .collect();
-    // Raft logs in a fresh directory, removed when the cluster stops (unless --data-dir).
-    let temp = match &args.data_dir {
-        Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("geecache-up-").tempdir()?),
-    };
-    let data_root = args
-        .data_dir
-        .clone()
-        .or_else(|| temp.as_ref().map(|t| t.path().to_owned()))
-        .unwrap_or_default();
-    let secret = cluster_secret(&data_root, &args.node_args)?;
-    let common = {
-        let mut a = vec![
+impl Plan {
+    fn new(args: &UpArgs, data_root: PathBuf) -> anyhow::Result<Plan> {
+        let peer_urls: Vec<String> = (0..args.nodes)
+            .map(|i| format!("http://127.0.0.1:{}", args.peer_port + i))
+            .collect();
+        let secret = cluster_secret(&data_root, &args.node_args)?;
+        let mut common = vec![
             "--seeds".to_owned(),
             peer_urls.join(","),
             "--source".to_owned(),
-            format!("{:?}", args.source).to_lowercase(),
+            args.source.as_str().to_owned(),
             "--log-format".to_owned(),
-            format!("{:?}", args.log_format).to_lowercase(),
+            args.log_format.as_str().to_owned(),
         ];
         if let Some(url) = &args.database_url {
-            a.extend(["--database-url".to_owned(), url.clone()]);
+            common.extend(["--database-url".to_owned(), url.clone()]);
         }
         if let Some(path) = &secret {
-            a.extend(["--peer-secret-file".to_owned(), path.display().to_string()]);
+            common.extend(["--peer-secret-file".to_owned(), path.display().to_string()]);
         }
-        a
-    };
-    let mut procs = Vec::new();
-    let started = Instant::now();
-    for (i, peer) in peer_urls.iter().enumerate() {
+        Ok(Plan {
+            peer_urls,
+            data_root,
+            secret,
+            common,
+        })
+    }
+
+    /// Flags of node `i` (from 0), then the common ones, then the user's.
+    fn node(&self, args: &UpArgs, i: usize) -> (String, Vec<String>) {
         let api = format!("127.0.0.1:{}", args.api_port + i as u16);
+        let peer = &self.peer_urls[i];
         let mut a = vec![
             "--api-addr".to_owned(),
             api.clone(),
@@ -198,72 +179,81 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "--node-id".to_owned(),
             (i + 1).to_string(),
             "--data-dir".to_owned(),
-            data_root
-                .join(format!("node{}", i + 1))
-                .display()
-                .to_string(),
+            self.data_dir(i + 1),
             "--bootstrap-expect".to_owned(),
             args.nodes.to_string(),
         ];
-        a.extend(common.iter().cloned());
+        a.extend(self.common.iter().cloned());
         a.extend(args.node_args.iter().cloned());
-        procs.push(spawn(
-            &format!("node{}", i + 1),
-            a,
-            format!("http://{api}"),
-        )?);
+        (format!("http://{api}"), a)
     }
-    let front_api = format!("127.0.0.1:{}", args.port);
-    let mut a = vec![
-        "--role".to_owned(),
-        "frontend".to_owned(),
-        "--api-addr".to_owned(),
-        front_api.clone(),
-        "--peer-addr".to_owned(),
-        "127.0.0.1:0".to_owned(),
-    ];
-    a.extend(common.iter().cloned());
-    a.extend(args.node_args.iter().cloned());
-    procs.push(spawn("frontend", a, format!("http://{front_api}"))?);
 
-    if let Err(e) = wait_ready(&mut procs).await {
-        stop_all(&mut procs).await;
-        return Err(e);
+    fn frontend(&self, args: &UpArgs) -> (String, Vec<String>) {
+        let api = format!("127.0.0.1:{}", args.port);
+        let mut a = vec![
+            "--role".to_owned(),
+            "frontend".to_owned(),
+            "--api-addr".to_owned(),
+            api.clone(),
+            "--peer-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        a.extend(self.common.iter().cloned());
+        a.extend(args.node_args.iter().cloned());
+        (format!("http://{api}"), a)
     }
-    println!(
-        "\nGeeCache-rs local cluster up in {} ms: {} node(s) agreed by Raft, {:?} source",
-        started.elapsed().as_millis(),
-        args.nodes,
-        args.source
-    );
-    for (p, peer) in procs.iter().zip(peer_urls.iter().map(Some).chain([None])) {
-        match peer {
-            Some(peer) => println!("  {:<9} client API {:<24} peer {peer}", p.name, p.api),
-            None => println!("  {:<9} client API {}", p.name, p.api),
+
+    /// Node `n`'s data dir: inside this cluster's root, so that no later cluster reuses it.
+    fn data_dir(&self, n: usize) -> String {
+        self.data_root
+            .join(format!("node{n}"))
+            .display()
+            .to_string()
+    }
+
+    fn print_banner(&self, args: &UpArgs, procs: &[Proc], started: Instant) {
+        println!(
+            "\nGeeCache-rs local cluster up in {} ms: {} node(s) agreed by Raft, {} source",
+            started.elapsed().as_millis(),
+            args.nodes,
+            args.source.as_str()
+        );
+        for (p, peer) in procs
+            .iter()
+            .zip(self.peer_urls.iter().map(Some).chain([None]))
+        {
+            match peer {
+                Some(peer) => println!("  {:<9} client API {:<24} peer {peer}", p.name, p.api),
+                None => println!("  {:<9} client API {}", p.name, p.api),
+            }
         }
+        println!(
+            "Try: curl '{}/api?key=Tom'   (Ctrl-C stops them all)",
+            procs.last().map_or("", |p| &p.api)
+        );
+        if let Some(path) = &self.secret {
+            println!("Peer secret (made for this cluster): {}", path.display());
+        }
+        let n = args.nodes as usize + 1;
+        println!(
+            "Add a node: geecache node --node-id {n} --self http://127.0.0.1:{p} --peer-addr 127.0.0.1:{p} --api-addr 127.0.0.1:{a} --data-dir {dir} --seeds {seeds}{auth}\n",
+            p = args.peer_port + args.nodes,
+            a = args.api_port + args.nodes,
+            dir = self.data_dir(n),
+            seeds = self.peer_urls.join(","),
+            auth = self
+                .secret
+                .as_ref()
+                .map(|p| format!(" --peer-secret-file {}", p.display()))
+                .unwrap_or_default(),
+        );
     }
-    println!(
-        "Try: curl '{}/api?key=Tom'   (Ctrl-C stops them all)",
-        procs.last().map_or("", |p| &p.api)
-    );
-    if let Some(path) = &secret {
-        println!("Peer secret (made for this cluster): {}", path.display());
-    }
-    println!(
-        "Add a node: geecache node --node-id {n} --self http://127.0.0.1:{p} --peer-addr 127.0.0.1:{p} --api-addr 127.0.0.1:{a} --data-dir {dir} --seeds {seeds}{auth}\n",
-        n = args.nodes + 1,
-        p = args.peer_port + args.nodes,
-        a = args.api_port + args.nodes,
-        dir = data_root.join(format!("node{}", args.nodes + 1)).display(),
-        seeds = peer_urls.join(","),
-        auth = secret
-            .as_ref()
-            .map(|p| format!(" --peer-secret-file {}", p.display()))
-            .unwrap_or_default(),
-    );
+}
 
+/// Waits for Ctrl-C, SIGTERM or a process that exits; says which.
+async fn wait_for_stop(procs: &mut [Proc]) -> anyhow::Result<String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let reason = tokio::select! {
+    Ok(tokio::select! {
         _ = tokio::signal::ctrl_c() => "Ctrl-C".to_owned(),
         _ = term.recv() => "SIGTERM".to_owned(),
         name = async {
@@ -276,7 +266,40 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         } => name,
+    })
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    if args.source == SourceKind::Postgres && args.database_url.is_none() {
+        anyhow::bail!("--source postgres needs --database-url");
+    }
+    // Raft logs in a fresh directory, removed when the cluster stops (unless --data-dir).
+    let temp = match &args.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("geecache-up-").tempdir()?),
     };
+    let data_root = args
+        .data_dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_owned()))
+        .unwrap_or_default();
+    let plan = Plan::new(&args, data_root)?;
+    let started = Instant::now();
+    let mut procs = Vec::new();
+    for i in 0..args.nodes as usize {
+        let (api, flags) = plan.node(&args, i);
+        procs.push(spawn(&format!("node{}", i + 1), flags, api)?);
+    }
+    let (api, flags) = plan.frontend(&args);
+    procs.push(spawn("frontend", flags, api)?);
+
+    if let Err(e) = wait_ready(&mut procs).await {
+        stop_all(&mut procs).await;
+        return Err(e);
+    }
+    plan.print_banner(&args, &procs, started);
+    let reason = wait_for_stop(&mut procs).await?;
     println!("\n{reason}: stopping the cluster");
     stop_all(&mut procs).await;
     drop(temp);

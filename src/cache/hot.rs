@@ -1,12 +1,50 @@
-//! Per-key request rates, to decide which remote keys are hot enough to cache away from their
-//! owner (instead of groupcache's random 1-in-10), and to report `minute_qps` to callers.
+//! The hot-cache policy, in one place: which keys owned elsewhere are requested often enough to
+//! keep a copy of here (instead of groupcache's random 1-in-10), and the `minute_qps` an owner
+//! reports to its callers so that they can tell a key hot on the whole cluster.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use crate::groups::Group;
+use crate::cache::group::Group;
+
+/// Counts requests and decides promotion to the hot cache.
+pub struct HotPolicy {
+    /// Local request rates of keys owned elsewhere, over one second.
+    local: RateTracker,
+    /// Rates of keys this node served to peers, over a minute (groupcache's `minute_qps`).
+    served: RateTracker,
+    /// Requests per second, here or on every member, that make a key hot.
+    min_qps: f64,
+}
+
+impl HotPolicy {
+    pub fn new(min_qps: f64) -> HotPolicy {
+        HotPolicy {
+            local: RateTracker::new(Duration::from_secs(1), 100_000),
+            served: RateTracker::new(Duration::from_secs(60), 100_000),
+            min_qps,
+        }
+    }
+
+    /// Counts a local request for a key another member owns.
+    pub fn requested_remote(&self, group: Group, key: &str) {
+        self.local.hit(group, key);
+    }
+
+    /// Counts a request a peer made for a key this node owns; returns its `minute_qps`.
+    pub fn served_to_peer(&self, group: Group, key: &str) -> f64 {
+        self.served.hit(group, key)
+    }
+
+    /// Whether to keep a copy of a remote key: requested here at `min_qps` or more, or, by the
+    /// owner's count, at that rate on every one of `members`.
+    pub fn keep(&self, group: Group, key: &str, owner_qps: f64, members: usize) -> bool {
+        self.local.rate(group, key) >= self.min_qps
+            || owner_qps >= self.min_qps * members.max(1) as f64
+    }
+}
 
 /// Two consecutive windows of counts; the rate blends the full previous window with the
 /// current partial one, so it neither forgets a burst at a window edge nor lags a minute.

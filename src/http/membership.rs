@@ -1,6 +1,7 @@
-//! Raft transport and membership endpoints on the peer port (behind the peer secret, which the
-//! peer app checks before any of these runs): `POST /_raft/messages`, `GET /_raft/info`,
-//! `GET /_raft/members`, `POST /_raft/join`, `POST /_raft/remove`, `POST /_raft/command`.
+//! The Raft transport and membership endpoints on the peer port (behind the peer secret, which
+//! the peer app checks before any of these runs): `POST /_raft/messages`, `GET /_raft/info`,
+//! `GET /_raft/members`, `POST /_raft/join`, `POST /_raft/remove`, `POST /_raft/command`
+//! (paths in `peer::wire`).
 //!
 //! Errors are JSON `{"error", "message"}` with stable codes, as on the client API; a change
 //! sent to a follower is 421 `not_leader` with the leader's peer URL in `leader`.
@@ -16,24 +17,27 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::AppState;
-use crate::actors::raft::{ChangeError, Join, Propose, RaftActor, RaftBatch, Remove, Status, Step};
-use crate::error::ApiError;
-use crate::groups::Group;
-use crate::raft::membership::{Command, Invalid, MemberInfo, PurgeGroup, SetWeight, command};
-
-/// The caller's cluster id on membership calls (absent from operators' tools).
-pub const CLUSTER_HEADER: &str = "x-geecache-cluster";
+use super::error::ApiError;
+use crate::actors::raft::{
+    AddMember, ChangeError, Propose, RaftActor, RemoveMember, RingMembersOf, Status, Step,
+};
+use crate::cache::group::Group;
+use crate::peer::wire::{
+    CLUSTER_HEADER, RAFT_COMMAND, RAFT_INFO, RAFT_JOIN, RAFT_MEMBERS, RAFT_MESSAGES, RAFT_REMOVE,
+    RaftBatch,
+};
+use crate::raft::membership::{Invalid, MemberInfo, PurgeGroup, RingCommand, SetWeight, command};
 
 /// How long a change may take to be applied here before the caller gets a 504.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/_raft/messages", web::post().to(messages))
-        .route("/_raft/info", web::get().to(info))
-        .route("/_raft/members", web::get().to(members))
-        .route("/_raft/join", web::post().to(join))
-        .route("/_raft/remove", web::post().to(remove))
-        .route("/_raft/command", web::post().to(command));
+    cfg.route(RAFT_MESSAGES, web::post().to(messages))
+        .route(RAFT_INFO, web::get().to(info))
+        .route(RAFT_MEMBERS, web::get().to(members))
+        .route(RAFT_JOIN, web::post().to(join))
+        .route(RAFT_REMOVE, web::post().to(remove))
+        .route(RAFT_COMMAND, web::post().to(command));
 }
 
 fn raft(state: &AppState) -> Result<Addr<RaftActor>, ApiError> {
@@ -101,16 +105,11 @@ async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 /// The agreed ring, for frontends that follow it without taking part in Raft.
 async fn members(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let status = raft(&state)?
-        .send(Status)
+    let ring = raft(&state)?
+        .send(RingMembersOf)
         .await
         .map_err(|_| unavailable("raft stopped"))?;
-    let members: Vec<&MemberInfo> = status.members.iter().map(|m| &m.info).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "cluster_id": status.cluster_id,
-        "epoch": status.epoch,
-        "members": members,
-    })))
+    Ok(HttpResponse::Ok().json(ring))
 }
 
 /// Maps the outcome of a change to its answer.
@@ -167,7 +166,7 @@ async fn join(
     let info: MemberInfo = body(&bytes)?;
     let cluster_id = caller_cluster(&req);
     change(move |reply| {
-        raft.try_send(Join {
+        raft.try_send(AddMember {
             info,
             cluster_id,
             reply,
@@ -192,7 +191,7 @@ async fn remove(
     let RemoveBody { id } = body(&bytes)?;
     let cluster_id = caller_cluster(&req);
     change(move |reply| {
-        raft.try_send(Remove {
+        raft.try_send(RemoveMember {
             id,
             cluster_id,
             reply,
@@ -230,7 +229,7 @@ async fn command(
             command::Op::PurgeGroup(PurgeGroup { group })
         }
     };
-    let command = Command { op: Some(op) };
+    let command = RingCommand { op: Some(op) };
     let cluster_id = caller_cluster(&req);
     change(move |reply| {
         raft.try_send(Propose {

@@ -1,8 +1,11 @@
-//! The byte-bounded cache of one node: a moka cache keyed by (group, key).
+//! The byte-bounded store of a node's cached values: a moka cache keyed by (group, key), used
+//! for both the main shard (keys this node owns) and the hot cache (keys it does not).
 //!
-//! moka is itself concurrent (lock-free reads, striped writes), so a `Shard` is a cheap,
-//! cloneable handle. `ShardActor` owns its maintenance and statistics; the request path may
-//! read through the handle directly (see `HitPath` in the config for why).
+//! moka is itself concurrent (lock-free reads, striped writes), so a `Store` is a cheap,
+//! cloneable handle that the request path reads directly from the HTTP worker's thread; the
+//! `ShardActor` owns its maintenance and statistics. (Reading through the actor's mailbox cost
+//! a cross-thread round trip per hit: 0.76x a bare handler's throughput against 0.86x when
+//! measured with `load/bench-hit.sh`; see the README.)
 
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use bytes::Bytes;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
-use crate::groups::Group;
+use crate::cache::group::Group;
 
 /// Bytes moka and the allocator spend per entry beyond key and value: the entry's Arcs, its
 /// access-order deque node, its hash-table bucket, deferred frees, allocator slack. Measured by
@@ -19,9 +22,18 @@ use crate::groups::Group;
 /// cache really takes, not just its payload.
 pub const ENTRY_OVERHEAD: u32 = 400;
 
+/// A cached value and what the read path checks before it answers with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Bytes,
+    /// The group's purge generation when the value was loaded: an entry of an older
+    /// generation is a miss.
+    pub generation: u64,
+}
+
 #[derive(Clone)]
-pub struct Shard {
-    cache: Cache<Box<str>, Bytes>,
+pub struct Store {
+    cache: Cache<Box<str>, Entry>,
     name: &'static str,
 }
 
@@ -35,8 +47,8 @@ fn cache_key(group: Group, key: &str) -> Box<str> {
 
 /// Weight of an entry in bytes: key + value + `ENTRY_OVERHEAD`.
 #[allow(clippy::borrowed_box)] // moka hands the key type by reference
-fn weigh(key: &Box<str>, value: &Bytes) -> u32 {
-    entry_weight(key.len(), value.len())
+fn weigh(key: &Box<str>, entry: &Entry) -> u32 {
+    entry_weight(key.len(), entry.value.len())
 }
 
 /// The bytes an entry of `key_len` (group byte included) and `value_len` counts against
@@ -55,14 +67,13 @@ fn group_of(cache_key: &str) -> &'static str {
         .map_or("unknown", |g| g.name())
 }
 
-impl Shard {
+impl Store {
     /// A cache of at most `max_bytes` (key + value + `ENTRY_OVERHEAD` per entry); with `ttl`,
     /// entries also expire that long after they were written (the hot cache uses this).
     pub fn new(name: &'static str, max_bytes: u64, ttl: Option<Duration>) -> Self {
         let mut builder = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(weigh)
-            .support_invalidation_closures()
             .eviction_listener(move |k: std::sync::Arc<Box<str>>, _v, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                     metrics::counter!("geecache_cache_evictions_total",
@@ -73,7 +84,7 @@ impl Shard {
         if let Some(ttl) = ttl {
             builder = builder.time_to_live(ttl);
         }
-        Shard {
+        Store {
             cache: builder.build(),
             name,
         }
@@ -83,7 +94,7 @@ impl Shard {
         self.name
     }
 
-    pub fn get(&self, group: Group, key: &str) -> Option<Bytes> {
+    pub fn get(&self, group: Group, key: &str) -> Option<Entry> {
         self.cache.get(&*cache_key(group, key))
     }
 
@@ -91,7 +102,7 @@ impl Shard {
     /// a read only when it hits. A plain `get` would count the miss again in moka's popularity
     /// sketch, and TinyLFU would then admit cold keys over warm ones (measured: 1.2 points of
     /// hit rate under Zipf 0.99, `load/bench.sh`).
-    pub fn recheck(&self, group: Group, key: &str) -> Option<Bytes> {
+    pub fn recheck(&self, group: Group, key: &str) -> Option<Entry> {
         let key = cache_key(group, key);
         if self.cache.contains_key(&*key) {
             self.cache.get(&*key)
@@ -100,21 +111,12 @@ impl Shard {
         }
     }
 
-    pub fn insert(&self, group: Group, key: &str, value: Bytes) {
-        self.cache.insert(cache_key(group, key), value);
+    pub fn insert(&self, group: Group, key: &str, entry: Entry) {
+        self.cache.insert(cache_key(group, key), entry);
     }
 
     pub fn remove(&self, group: Group, key: &str) {
         self.cache.invalidate(&*cache_key(group, key));
-    }
-
-    /// Drops every entry of a group (lazily: moka removes them in its maintenance).
-    pub fn purge_group(&self, group: Group) {
-        let tag = (b'0' + group.index() as u8) as char;
-        // Only fails when invalidation closures are not enabled, and they are.
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |k, _| k.starts_with(tag));
     }
 
     /// Runs moka's pending maintenance (evictions, expirations) and reports (bytes, items).
@@ -126,45 +128,49 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn entry(v: &'static [u8]) -> Entry {
+        Entry {
+            value: Bytes::from_static(v),
+            generation: 0,
+        }
+    }
 
     #[test]
     fn recheck_reads_only_what_is_there() {
-        let s = Shard::new("main", 1 << 20, None);
+        let s = Store::new("main", 1 << 20, None);
         assert_eq!(s.recheck(Group::Products, "1"), None);
-        s.insert(Group::Products, "1", Bytes::from_static(b"v"));
-        assert_eq!(
-            s.recheck(Group::Products, "1"),
-            Some(Bytes::from_static(b"v"))
-        );
+        s.insert(Group::Products, "1", entry(b"v"));
+        assert_eq!(s.recheck(Group::Products, "1"), Some(entry(b"v")));
         assert_eq!(
             s.recheck(Group::Scores, "1"),
             None,
             "groups do not share keys"
         );
     }
-    use super::*;
 
     #[test]
     fn groups_are_separate_namespaces() {
-        let s = Shard::new("main", 1 << 20, None);
-        s.insert(Group::Scores, "1", Bytes::from_static(b"a"));
-        assert_eq!(s.get(Group::Scores, "1").unwrap(), "a");
+        let s = Store::new("main", 1 << 20, None);
+        s.insert(Group::Scores, "1", entry(b"a"));
+        assert_eq!(s.get(Group::Scores, "1").unwrap().value, "a");
         assert_eq!(s.get(Group::Products, "1"), None);
         assert_eq!(group_of(&cache_key(Group::Products, "x")), "products");
-        s.purge_group(Group::Scores);
-        s.maintain();
-        assert_eq!(s.get(Group::Scores, "1"), None);
     }
 
     #[test]
     fn stays_within_its_byte_bound() {
         let bound = 64 * 1024;
-        let s = Shard::new("main", bound, None);
+        let s = Store::new("main", bound, None);
         for i in 0..10_000 {
             s.insert(
                 Group::Products,
                 &i.to_string(),
-                Bytes::from(vec![b'x'; 100]),
+                Entry {
+                    value: Bytes::from(vec![b'x'; 100]),
+                    generation: 0,
+                },
             );
         }
         let (bytes, items) = s.maintain();
@@ -174,8 +180,8 @@ mod tests {
 
     #[test]
     fn remove_drops_one_key() {
-        let s = Shard::new("main", 1 << 20, None);
-        s.insert(Group::Scores, "Tom", Bytes::from_static(b"630"));
+        let s = Store::new("main", 1 << 20, None);
+        s.insert(Group::Scores, "Tom", entry(b"630"));
         s.remove(Group::Scores, "Tom");
         assert_eq!(s.get(Group::Scores, "Tom"), None);
     }

@@ -1,41 +1,9 @@
-//! Errors at the node's boundaries, and the one table that maps them to HTTP statuses.
+//! The one table that maps every error the node answers with to an HTTP status and a stable
+//! code, and the JSON shape `{"error": code, "message": reason}` of every error answer.
 
 use actix_web::http::StatusCode;
 
-/// Why a source (PostgreSQL or embedded) could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SourceError {
-    /// No connection could be had (refused, pool exhausted, connect timed out).
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// The query ran past the statement timeout.
-    #[error("database timed out: {0}")]
-    Timeout(String),
-    /// The database answered with an error.
-    #[error("database error: {0}")]
-    Query(String),
-}
-
-/// Why a load failed. Cloned to every waiter of one flight; never cached.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LoadError {
-    #[error("not found")]
-    NotFound,
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// A bounded mailbox or the in-flight table is full: shed the request.
-    #[error("node overloaded: {0}")]
-    Overloaded(&'static str),
-    /// The caller's deadline passed (the load itself goes on for the other waiters).
-    #[error("timed out waiting for the load")]
-    Timeout,
-    /// An actor is gone (shutting down).
-    #[error("node is shutting down")]
-    Stopped,
-    /// A peer answered with an error status that is the key's answer, not a transport fault.
-    #[error("peer said: {0}")]
-    Peer(String),
-}
+use crate::cache::error::{LoadError, SourceError};
 
 /// An error the HTTP layer returns: a status, a stable code, and a reason for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +42,9 @@ impl std::fmt::Display for ApiError {
 impl From<LoadError> for ApiError {
     fn from(e: LoadError) -> Self {
         let (status, code) = match &e {
+            LoadError::BadKey(_) => (StatusCode::BAD_REQUEST, "bad_key"),
             LoadError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            LoadError::NotOwner(_) => (StatusCode::MISDIRECTED_REQUEST, "stale_epoch"),
             LoadError::Source(SourceError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable")
             }
@@ -85,7 +55,6 @@ impl From<LoadError> for ApiError {
             LoadError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             LoadError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "load_timeout"),
             LoadError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            LoadError::Peer(_) => (StatusCode::BAD_GATEWAY, "peer_error"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -110,7 +79,9 @@ mod tests {
     #[test]
     fn every_load_error_maps_to_its_status() {
         let cases = [
+            (LoadError::BadKey(crate::cache::group::KeyError::Empty), 400),
             (LoadError::NotFound, 404),
+            (LoadError::NotOwner(3), 421),
             (SourceError::Unavailable("x".into()).into(), 503),
             (SourceError::Timeout("x".into()).into(), 504),
             (SourceError::Query("x".into()).into(), 502),

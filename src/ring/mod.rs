@@ -8,8 +8,22 @@
 
 use std::sync::Arc;
 
+pub mod cluster;
+
+pub use cluster::{Cluster, RingView, Route};
+
 /// The hash that places points on the ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RingHash {
     /// crc32-IEEE, as GeeCache and groupcache: compatible, but clumpy for similar names.
@@ -135,7 +149,7 @@ mod tests {
     #[test]
     fn golden_owners_match_geecache() {
         let r = ring(RingHash::Crc32, 150, 3);
-        let golden = include_str!("../tests/golden/ring_owners.txt");
+        let golden = include_str!("../../tests/golden/ring_owners.txt");
         let mut checked = 0;
         for line in golden.lines().filter(|l| !l.is_empty()) {
             let (key, owner) = line.split_once('\t').unwrap();

@@ -1,0 +1,722 @@
+//! Node configuration: built-in defaults < a TOML file (`--config`) < `GEECACHE_*` environment
+//! variables < command-line flags.
+//!
+//! One struct is both the TOML schema (serde) and the flags (clap): a setting is declared once,
+//! with its doc comment (the `--help` text), its flag, its variable and its default. The
+//! defaults are clap's; `Config::default()` reads them back, and a test holds
+//! `config/default.toml` equal to them. Layering: the file is read into a `Config`; then every
+//! flag or variable that was actually given (clap's value source) replaces the file's value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde::{Deserialize, Serialize};
+
+use crate::ring::RingHash;
+
+/// Shortest peer secret accepted: long enough that it cannot be guessed over the network.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// Largest `--max-value-bytes`: a cache entry's weight is a u32, and one value should never be
+/// a large part of a node's memory.
+pub const MAX_VALUE_BYTES: usize = 1 << 30;
+/// Most virtual nodes per member (the ring also bounds its total points).
+pub const MAX_VNODES: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Embedded,
+    Postgres,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Embedded => "embedded",
+            SourceKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// A node holds a shard of the ring; a frontend holds none and asks the owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Node,
+    Frontend,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Frontend => "frontend",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 3s, 1m)"))
+}
+
+/// Durations in the TOML file are strings as the flags take them: `"500ms"`, `"3s"`, `"1m"`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Every setting of a node. Flags in `geecache node --help`, keys in `config/default.toml`.
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// node: holds a shard of the ring; frontend: holds none and asks the owners.
+    #[arg(long, env = "GEECACHE_ROLE", value_enum, default_value_t = Role::Node)]
+    pub role: Role,
+    /// Client API listener: /api, /health, /ready, /metrics, /cluster.
+    #[arg(long, env = "GEECACHE_API_ADDR", default_value = "0.0.0.0:9999")]
+    pub api_addr: SocketAddr,
+    /// Peer protocol and Raft listener; never expose it publicly.
+    #[arg(long, env = "GEECACHE_PEER_ADDR", default_value = "0.0.0.0:8001")]
+    pub peer_addr: SocketAddr,
+    /// This node's peer URL, its name on the ring, e.g. http://10.0.1.100:8001; the host
+    /// `auto` is this machine's address, `ecs` the task's (ECS task metadata).
+    #[arg(long = "self", env = "GEECACHE_SELF")]
+    pub self_url: Option<String>,
+    /// Static membership: every node's peer URL, comma-separated.
+    #[arg(long, env = "GEECACHE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Raft membership: candidates to find the cluster by, comma-separated peer URLs,
+    /// dns://NAME:PORT, cloudmap://NAMESPACE/SERVICE:PORT or ecs://CLUSTER/SERVICE:PORT.
+    #[arg(long, env = "GEECACHE_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Raft id of this node; 0 derives one from --self.
+    #[arg(long, env = "GEECACHE_NODE_ID", default_value_t = 0)]
+    pub node_id: u64,
+    /// Directory of the Raft log.
+    #[arg(long, env = "GEECACHE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// A new cluster forms once this many candidates see each other.
+    #[arg(long, env = "GEECACHE_BOOTSTRAP_EXPECT", default_value_t = 3)]
+    pub bootstrap_expect: usize,
+    /// The leader removes a member silent for this long.
+    #[arg(long, env = "GEECACHE_DEAD_AFTER", value_parser = parse_duration, default_value = "10s")]
+    #[serde(with = "duration")]
+    pub dead_after: Duration,
+    /// This node's client API URL as others reach it (default: --self's host, the API port).
+    #[arg(long, env = "GEECACHE_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+    /// Virtual nodes per member on the hash ring.
+    #[arg(long, env = "GEECACHE_VNODES", default_value_t = 150)]
+    pub vnodes: usize,
+    /// Ring hash: crc32 (GeeCache-compatible) or xxh3 (better balanced).
+    #[arg(long, env = "GEECACHE_RING_HASH", value_enum, default_value_t = RingHash::Crc32)]
+    pub ring_hash: RingHash,
+    /// Shared secret of the peer port (Authorization: Bearer), at least 16 characters, the
+    /// same on every node. Required unless --insecure-open-peer-port.
+    #[arg(long, env = "GEECACHE_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
+    /// Read the peer secret from this file (its first line) instead.
+    #[arg(long, env = "GEECACHE_PEER_SECRET_FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// Further peer secrets accepted but not sent, comma-separated (rotation).
+    #[arg(
+        long,
+        env = "GEECACHE_PEER_SECRET_ACCEPT",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub peer_secret_accept: Vec<String>,
+    /// Run the peer port without a secret. Only to mix with GeeCache (Go) nodes: anyone who
+    /// reaches the port can then read, poison and reconfigure the cache.
+    #[arg(long, env = "GEECACHE_INSECURE_OPEN_PEER_PORT")]
+    pub insecure_open_peer_port: bool,
+    /// Largest value accepted from the source or a peer, in bytes.
+    #[arg(long, env = "GEECACHE_MAX_VALUE_BYTES", default_value_t = 16 << 20)]
+    pub max_value_bytes: usize,
+    /// Deadline of a fetch from a peer.
+    #[arg(long, env = "GEECACHE_PEER_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    #[serde(with = "duration")]
+    pub peer_timeout: Duration,
+    /// Memory of the caches in bytes (key + value + per-entry overhead), hot cache included.
+    #[arg(long, env = "GEECACHE_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub cache_bytes: u64,
+    /// Longest life of a copy of a key cached away from its owner.
+    #[arg(long, env = "GEECACHE_HOT_TTL", value_parser = parse_duration, default_value = "10s")]
+    #[serde(with = "duration")]
+    pub hot_ttl: Duration,
+    /// Requests per second, here or on every member, that make a remote key hot.
+    #[arg(long, env = "GEECACHE_HOT_MIN_QPS", default_value_t = 10.0)]
+    pub hot_min_qps: f64,
+    /// Deadline of a client request that misses the cache.
+    #[arg(long, env = "GEECACHE_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Misses queued at a loader before they are shed with 503.
+    #[arg(long, env = "GEECACHE_LOADER_MAILBOX", default_value_t = 4096)]
+    pub loader_mailbox: usize,
+    /// Distinct keys loading at once before misses are shed with 503.
+    #[arg(long, env = "GEECACHE_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+    /// HTTP worker threads per listener, and loaders; 0: one per core.
+    #[arg(long, env = "GEECACHE_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// After SIGTERM: how long /ready answers 503 before the listeners stop accepting.
+    #[arg(long, env = "GEECACHE_DRAIN_DELAY", value_parser = parse_duration, default_value = "0s")]
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
+    /// Then: how long in-flight requests get to finish.
+    #[arg(long, env = "GEECACHE_SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "8s")]
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Logs on stdout: JSON lines (CloudWatch-ready) or pretty; RUST_LOG filters.
+    #[arg(long, env = "GEECACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Also print CloudWatch Embedded Metric Format lines on stdout (namespace GeeCache).
+    #[arg(long, env = "GEECACHE_EMF")]
+    pub emf: bool,
+    /// How often an EMF line is printed.
+    #[arg(long, env = "GEECACHE_EMF_INTERVAL", value_parser = parse_duration, default_value = "60s")]
+    #[serde(with = "duration")]
+    pub emf_interval: Duration,
+    #[command(flatten)]
+    pub source: SourceConfig,
+}
+
+/// The source of truth behind the cache (the `[source]` table of the file).
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Source of truth: embedded (deterministic demo rows) or postgres.
+    #[arg(long = "source", id = "kind", env = "GEECACHE_SOURCE", value_enum, default_value_t = SourceKind::Embedded)]
+    pub kind: SourceKind,
+    /// PostgreSQL connection URL (postgres://user@host:port/db).
+    #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections to PostgreSQL.
+    #[arg(long, env = "GEECACHE_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Deadline of a new PostgreSQL connection.
+    #[arg(long, env = "GEECACHE_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Deadline of one query (PostgreSQL's statement_timeout).
+    #[arg(long, env = "GEECACHE_STATEMENT_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    #[serde(with = "duration")]
+    pub statement_timeout: Duration,
+    /// The query of each demo group ($1 is the key as text); the file's [source.queries].
+    #[arg(skip)]
+    pub queries: Queries,
+    /// Embedded source: rows of products (ids 1..=N).
+    #[arg(long, env = "GEECACHE_PRODUCTS", default_value_t = 1_000_000)]
+    pub products: u64,
+    /// Embedded source: latency of a fetch, as a slow database would have.
+    #[arg(long, env = "GEECACHE_EMBEDDED_LATENCY", value_parser = parse_duration, default_value = "5ms")]
+    #[serde(with = "duration")]
+    pub embedded_latency: Duration,
+    /// Embedded source: fraction of fetches that fail (0.0..=1.0), for failure drills.
+    #[arg(long, env = "GEECACHE_EMBEDDED_ERROR_RATE", default_value_t = 0.0)]
+    pub embedded_error_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Queries {
+    pub scores: String,
+    pub products: String,
+}
+
+impl Default for Queries {
+    fn default() -> Self {
+        use crate::cache::group::Group;
+        use crate::source::demo::default_query;
+        Queries {
+            scores: default_query(Group::Scores).into(),
+            products: default_query(Group::Products).into(),
+        }
+    }
+}
+
+/// The defaults clap declares, without reading the environment.
+fn clap_defaults<T: Args + FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true))
+        .mut_args(|a| a.env(None));
+    let matches = cmd
+        .try_get_matches_from(std::iter::empty::<String>())
+        .expect("every setting has a default or is optional");
+    T::from_arg_matches(&matches).expect("defaults parse")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// The `geecache node` flags: a config file, and every setting.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// TOML file of settings (see config/default.toml); flags and GEECACHE_* variables override
+    /// what it says.
+    #[arg(long, env = "GEECACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Config,
+}
+
+impl NodeArgs {
+    /// Layers defaults, the config file and the flags and variables that were given (`matches`
+    /// are the `node` subcommand's) into one checked config.
+    pub fn into_config(self, matches: &ArgMatches) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        c.overlay(&self.settings, matches)?;
+        c.load_secret()?;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// The parsed flags of `geecache node ARGS...` (tests).
+pub fn node_config<I, T>(args: I) -> anyhow::Result<Config>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cmd = NodeArgs::augment_args(clap::Command::new("node").no_binary_name(true));
+    let matches = cmd.try_get_matches_from(args)?;
+    NodeArgs::from_arg_matches(&matches)?.into_config(&matches)
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+    }
+
+    /// Replaces every setting that `matches` says was given on the command line or in the
+    /// environment by `flags`' value.
+    fn overlay(&mut self, flags: &Config, matches: &ArgMatches) -> anyhow::Result<()> {
+        let mut base = serde_json::to_value(&*self)?;
+        let given = serde_json::to_value(flags)?;
+        for id in matches.ids() {
+            let id = id.as_str();
+            let from_user = matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if !from_user {
+                continue;
+            }
+            if let Some(v) = given.get(id) {
+                base[id] = v.clone();
+            } else if let Some(v) = given["source"].get(id) {
+                base["source"][id] = v.clone();
+            }
+        }
+        *self = serde_json::from_value(base)?;
+        Ok(())
+    }
+
+    /// Replaces the host `auto` in the self URL (`http://auto:8001`) by this machine's first
+    /// non-loopback address, as its hostname resolves (a container's /etc/hosts entry), and
+    /// the host `ecs` (`http://ecs:8001`) by the task's IP from the ECS task metadata endpoint
+    /// (`ECS_CONTAINER_METADATA_URI_V4`).
+    pub async fn resolve_self(&mut self) -> anyhow::Result<()> {
+        let Some(url) = &self.self_url else {
+            return Ok(());
+        };
+        let (host, port) = match url.strip_prefix("http://").and_then(|r| r.split_once(':')) {
+            Some((host @ ("auto" | "ecs"), port)) => (host, port.trim_end_matches('/').to_owned()),
+            _ => return Ok(()),
+        };
+        let ip = if host == "ecs" {
+            let uri = std::env::var("ECS_CONTAINER_METADATA_URI_V4").map_err(|_| {
+                anyhow::anyhow!("--self http://ecs:{port} needs ECS_CONTAINER_METADATA_URI_V4 (set by ECS in every task)")
+            })?;
+            crate::raft::discovery::ecs_task_ip(&uri)
+                .await
+                .map_err(|e| anyhow::anyhow!("--self http://ecs:{port}: {e}"))?
+        } else {
+            let name = nix::unistd::gethostname()?
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("hostname is not UTF-8"))?;
+            tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+                .ok_or_else(|| anyhow::anyhow!("--self http://auto: found no address for {name}"))?
+                .to_string()
+        };
+        self.self_url = Some(format!("http://{ip}:{port}"));
+        Ok(())
+    }
+
+    /// Raft membership is on when seeds are given.
+    pub fn uses_raft(&self) -> bool {
+        !self.seeds.is_empty()
+    }
+
+    /// The Raft id: the configured one, or one derived from the self URL (never 0).
+    pub fn raft_id(&self) -> u64 {
+        match self.node_id {
+            0 => {
+                let url = self.self_url.as_deref().unwrap_or_default();
+                (xxhash_rust::xxh3::xxh3_64(url.as_bytes()) >> 1).max(1)
+            }
+            id => id,
+        }
+    }
+
+    /// The client API URL other nodes and tools use to reach this node.
+    pub fn api_url(&self) -> String {
+        if let Some(url) = &self.advertise_api {
+            return url.clone();
+        }
+        let host = self
+            .self_url
+            .as_deref()
+            .and_then(|u| u.split("://").nth(1))
+            .and_then(|h| h.rsplit_once(':').map(|(h, _)| h))
+            .unwrap_or("127.0.0.1");
+        format!("http://{host}:{}", self.api_addr.port())
+    }
+
+    /// Reads `peer_secret_file` into `peer_secret`.
+    pub fn load_secret(&mut self) -> anyhow::Result<()> {
+        let Some(path) = &self.peer_secret_file else {
+            return Ok(());
+        };
+        if self.peer_secret.is_some() {
+            anyhow::bail!("give --peer-secret or --peer-secret-file, not both");
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the peer secret file {}: {e}", path.display())
+        })?;
+        let secret = text.lines().next().unwrap_or_default().trim().to_owned();
+        if secret.is_empty() {
+            anyhow::bail!("the peer secret file {} is empty", path.display());
+        }
+        self.peer_secret = Some(secret);
+        Ok(())
+    }
+
+    /// Checks what the types cannot: a usable combination of settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_secrets()?;
+        self.validate_membership()?;
+        if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES {
+            anyhow::bail!("--max-value-bytes must be within 1..={MAX_VALUE_BYTES}");
+        }
+        if self.source.kind == SourceKind::Postgres && self.source.database_url.is_none() {
+            anyhow::bail!("--source postgres needs --database-url (or GEECACHE_DATABASE_URL)");
+        }
+        if self.cache_bytes < 1024 {
+            anyhow::bail!("--cache-bytes must be at least 1024");
+        }
+        if !(0.0..=1.0).contains(&self.source.embedded_error_rate) {
+            anyhow::bail!("embedded_error_rate must be within 0.0..=1.0");
+        }
+        if self.loader_mailbox == 0 || self.max_in_flight == 0 {
+            anyhow::bail!("loader_mailbox and max_in_flight must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn validate_secrets(&self) -> anyhow::Result<()> {
+        match (&self.peer_secret, self.insecure_open_peer_port) {
+            (None, false) => anyhow::bail!(
+                "the peer port needs a secret: set --peer-secret, GEECACHE_PEER_SECRET or \
+                 --peer-secret-file (at least {MIN_SECRET_BYTES} characters, the same on every node; \
+                 `geecache up` makes one), or run it open with --insecure-open-peer-port \
+                 (only to mix with GeeCache (Go) nodes: anyone who reaches the port can then \
+                 poison and reconfigure the cache)"
+            ),
+            (Some(_), true) => {
+                anyhow::bail!("--insecure-open-peer-port and a peer secret exclude each other")
+            }
+            _ => {}
+        }
+        for s in self.peer_secret.iter().chain(&self.peer_secret_accept) {
+            check_secret(s)?;
+        }
+        Ok(())
+    }
+
+    fn validate_membership(&self) -> anyhow::Result<()> {
+        if self.vnodes == 0 || self.vnodes > MAX_VNODES {
+            anyhow::bail!("--vnodes must be within 1..={MAX_VNODES}");
+        }
+        if self.role == Role::Node && !self.peers.is_empty() && self.self_url.is_none() {
+            anyhow::bail!("--peers needs --self (this node's own peer URL, as the others list it)");
+        }
+        if self.role == Role::Frontend && self.peers.is_empty() && self.seeds.is_empty() {
+            anyhow::bail!("--role frontend needs --peers or --seeds (the nodes it asks)");
+        }
+        if !self.seeds.is_empty() && !self.peers.is_empty() {
+            anyhow::bail!("use --seeds (Raft membership) or --peers (static membership), not both");
+        }
+        if self.role == Role::Node && !self.seeds.is_empty() && self.self_url.is_none() {
+            anyhow::bail!("--seeds needs --self (this node's own peer URL)");
+        }
+        if self.bootstrap_expect == 0 {
+            anyhow::bail!("--bootstrap-expect must be at least 1");
+        }
+        for url in self.peers.iter().chain(&self.self_url) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("peer URL {url:?} must start with http:// or https://");
+            }
+        }
+        check_aws_seeds(&self.seeds, cfg!(feature = "aws"))
+    }
+}
+
+/// AWS seeds need a build with the `aws` feature; without it, say so at startup.
+fn check_aws_seeds(seeds: &[String], have_aws: bool) -> anyhow::Result<()> {
+    match seeds
+        .iter()
+        .find(|s| crate::raft::discovery::aws_seed(s).is_some())
+    {
+        Some(seed) if !have_aws => {
+            anyhow::bail!("--seeds {seed}: {}", crate::raft::discovery::NO_AWS)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A peer secret goes in an HTTP header: visible ASCII, no spaces, long enough.
+fn check_secret(s: &str) -> anyhow::Result<()> {
+    if s.len() < MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "the peer secret is {} characters; it must have at least {MIN_SECRET_BYTES} \
+             (e.g. `openssl rand -hex 32`, or `geecache secret init FILE`)",
+            s.len()
+        );
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!("the peer secret must be printable ASCII without spaces");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_toml() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")
+    }
+
+    #[test]
+    fn default_toml_is_the_built_in_defaults_and_lists_every_key() {
+        let file = Config::from_file(&default_toml()).unwrap();
+        assert_eq!(file, Config::default());
+        // Every setting that has a value by default is spelled out (optional ones commented).
+        let text = std::fs::read_to_string(default_toml()).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        for (key, value) in defaults.as_object().unwrap() {
+            if let Some(inner) = value.as_object() {
+                for (k, v) in inner {
+                    let listed = table[key].as_table().unwrap().contains_key(k);
+                    assert!(
+                        listed || v.is_null(),
+                        "[{key}] {k} is not in config/default.toml"
+                    );
+                }
+            } else {
+                let listed = table.contains_key(key) || text.contains(&format!("# {key} ="));
+                assert!(listed, "{key} is not in config/default.toml");
+            }
+        }
+    }
+
+    #[test]
+    fn the_environment_does_not_change_the_defaults() {
+        // clap_defaults ignores GEECACHE_* variables (they would make the test above flaky).
+        let with = clap::Command::new("x").no_binary_name(true);
+        let args = Config::augment_args(with);
+        assert!(args.get_arguments().any(|a| a.get_env().is_some()));
+        assert_eq!(Config::default().cache_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        assert!(toml::from_str::<Config>("cache_byte = 5").is_err());
+        assert!(toml::from_str::<Config>("request_timeout = \"5 parsecs\"").is_err());
+        let c: Config = toml::from_str("request_timeout = \"250ms\"").unwrap();
+        assert_eq!(c.request_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "cache_bytes = 2048\nvnodes = 77\npeer_secret = \"from-the-file-0123456789\"\n\
+             [source]\npool_size = 3\nembedded_latency = \"7ms\"\n",
+        )
+        .unwrap();
+        let c = node_config([
+            "--config",
+            file.to_str().unwrap(),
+            "--vnodes",
+            "99",
+            "--pool-size",
+            "5",
+            "--embedded-latency",
+            "0s",
+        ])
+        .unwrap();
+        assert_eq!(c.cache_bytes, 2048, "from the file");
+        assert_eq!(c.vnodes, 99, "a flag beats the file");
+        assert_eq!(c.source.pool_size, 5, "a flag beats the file, nested");
+        assert_eq!(c.source.embedded_latency, Duration::ZERO);
+        assert_eq!(c.request_timeout, Duration::from_secs(5), "a default");
+        assert_eq!(c.peer_secret.as_deref(), Some("from-the-file-0123456789"));
+    }
+
+    #[test]
+    fn postgres_needs_a_url() {
+        let mut c = Config {
+            peer_secret: Some("0123456789abcdef".into()),
+            ..Config::default()
+        };
+        c.source.kind = SourceKind::Postgres;
+        assert!(c.validate().is_err());
+        c.source.database_url = Some("postgres://localhost/x".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_peer_port_needs_a_secret_unless_told_to_run_open() {
+        let e = node_config::<_, &str>([]).unwrap_err().to_string();
+        assert!(
+            e.contains("needs a secret") && e.contains("--insecure-open-peer-port"),
+            "{e}"
+        );
+        let e = node_config(["--peer-secret", "short"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let e = node_config(["--peer-secret", "0123456789 abcdef"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without spaces"), "{e}");
+        let both = [
+            "--peer-secret",
+            "0123456789abcdef",
+            "--insecure-open-peer-port",
+        ];
+        assert!(node_config(both).is_err());
+        let open = node_config(["--insecure-open-peer-port"]).unwrap();
+        assert!(open.peer_secret.is_none() && open.insecure_open_peer_port);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-a-file-0123456789\n").unwrap();
+        let c = node_config(["--peer-secret-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.peer_secret.as_deref(), Some("from-a-file-0123456789"));
+        let missing = dir.path().join("nope");
+        let e = node_config(["--peer-secret-file", missing.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the peer secret file"), "{e}");
+        let rotating = [
+            "--peer-secret",
+            "new-secret-0123456789",
+            "--peer-secret-accept",
+            "old-secret-0123456789",
+        ];
+        assert_eq!(
+            node_config(rotating).unwrap().peer_secret_accept,
+            ["old-secret-0123456789"]
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let secret = ["--peer-secret", "0123456789abcdef"];
+        let with = |more: &[&str]| {
+            let args: Vec<&str> = secret.iter().chain(more).copied().collect();
+            node_config(args)
+        };
+        assert!(with(&["--request-timeout", "soon"]).is_err());
+        assert!(with(&["--source", "mysql"]).is_err());
+        // Peers without knowing which one is me cannot route.
+        assert!(with(&["--peers", "http://a:8001"]).is_err());
+        assert!(with(&["--vnodes", "0"]).is_err());
+        let c = with(&[
+            "--peers",
+            "http://a:8001,http://b:8001",
+            "--self",
+            "http://a:8001",
+        ])
+        .unwrap();
+        assert_eq!(c.peers, ["http://a:8001", "http://b:8001"]);
+    }
+
+    #[test]
+    fn an_aws_seed_says_which_feature_it_needs() {
+        let seeds = ["cloudmap://geecache.local/nodes:8001".to_owned()];
+        let e = check_aws_seeds(&seeds, false).unwrap_err().to_string();
+        assert!(
+            e.contains("--features aws") && e.contains("cloudmap://"),
+            "{e}"
+        );
+        assert!(check_aws_seeds(&seeds, true).is_ok());
+        let plain = [
+            "http://10.0.0.1:8001".to_owned(),
+            "dns://nodes:8001".to_owned(),
+        ];
+        assert!(check_aws_seeds(&plain, false).is_ok());
+        // The build under test says what it is.
+        let r = node_config([
+            "--peer-secret",
+            "0123456789abcdef",
+            "--self",
+            "http://10.0.0.1:8001",
+            "--seeds",
+            &seeds[0],
+        ]);
+        assert_eq!(r.is_ok(), cfg!(feature = "aws"), "{r:?}");
+    }
+}

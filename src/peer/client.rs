@@ -1,0 +1,250 @@
+//! The one client of the peer port: data fetches, the Raft transport, and the membership calls
+//! (info, members, join, remove, command). Authorization, timeouts, paths and the bound on
+//! answer sizes are set here once.
+//!
+//! Each loader arbiter, the Raft actor and the boot loop build their own `PeerClient` from the
+//! same [`PeerSettings`]: reqwest's connections live on the runtime that opened them, so a
+//! client per arbiter keeps a request and its connection on one thread.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde_json::Value;
+
+use super::wire::{
+    CLUSTER_HEADER, EPOCH_HEADER, RAFT_INFO, RAFT_MEMBERS, RAFT_MESSAGES, RaftBatch, RaftStatus,
+    Response, RingMembers, data_path,
+};
+use crate::cache::group::Group;
+
+/// How long a membership change may take (the server gives up after 10 s).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(12);
+/// Raft messages and status polls: a peer that does not answer this fast counts as unreachable.
+const RAFT_TIMEOUT: Duration = Duration::from_secs(2);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every peer client of a node shares.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// Deadline of a data fetch.
+    pub timeout: Duration,
+    /// Sent as `Authorization: Bearer`; `None` only with `--insecure-open-peer-port`.
+    pub secret: Option<String>,
+    /// Largest value a peer may answer with.
+    pub max_value_bytes: usize,
+}
+
+/// A data fetch's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerAnswer {
+    pub value: Bytes,
+    pub minute_qps: f64,
+    pub epoch: u64,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The owner's source has no such key: that is the answer, not a failure.
+    #[error("not found at the owner")]
+    NotFound,
+    /// The peer does not own the key under its newer ring (epoch given): catch up and retry.
+    #[error("the peer owns it no longer: its ring is at epoch {0}")]
+    StaleEpoch(u64),
+    #[error("peer answered {0}: {1}")]
+    Status(u16, String),
+    #[error("peer unreachable: {0}")]
+    Transport(String),
+    #[error("bad peer response: {0}")]
+    Decode(String),
+    #[error("peer answer is larger than {0} bytes (--max-value-bytes)")]
+    TooLarge(usize),
+}
+
+/// A membership change asked of a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changed {
+    Applied(Value),
+    /// The cluster is another one than the caller's (409 `cluster_mismatch`, its message).
+    Foreign(String),
+    /// Refused or failed: the status (0: unreachable) and the answer.
+    Failed(u16, Value),
+}
+
+/// reqwest with a keep-alive pool per peer, the peer secret and the node's deadlines.
+pub struct PeerClient {
+    http: reqwest::Client,
+    auth: Option<HeaderValue>,
+    timeout: Duration,
+    /// Largest answer body read from a peer: the largest value plus the protobuf's framing.
+    max_body: usize,
+}
+
+impl PeerClient {
+    pub fn new(settings: &PeerSettings) -> Result<PeerClient, reqwest::Error> {
+        let auth = settings.secret.as_ref().map(|s| {
+            let mut v = HeaderValue::from_str(&format!("Bearer {s}"))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            v.set_sensitive(true);
+            v
+        });
+        Ok(PeerClient {
+            http: reqwest::Client::builder()
+                .connect_timeout(settings.timeout.min(Duration::from_millis(500)))
+                .pool_max_idle_per_host(64)
+                .tcp_nodelay(true)
+                .build()?,
+            auth,
+            timeout: settings.timeout,
+            max_body: settings.max_value_bytes.saturating_add(1024),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.auth {
+            Some(auth) => req.header(AUTHORIZATION, auth.clone()),
+            None => req,
+        }
+    }
+
+    /// `GET {peer}/_geecache/{group}/{key}` with this node's ring epoch.
+    pub async fn fetch(
+        &self,
+        peer: &str,
+        group: Group,
+        key: &str,
+        epoch: u64,
+    ) -> Result<PeerAnswer, PeerError> {
+        let res = self
+            .request(
+                reqwest::Method::GET,
+                format!("{peer}{}", data_path(group, key)),
+            )
+            .header(EPOCH_HEADER, epoch)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        let status = res.status().as_u16();
+        let their_epoch = res
+            .headers()
+            .get(EPOCH_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let body = read_bounded(res, self.max_body).await?;
+        match status {
+            200 => {
+                let r = Response::decode(body).map_err(|e| PeerError::Decode(e.to_string()))?;
+                Ok(PeerAnswer {
+                    value: r.value,
+                    minute_qps: r.minute_qps,
+                    epoch: r.epoch,
+                    generation: r.generation,
+                })
+            }
+            421 if their_epoch.is_some() => Err(PeerError::StaleEpoch(their_epoch.unwrap_or(0))),
+            404 if !String::from_utf8_lossy(&body).contains("unknown_group") => {
+                Err(PeerError::NotFound)
+            }
+            _ => Err(PeerError::Status(
+                status,
+                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            )),
+        }
+    }
+
+    /// `POST {peer}/_raft/messages`.
+    pub async fn send_raft(&self, peer: &str, batch: &RaftBatch) -> Result<(), PeerError> {
+        let res = self
+            .request(reqwest::Method::POST, format!("{peer}{RAFT_MESSAGES}"))
+            .header("content-type", "application/x-protobuf")
+            .body(batch.encode_to_vec())
+            .timeout(RAFT_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        match res.status().as_u16() {
+            s if (200..300).contains(&s) => Ok(()),
+            s => Err(PeerError::Status(s, String::new())),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, PeerError> {
+        let res = self
+            .request(reqwest::Method::GET, url)
+            .timeout(STATUS_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        let status = res.status().as_u16();
+        let body = read_bounded(res, self.max_body).await?;
+        if status != 200 {
+            return Err(PeerError::Status(status, String::new()));
+        }
+        serde_json::from_slice(&body).map_err(|e| PeerError::Decode(e.to_string()))
+    }
+
+    /// `GET {peer}/_raft/info`.
+    pub async fn raft_info(&self, peer: &str) -> Result<RaftStatus, PeerError> {
+        self.get_json(format!("{peer}{RAFT_INFO}")).await
+    }
+
+    /// `GET {peer}/_raft/members`.
+    pub async fn ring_members(&self, peer: &str) -> Result<RingMembers, PeerError> {
+        self.get_json(format!("{peer}{RAFT_MEMBERS}")).await
+    }
+
+    /// POSTs a membership change (`path` is one of the `RAFT_*` change paths) through `via`,
+    /// following `421 not_leader` to the leader, on behalf of a member of `cluster_id` (""
+    /// for an operator's tool or a node that has joined nothing).
+    pub async fn change(&self, via: &str, path: &str, body: &Value, cluster_id: &str) -> Changed {
+        let mut target = via.trim_end_matches('/').to_owned();
+        for _ in 0..3 {
+            let mut req = self
+                .request(reqwest::Method::POST, format!("{target}{path}"))
+                .json(body)
+                .timeout(CHANGE_TIMEOUT);
+            if !cluster_id.is_empty() {
+                req = req.header(CLUSTER_HEADER, cluster_id);
+            }
+            let Ok(res) = req.send().await else {
+                return Changed::Failed(0, Value::Null);
+            };
+            let status = res.status().as_u16();
+            let v: Value = res.json().await.unwrap_or(Value::Null);
+            match status {
+                200 => return Changed::Applied(v),
+                421 => match v["leader"].as_str() {
+                    Some(leader) if leader != target => target = leader.to_owned(),
+                    _ => return Changed::Failed(status, v),
+                },
+                409 => {
+                    return Changed::Foreign(v["message"].as_str().unwrap_or_default().to_owned());
+                }
+                _ => return Changed::Failed(status, v),
+            }
+        }
+        Changed::Failed(421, Value::Null)
+    }
+}
+
+/// Reads a body of at most `max` bytes, refusing it as soon as it is known to be longer.
+async fn read_bounded(mut res: reqwest::Response, max: usize) -> Result<Bytes, PeerError> {
+    if res.content_length().is_some_and(|n| n > max as u64) {
+        return Err(PeerError::TooLarge(max));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| PeerError::Transport(e.to_string()))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(PeerError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,169 @@
+//! The peer protocol's wire: the protobuf messages (package `geecachepb`, see
+//! `proto/geecachepb.proto`), the Raft batch, the paths and header names, and the JSON bodies of
+//! the membership endpoints. The server side (`http::peer`, `http::membership`) and the one
+//! client (`peer::client`) both take them from here.
+//!
+//! Field numbers of `Response` follow GeeCache's `geecachepb.proto`; ours are only added under
+//! new numbers, so a GeeCache (Go) node reads our answers and we read its.
+
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::cache::group::Group;
+use crate::raft::membership::MemberInfo;
+
+/// The caller's ring epoch on data fetches; an owner's epoch on its `421 stale_epoch` answer.
+pub const EPOCH_HEADER: &str = "x-geecache-epoch";
+/// The caller's cluster id on membership calls (absent from operators' tools).
+pub const CLUSTER_HEADER: &str = "x-geecache-cluster";
+
+/// Data fetches: `GET /_geecache/{group}/{key}`.
+pub const DATA_PREFIX: &str = "/_geecache/";
+/// Raft transport: `POST` a protobuf [`RaftBatch`].
+pub const RAFT_MESSAGES: &str = "/_raft/messages";
+/// `GET`: the node's [`RaftStatus`].
+pub const RAFT_INFO: &str = "/_raft/info";
+/// `GET`: the agreed ring, [`RingMembers`] (frontends follow it).
+pub const RAFT_MEMBERS: &str = "/_raft/members";
+/// `POST` a [`MemberInfo`] (to the leader).
+pub const RAFT_JOIN: &str = "/_raft/join";
+/// `POST {"id": N}` (to the leader).
+pub const RAFT_REMOVE: &str = "/_raft/remove";
+/// `POST {"set_weight": {"id", "weight"}}` or `{"purge_group": "name"}` (to the leader).
+pub const RAFT_COMMAND: &str = "/_raft/command";
+
+/// Escape everything but RFC 3986's unreserved characters, so `/`, `+` and spaces in keys
+/// survive the path intact on our servers and on GeeCache's.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The path of a data fetch, the key percent-encoded.
+pub fn data_path(group: Group, key: &str) -> String {
+    format!(
+        "{DATA_PREFIX}{}/{}",
+        group.name(),
+        utf8_percent_encode(key, SEGMENT)
+    )
+}
+
+/// The answer to a data fetch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Response {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub value: Bytes,
+    /// Requests per second the owner served for this key over the last minute.
+    #[prost(double, tag = "2")]
+    pub minute_qps: f64,
+    /// The owner's ring epoch (0 with static membership).
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+    /// The owner's purge generation of the group: a caller keeps no copy of a value from an
+    /// owner that has not yet applied a purge the caller has.
+    #[prost(uint64, tag = "4")]
+    pub generation: u64,
+}
+
+/// A batch of raft messages on the wire: each one a protobuf-encoded `eraftpb::Message`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftBatch {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub messages: Vec<Vec<u8>>,
+    /// The sender's peer URL: it must be the URL its member id has in the membership, and a
+    /// node that is still joining learns from it where to answer the leader.
+    #[prost(string, tag = "2")]
+    pub from_url: String,
+    /// The sender's cluster id ("" while it has not joined one): a message from another
+    /// cluster is dropped.
+    #[prost(string, tag = "3")]
+    pub cluster_id: String,
+}
+
+/// A member as `/_raft/info` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemberStatus {
+    #[serde(flatten)]
+    pub info: MemberInfo,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// `self`, `alive`, `unreachable` (as the leader sees it) or `member`.
+    pub state: String,
+}
+
+/// A member's view of its Raft group (`GET /_raft/info`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RaftStatus {
+    pub node_id: u64,
+    pub cluster_id: String,
+    pub initialized: bool,
+    pub leader_id: u64,
+    pub leader_peer_url: Option<String>,
+    pub term: u64,
+    pub epoch: u64,
+    /// `leader`, `follower`, `candidate` or `precandidate`.
+    pub state: String,
+    pub members: Vec<MemberStatus>,
+}
+
+/// The agreed ring (`GET /_raft/members`): what a frontend follows.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RingMembers {
+    pub cluster_id: String,
+    pub epoch: u64,
+    pub members: Vec<MemberInfo>,
+    /// Purge generations by group name.
+    #[serde(default)]
+    pub generations: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn golden_bytes() {
+        // What GeeCache's Go code writes for Response{Value: []byte("630")}.
+        let plain = Response {
+            value: Bytes::from_static(b"630"),
+            ..Default::default()
+        };
+        assert_eq!(plain.encode_to_vec(), [0x0a, 0x03, b'6', b'3', b'0']);
+        // Our extra fields, under new numbers: a GeeCache node skips them.
+        let full = Response {
+            value: Bytes::from_static(b"630"),
+            minute_qps: 1.5,
+            epoch: 7,
+            generation: 2,
+        };
+        assert_eq!(
+            full.encode_to_vec(),
+            [
+                0x0a, 0x03, b'6', b'3', b'0', // 1: value
+                0x11, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, // 2: minute_qps = 1.5 (fixed64)
+                0x18, 0x07, // 3: epoch = 7
+                0x20, 0x02, // 4: generation = 2
+            ]
+        );
+        assert_eq!(Response::decode(&full.encode_to_vec()[..]).unwrap(), full);
+        // Only field 1, as GeeCache sends it, decodes with defaults for the rest.
+        let from_go = Response::decode(&[0x0a, 0x02, b'h', b'i'][..]).unwrap();
+        assert_eq!((from_go.value.as_ref(), from_go.epoch), (&b"hi"[..], 0));
+    }
+
+    #[test]
+    fn paths_escape_what_would_change_meaning() {
+        assert_eq!(data_path(Group::Scores, "Tom"), "/_geecache/scores/Tom");
+        assert_eq!(
+            data_path(Group::Scores, "a b+c/d%"),
+            "/_geecache/scores/a%20b%2Bc%2Fd%25"
+        );
+        assert_eq!(
+            data_path(Group::Products, "€"),
+            "/_geecache/products/%E2%82%AC"
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! What a node tells its operators: Prometheus metrics ([`metrics`]) and CloudWatch Embedded
+//! Metric Format lines ([`emf`]).
+
+pub mod emf;
+pub mod metrics;
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Prints one EMF line per interval with what happened in it (`--emf`).
+pub async fn emit_emf(metrics: PrometheusHandle, every: Duration) {
+    let mut before = emf::Snapshot::parse(&metrics.render());
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        metrics.run_upkeep();
+        let now = emf::Snapshot::parse(&metrics.render());
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        println!("{}", emf::line(&before, &now, ms));
+        before = now;
+    }
+}
+
+/// Logs on stdout, as `--log-format` says; `RUST_LOG` filters (default `info`).
+pub fn init_logs(format: crate::cli::config::LogFormat) {
+    use crate::cli::config::LogFormat;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}
