@@ -14,9 +14,10 @@ use actix::Actor as _;
 
 use crate::actors::raft::RaftSettings;
 use crate::actors::{DbActor, LoaderActor, RaftActor, ShardActor};
+use crate::cache::group::{Groups, GroupsDigest};
 use crate::cache::hot::HotPolicy;
-use crate::cache::store::Store;
-use crate::cache::{Cache, Core, Loader};
+use crate::cache::versions::Versions;
+use crate::cache::{Cache, Core, Loader, Stores};
 use crate::cli::config::{Config, Role, SourceKind};
 use crate::http::{self, AppState, Health};
 use crate::peer::{PeerClient, PeerSettings};
@@ -24,28 +25,33 @@ use crate::raft::boot::{MemberLoop, follow_ring, leave, run_member};
 use crate::raft::discovery::{Discovery, Seeds};
 use crate::raft::membership::MemberInfo;
 use crate::raft::node::RaftNode;
-use crate::ring::Cluster;
+use crate::ring::{Cluster, Frontends};
 use crate::source::embedded::EmbeddedConfig;
 use crate::source::postgres::PostgresConfig;
 use crate::source::{EmbeddedSource, PostgresSource, Source};
 use crate::telemetry::metrics::Counters;
 
-/// Builds the configured source (no connection is made yet).
-pub fn build_source(config: &Config) -> anyhow::Result<Arc<dyn Source>> {
+/// Builds the configured source for `groups` (no connection is made yet).
+pub fn build_source(config: &Config, groups: Groups) -> anyhow::Result<Arc<dyn Source>> {
     let s = &config.source;
     Ok(match s.kind {
-        SourceKind::Embedded => Arc::new(EmbeddedSource::new(EmbeddedConfig {
-            products: s.products,
-            latency: s.embedded_latency,
-            error_rate: s.embedded_error_rate,
-        })),
-        SourceKind::Postgres => Arc::new(PostgresSource::new(&PostgresConfig {
-            url: s.database_url.clone().unwrap_or_default(),
-            pool_size: s.pool_size,
-            connect_timeout: s.connect_timeout,
-            statement_timeout: s.statement_timeout,
-            queries: [s.queries.scores.clone(), s.queries.products.clone()],
-        })?),
+        SourceKind::Embedded => Arc::new(EmbeddedSource::new(
+            EmbeddedConfig {
+                products: s.products,
+                latency: s.embedded_latency,
+                error_rate: s.embedded_error_rate,
+            },
+            groups,
+        )),
+        SourceKind::Postgres => Arc::new(PostgresSource::new(
+            &PostgresConfig {
+                url: s.database_url.clone().unwrap_or_default(),
+                pool_size: s.pool_size,
+                connect_timeout: s.connect_timeout,
+                statement_timeout: s.statement_timeout,
+            },
+            groups,
+        )?),
     })
 }
 
@@ -66,25 +72,25 @@ fn peer_settings(config: &Config) -> PeerSettings {
 }
 
 /// The stores, the ring and the counters every request and flight shares.
-fn build_core(config: &Config) -> Arc<Core> {
+fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
     // groupcache's split: the hot cache gets 1/8 of the bytes. A frontend owns no keys, so
     // all of its bytes go to the hot cache.
-    let hot_bytes = match config.role {
-        Role::Node => config.cache_bytes / 8,
-        Role::Frontend => config.cache_bytes,
-    };
+    let frontend = config.role == Role::Frontend;
     Arc::new(Core {
-        main: Store::new("main", (config.cache_bytes - hot_bytes).max(1024), None),
-        hot: Store::new("hot", hot_bytes, Some(config.hot_ttl)),
+        groups,
+        stores: Stores::new(groups, config.cache_bytes, frontend, config.hot_ttl),
         policy: HotPolicy::new(config.hot_min_qps),
         cluster: Arc::new(Cluster::from_static(
             config.self_url.as_deref(),
             &config.peers,
-            config.role == Role::Node,
+            !frontend,
+            groups,
             config.ring_hash,
             config.vnodes,
         )),
-        counters: Counters::new(),
+        counters: Counters::new(groups),
+        versions: Versions::default(),
+        hot_ttl: config.hot_ttl,
     })
 }
 
@@ -93,7 +99,7 @@ fn build_core(config: &Config) -> Arc<Core> {
 /// keys split by hash: a key's flights all live in one loader, and peer I/O spreads over the
 /// cores instead of queueing on one thread (measured by load/bench-remote.sh).
 fn start_cache(config: &Config, core: Arc<Core>, source: Arc<dyn Source>) -> anyhow::Result<Cache> {
-    ShardActor::start(core.main.clone(), core.hot.clone());
+    ShardActor::start(core.stores.all());
     let db = DbActor::new(source, config.loader_mailbox).start_bounded();
     let settings = peer_settings(config);
     let loaders = (0..worker_count(config))
@@ -112,13 +118,19 @@ fn start_cache(config: &Config, core: Arc<Core>, source: Arc<dyn Source>) -> any
         core,
         loaders,
         request_timeout: config.request_timeout,
+        peers: Arc::new(PeerClient::new(&settings)?),
+        frontends: Arc::new(Frontends::default()),
     })
 }
 
 /// The handlers' state: the cache and everything the endpoints report on.
-pub fn build_state(config: &Config, source: Arc<dyn Source>) -> anyhow::Result<AppState> {
+pub fn build_state(
+    config: &Config,
+    groups: Groups,
+    source: Arc<dyn Source>,
+) -> anyhow::Result<AppState> {
     let metrics = crate::telemetry::metrics::install();
-    let cache = start_cache(config, build_core(config), source)?;
+    let cache = start_cache(config, build_core(config, groups), source)?;
     Ok(AppState {
         cache,
         raft: None,
@@ -128,6 +140,8 @@ pub fn build_state(config: &Config, source: Arc<dyn Source>) -> anyhow::Result<A
             Some(secret) => http::peer::PeerAuth::new(Some(secret), &config.peer_secret_accept),
             None => http::peer::PeerAuth::open(),
         },
+        admin_token: config.admin_token.clone(),
+        digest: GroupsDigest::new(groups),
         health: Arc::new(Health::default()),
         metrics,
     })
@@ -293,7 +307,9 @@ fn start_membership(
     let Some((addr, me)) = raft else {
         if config.uses_raft() {
             let cluster = Arc::clone(&state.cache.core.cluster);
-            actix_rt::spawn(follow_ring(cluster, discovery, peers()?));
+            let me = config.self_url.clone();
+            let digest = state.digest.clone();
+            actix_rt::spawn(follow_ring(cluster, discovery, peers()?, me, digest));
         }
         return Ok(None);
     };
@@ -307,6 +323,7 @@ fn start_membership(
         leaving: Arc::clone(&leaving),
         fatal,
         data_dir: config.data_dir.clone(),
+        digest: state.digest.clone(),
     }));
     Ok(Some(RaftMember {
         addr,
@@ -326,10 +343,12 @@ impl Node {
             bind(config.api_addr, "client API")?,
             bind(config.peer_addr, "peer port")?,
         );
-        let source = build_source(&config)?;
+        let groups = config.build_groups()?;
+        let source = build_source(&config, groups)?;
+        source.prepare().await.map_err(|why| anyhow::anyhow!(why))?;
         PeerClient::new(&peer_settings(&config))?;
         warn_if_open(&config);
-        let mut state = build_state(&config, source)?;
+        let mut state = build_state(&config, groups, source)?;
         let raft = match (config.uses_raft(), config.role) {
             (true, Role::Node) => Some(start_raft(&config, &state)?),
             _ => None,

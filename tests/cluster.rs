@@ -241,9 +241,9 @@ async fn a_busy_remote_key_is_served_from_the_hot_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_local_cluster_behind_a_frontend() {
-    // All seven ports from one run below the ephemeral range: nothing else in the tests can
+    // All eight ports from one run below the ephemeral range: nothing else in the tests can
     // take them in the meantime.
-    let base = common::free_port_run(7);
+    let base = common::free_port_run(8);
     let (port, peer_port, api_port) = (base + 6, base, base + 3);
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("up.log");
@@ -268,6 +268,7 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
     let mut up = Up(std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
         .args(["up", "--nodes", "3", "--log-format", "json"])
         .args(["--port", &port.to_string()])
+        .args(["--frontend-peer-port", &(base + 7).to_string()])
         .args(["--peer-port", &peer_port.to_string()])
         .args(["--api-port", &api_port.to_string()])
         .stdout(std::fs::File::create(&log_path).unwrap())

@@ -173,18 +173,22 @@ async fn bad_input_gets_its_documented_4xx() {
         assert_eq!(s, status, "{path}: {body}");
         assert!(body.contains(code), "{path}: {body}");
     }
-    for method in [
-        reqwest::Method::POST,
-        reqwest::Method::PUT,
-        reqwest::Method::DELETE,
-    ] {
+    for method in [reqwest::Method::POST, reqwest::Method::PUT] {
         let r = client
             .request(method.clone(), format!("{}/api?key=Tom", node.api))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 405, "{method}");
+        assert_eq!(r.headers()["allow"], "GET, HEAD, DELETE");
     }
+    // DELETE exists, and this node has no admin token.
+    let r = client
+        .delete(format!("{}/api?key=Tom", node.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
     // After all of that the node still answers.
     assert_eq!(
         get(&client, &format!("{}/api?key=Tom", node.api)).await,

@@ -282,7 +282,7 @@ fn read_events(path: &std::path::Path, t0: Instant) -> anyhow::Result<Vec<report
 }
 
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
-    use geecache::cache::group::Group;
+    use geecache::cache::group::Groups;
     use geecache::cache::store::{Entry, Store, entry_weight};
     use geecache::source::demo::product_value;
 
@@ -290,11 +290,12 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let n = keys
         .universe()
         .context("replay needs a finite key set: uniform:N or zipf:S:N")?;
-    // Every product's entry as a node would count it: group byte + key + value + overhead.
+    // Every product's entry as a node would count it: group prefix (3 bytes) + key + value +
+    // overhead.
     let data_bytes: u64 = (1..=n)
         .map(|id| {
             u64::from(entry_weight(
-                1 + id.to_string().len(),
+                3 + id.to_string().len(),
                 product_value(id).len(),
             ))
         })
@@ -307,21 +308,19 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let parts = a.partitions.max(1);
     let each = (cache_bytes as f64 / f64::from(parts) * (1.0 - a.reserve)) as u64;
     let shards: Vec<Store> = (0..parts)
-        .map(|_| Store::new("main", each.max(1024), None))
+        .map(|_| Store::new("main", each.max(1024), None, Groups::demo(), None))
         .collect();
+    let products = Groups::demo().get("products").expect("the demo groups");
     let mut hits = 0u64;
     for i in 0..a.requests {
         let key = keys.key(a.seed, i);
         let shard = &shards[(crc32fast::hash(key.as_bytes()) % parts) as usize];
-        if shard.get(Group::Products, &key).is_some() {
+        if shard.get(products, &key).is_some() {
             hits += 1;
         } else {
             let id: u64 = key.parse().expect("product keys are ids");
-            let entry = Entry {
-                value: product_value(id).into(),
-                generation: 0,
-            };
-            shard.insert(Group::Products, &key, entry);
+            let entry = Entry::loaded(Some(product_value(id).into()), 0, 0, None);
+            shard.insert(products, &key, entry);
         }
     }
     let out = serde_json::json!({

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::cache::error::LoadError;
 use crate::cache::flights::{Flights, Joined, TooManyFlights};
 use crate::cache::group::Group;
-use crate::cache::{LoadResult, Loader};
+use crate::cache::{Lease, LoadResult, Loader};
 
 /// Loads a key that missed the cache, joining the flight already open for it if any.
 #[derive(Message)]
@@ -36,11 +36,11 @@ pub struct LoadFinished {
     pub result: LoadResult,
 }
 
-/// One flight per (group, key, goes_to_peer, purge generation): a peer's request (always served
-/// locally) never joins a flight that is itself waiting on a peer, while on the owner the client
-/// API's loads and the peers' loads of a key share one flight; a request after a purge never
-/// joins a flight that began before it.
-pub type FlightKey = (Group, Arc<str>, bool, u64);
+/// One flight per (group, key, goes_to_peer, lease): a peer's request (always served locally)
+/// never joins a flight that is itself waiting on a peer, while on the owner the client API's
+/// loads and the peers' loads of a key share one flight; a request after an invalidation or a
+/// purge (a new lease) never joins a flight that began before it.
+pub type FlightKey = (Group, Arc<str>, bool, Lease);
 
 type Waiter = oneshot::Sender<LoadResult>;
 
@@ -84,21 +84,21 @@ impl Handler<Load> for LoaderActor {
 
     fn handle(&mut self, msg: Load, ctx: &mut Self::Context) {
         let counters = self.loader.core.counters.group(msg.group);
-        if let Some(value) = self.loader.core.recheck(msg.group, &msg.key) {
+        if let Some(result) = self.loader.core.recheck(msg.group, &msg.key) {
             counters.cache_hits.increment(1);
-            let _ = msg.reply.send(Ok(value));
+            let _ = msg.reply.send(result);
             return;
         }
         let peer = self.loader.peer_for(&msg.key, msg.local_only);
-        let generation = self.loader.core.cluster.generation(msg.group);
-        let flight: FlightKey = (msg.group, msg.key.into(), peer.is_some(), generation);
+        let lease = self.loader.lease(msg.group, &msg.key);
+        let flight: FlightKey = (msg.group, msg.key.into(), peer.is_some(), lease);
         match self.flights.join(flight.clone(), msg.reply) {
             Ok(Joined::Follower) => counters.loads_deduped.increment(1),
             Ok(Joined::Leader) => {
                 let loader = self.loader.clone();
                 let me = ctx.address();
                 actix_rt::spawn(async move {
-                    let result = loader.load(flight.0, &flight.1, peer).await;
+                    let result = loader.load(flight.0, &flight.1, peer, flight.3).await;
                     // do_send, not try_send: a landed flight must never be dropped, or its
                     // waiters would hang until their deadline. At most one per open flight.
                     me.do_send(LoadFinished { flight, result });
@@ -130,10 +130,11 @@ mod tests {
     use super::*;
     use crate::actors::DbActor;
     use crate::actors::ask;
-    use crate::cache::Core;
     use crate::cache::error::SourceError;
+    use crate::cache::group::Groups;
     use crate::cache::hot::HotPolicy;
-    use crate::cache::store::Store;
+    use crate::cache::versions::Versions;
+    use crate::cache::{Core, Stores};
     use crate::peer::{PeerClient, PeerSettings};
     use crate::ring::Cluster;
     use crate::source::{Source, SourceFuture};
@@ -166,26 +167,29 @@ mod tests {
     fn setup(
         delay: Duration,
         max_in_flight: usize,
-    ) -> (Addr<LoaderActor>, Arc<SlowCounting>, Store) {
+    ) -> (Addr<LoaderActor>, Arc<SlowCounting>, Arc<Core>) {
         crate::telemetry::metrics::install();
         let source = Arc::new(SlowCounting {
             fetches: AtomicUsize::new(0),
             delay,
         });
         let db = DbActor::new(Arc::new(source.clone()), 1024).start_bounded();
-        let main = Store::new("main", 1 << 20, None);
+        let groups = Groups::demo();
         let core = Arc::new(Core {
-            main: main.clone(),
-            hot: Store::new("hot", 1 << 16, None),
+            groups,
+            stores: Stores::new(groups, 1 << 20, false, Duration::from_secs(10)),
             policy: HotPolicy::new(10.0),
             cluster: Arc::new(Cluster::from_static(
                 None,
                 &[],
                 true,
+                groups,
                 Default::default(),
                 10,
             )),
-            counters: Counters::new(),
+            counters: Counters::new(groups),
+            versions: Versions::default(),
+            hot_ttl: Duration::from_secs(10),
         });
         let settings = PeerSettings {
             timeout: Duration::from_secs(1),
@@ -193,7 +197,7 @@ mod tests {
             max_value_bytes: 1 << 20,
         };
         let loader = Loader {
-            core,
+            core: Arc::clone(&core),
             db,
             peers: Arc::new(PeerClient::new(&settings).unwrap()),
             max_value_bytes: 1 << 20,
@@ -201,13 +205,17 @@ mod tests {
         (
             LoaderActor::new(loader, 1024, max_in_flight).start_bounded(),
             source,
-            main,
+            core,
         )
+    }
+
+    fn products() -> Group {
+        Groups::demo().get("products").unwrap()
     }
 
     fn load(addr: &Addr<LoaderActor>, key: &str) -> oneshot::Receiver<LoadResult> {
         ask(addr, "loader", |reply| Load {
-            group: Group::Products,
+            group: products(),
             key: key.into(),
             local_only: false,
             reply,
@@ -217,27 +225,28 @@ mod tests {
 
     #[actix_rt::test]
     async fn concurrent_misses_cost_one_fetch_and_share_the_value() {
-        let (addr, source, main) = setup(Duration::from_millis(50), 100);
+        let (addr, source, core) = setup(Duration::from_millis(50), 100);
         let waiters: Vec<_> = (0..100).map(|_| load(&addr, "k")).collect();
         for w in waiters {
-            assert_eq!(w.await.unwrap().unwrap(), "v-k");
+            assert_eq!(w.await.unwrap().unwrap().value, "v-k");
         }
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
-        assert_eq!(main.get(Group::Products, "k").unwrap().value, "v-k");
+        let main = core.stores.main(products());
+        assert_eq!(main.get(products(), "k").unwrap().value.unwrap(), "v-k");
         // Now cached: the recheck inside the actor answers without a fetch.
-        assert_eq!(load(&addr, "k").await.unwrap().unwrap(), "v-k");
+        assert_eq!(load(&addr, "k").await.unwrap().unwrap().value, "v-k");
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
     }
 
     #[actix_rt::test]
     async fn errors_are_shared_and_not_cached() {
-        let (addr, source, main) = setup(Duration::from_millis(30), 100);
+        let (addr, source, core) = setup(Duration::from_millis(30), 100);
         let a = load(&addr, "bad-1");
         let b = load(&addr, "bad-1");
         assert!(matches!(a.await.unwrap(), Err(LoadError::Source(_))));
         assert!(matches!(b.await.unwrap(), Err(LoadError::Source(_))));
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
-        assert_eq!(main.get(Group::Products, "bad-1"), None);
+        assert_eq!(core.stores.main(products()).get(products(), "bad-1"), None);
         // The next request tries again.
         assert!(load(&addr, "bad-1").await.unwrap().is_err());
         assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
@@ -253,7 +262,7 @@ mod tests {
         let first = load(&addr, "k");
         let second = load(&addr, "k");
         drop(first); // the caller that started the load goes away
-        assert_eq!(second.await.unwrap().unwrap(), "v-k");
+        assert_eq!(second.await.unwrap().unwrap().value, "v-k");
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
     }
 

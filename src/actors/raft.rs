@@ -551,6 +551,7 @@ impl Handler<RingMembersOf> for RaftActor {
             epoch: m.epoch,
             members: m.members.values().cloned().collect(),
             generations: m.generations.clone(),
+            groups_digest: String::new(),
         })
     }
 }
@@ -594,6 +595,7 @@ impl Handler<Status> for RaftActor {
             epoch: m.epoch,
             state: role_name(self.node.role()).to_owned(),
             members,
+            groups_digest: String::new(),
         })
     }
 }

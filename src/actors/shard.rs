@@ -10,23 +10,33 @@ use actix::prelude::*;
 use crate::cache::store::Store;
 
 pub struct ShardActor {
-    main: Store,
-    hot: Store,
+    stores: Vec<Store>,
 }
 
 impl ShardActor {
-    /// Starts maintaining `main` and `hot`; their gauges exist from the first scrape on.
-    pub fn start(main: Store, hot: Store) -> Addr<ShardActor> {
-        let actor = ShardActor { main, hot };
+    /// Starts maintaining `stores`; their gauges exist from the first scrape on.
+    pub fn start(stores: Vec<Store>) -> Addr<ShardActor> {
+        let actor = ShardActor { stores };
         actor.maintain();
         Actor::start(actor)
     }
 
     fn maintain(&self) {
-        for store in [&self.main, &self.hot] {
+        for store in &self.stores {
             let (bytes, items) = store.maintain();
-            metrics::gauge!("geecache_cache_bytes", "cache" => store.name()).set(bytes as f64);
-            metrics::gauge!("geecache_cache_items", "cache" => store.name()).set(items as f64);
+            // The shared stores by `cache` alone; a group's own budget also by `group`.
+            let (b, i) = match store.owner() {
+                None => (
+                    metrics::gauge!("geecache_cache_bytes", "cache" => store.name()),
+                    metrics::gauge!("geecache_cache_items", "cache" => store.name()),
+                ),
+                Some(g) => (
+                    metrics::gauge!("geecache_cache_bytes", "cache" => store.name(), "group" => g.name()),
+                    metrics::gauge!("geecache_cache_items", "cache" => store.name(), "group" => g.name()),
+                ),
+            };
+            b.set(bytes as f64);
+            i.set(items as f64);
         }
     }
 }

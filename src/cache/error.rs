@@ -40,3 +40,18 @@ pub enum LoadError {
     #[error("node is shutting down")]
     Stopped,
 }
+
+impl LoadError {
+    /// A failure to load that a stale value may stand in for (stale-if-error): the source
+    /// failing, unreachable or slow, or the node shedding load. Not `NotFound`: a row that is
+    /// gone is an answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            LoadError::Source(_)
+                | LoadError::Timeout
+                | LoadError::Overloaded(_)
+                | LoadError::Stopped
+        )
+    }
+}

@@ -132,20 +132,22 @@ mod tests {
 
     #[test]
     fn rate_follows_the_request_rate() {
+        let demo = crate::cache::group::Groups::demo();
+        let (products, scores) = (demo.get("products").unwrap(), demo.get("scores").unwrap());
         let t = RateTracker::new(Duration::from_secs(1), 100);
         let start = Instant::now();
         let mut rate = 0.0;
         // 50 requests per second for 3 seconds.
         for i in 0..150u64 {
-            rate = t.hit_at(Group::Products, "k", start + Duration::from_millis(i * 20));
+            rate = t.hit_at(products, "k", start + Duration::from_millis(i * 20));
         }
         assert!((40.0..=60.0).contains(&rate), "{rate}");
-        assert_eq!(t.rate(Group::Products, "never"), 0.0);
+        assert_eq!(t.rate(products, "never"), 0.0);
         // A cold key has a low rate; another group is another key.
-        assert!(t.hit_at(Group::Products, "cold", start) <= 1.0);
-        assert!(t.hit_at(Group::Scores, "k", start + Duration::from_secs(3)) <= 1.0);
+        assert!(t.hit_at(products, "cold", start) <= 1.0);
+        assert!(t.hit_at(scores, "k", start + Duration::from_secs(3)) <= 1.0);
         // After a long silence the rate starts over.
-        let later = t.hit_at(Group::Products, "k", start + Duration::from_secs(30));
+        let later = t.hit_at(products, "k", start + Duration::from_secs(30));
         assert!(later <= 1.0, "{later}");
     }
 }

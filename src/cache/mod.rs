@@ -3,81 +3,264 @@
 //!
 //! ```text
 //! Cache::get(group, key)                      a client's get, on the HTTP worker's thread
-//!   main store hit (this node owns the key)   -> value
-//!   hot store hit (owned elsewhere, hot)      -> value
+//!   key_pattern refuses it                    -> 404, no query
+//!   main store: fresh                         -> HIT (a value, or a cached "no such row")
+//!               stale, within revalidate      -> STALE at once; one reload in the background
+//!               stale, within stale-if-error  -> kept as the fallback of the load below
+//!   hot store: fresh (owned elsewhere, hot)   -> HIT
 //!   Cache::load: LoaderActor (singleflight)   one flight per key; the others wait on it
 //!     Loader::load, detached from every caller
 //!       Loader::get_from_peer  owner is another member -> its peer port; keep a copy if hot;
 //!                              its ring is newer -> catch up, retry once; fails -> locally
-//!       Loader::locally        owner is me -> DbActor -> the source; populate the store
-//! Cache::get_for_peer(group, key, epoch)      a peer's get: main store, else a local load;
-//!                                             never forwarded (no A -> B -> A loops)
+//!       Loader::locally        owner is me -> DbActor -> the source; populate the store,
+//!                              unless the key was invalidated or purged while it loaded
+//!   the load failed, a fallback is kept       -> STALE (stale-if-error)
+//! Cache::get_for_peer(group, key, epoch)      a peer's get: the same on the main store, then
+//!                                             a local load; never forwarded
+//! Cache::delete(group, key)                   invalidate here, at the owner, then everywhere
 //! ```
 //!
-//! Leaves beside it: [`store`] (the byte-bounded moka store, used for both the main shard and
-//! the hot cache), [`flights`] (the in-flight table, owned by `LoaderActor`), [`hot`] (the
-//! hot-cache policy), [`group`] (groups and key validation), [`error`].
+//! Leaves beside it: [`store`] (the byte-bounded moka store), [`flights`] (the in-flight
+//! table, owned by `LoaderActor`), [`versions`] (per-key leases against the fill race),
+//! [`hot`] (the hot-cache policy), [`group`] (configured groups, key validation), [`clock`],
+//! [`error`].
 
+pub mod clock;
 pub mod error;
 pub mod flights;
 pub mod group;
 pub mod hot;
 pub mod store;
+pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use bytes::Bytes;
+use futures_util::future::join_all;
 
 use crate::actors::ask;
 use crate::actors::db::{DbActor, Fetch};
 use crate::actors::loader::{Load, LoaderActor};
 use crate::peer::{PeerClient, PeerError};
-use crate::raft::membership::MemberInfo;
 use crate::ring::{Cluster, Route};
 use crate::telemetry::metrics::Counters;
 use error::{LoadError, SourceError};
-use group::{Group, validate_key};
+use group::{Group, Groups, validate_key};
 use hot::HotPolicy;
 use store::{Entry, Store};
+use versions::Versions;
 
-pub type LoadResult = Result<Bytes, LoadError>;
+/// What a flight hands its waiters: a value, or why there is none (`NotFound` included).
+pub type LoadResult = Result<Loaded, LoadError>;
+
+/// A value a flight loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub value: Bytes,
+    /// How long ago the source answered it: 0 when this flight asked the source, the owner's
+    /// age when it came from the owner's store.
+    pub age_ms: u64,
+    /// How long it stays fresh (`None`: no ttl).
+    pub fresh_ms: Option<u64>,
+    /// The owner answered it stale (revalidating, or its reload failed).
+    pub stale: bool,
+}
+
+/// How a client answer came about (`X-Cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// From this node's memory, fresh.
+    Hit,
+    /// Loaded for this request (from the source, or from the owner).
+    Miss,
+    /// A value past its ttl: within stale-while-revalidate, or stale-if-error.
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// A client's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub result: Result<Bytes, LoadError>,
+    pub status: CacheStatus,
+    /// How long ago the source answered, for values that came from a cache.
+    pub age_ms: Option<u64>,
+}
+
+impl Reply {
+    fn miss(result: Result<Bytes, LoadError>) -> Reply {
+        Reply {
+            result,
+            status: CacheStatus::Miss,
+            age_ms: None,
+        }
+    }
+
+    fn from_entry(entry: Entry, status: CacheStatus, now: u64) -> Reply {
+        let age_ms = Some(entry.age_ms(now));
+        Reply {
+            result: entry.value.ok_or(LoadError::NotFound),
+            status,
+            age_ms,
+        }
+    }
+}
+
+/// A peer's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerHit {
+    pub loaded: Loaded,
+    /// How often peers ask this node for the key.
+    pub minute_qps: f64,
+    /// The group's purge generation here, as of the answer.
+    pub generation: u64,
+}
+
+/// The stores: the node's shared pair, and a pair of its own for each group with a budget.
+pub struct Stores {
+    main: Store,
+    hot: Store,
+    own: Vec<Option<(Store, Store)>>,
+}
+
+impl Stores {
+    /// `cache_bytes` for the shared pair (1/8 of it hot, all of it on a frontend, which owns
+    /// no keys) and each group's own budget split the same way.
+    pub fn new(groups: Groups, cache_bytes: u64, frontend: bool, hot_ttl: Duration) -> Stores {
+        let pair = |bytes: u64, owner: Option<Group>| {
+            let hot = if frontend { bytes } else { bytes / 8 };
+            let main = Store::new("main", (bytes - hot).max(1024), None, groups, owner);
+            (
+                main,
+                Store::new("hot", hot.max(1024), Some(hot_ttl), groups, owner),
+            )
+        };
+        let (main, hot) = pair(cache_bytes, None);
+        let own = groups
+            .all()
+            .map(|g| g.def().cache_bytes.map(|b| pair(b, Some(g))))
+            .collect();
+        Stores { main, hot, own }
+    }
+
+    pub fn main(&self, group: Group) -> &Store {
+        self.own[group.index()]
+            .as_ref()
+            .map_or(&self.main, |p| &p.0)
+    }
+
+    pub fn hot(&self, group: Group) -> &Store {
+        self.own[group.index()].as_ref().map_or(&self.hot, |p| &p.1)
+    }
+
+    /// Every store, for their maintenance.
+    pub fn all(&self) -> Vec<Store> {
+        let own = self
+            .own
+            .iter()
+            .flatten()
+            .flat_map(|(m, h)| [m.clone(), h.clone()]);
+        [self.main.clone(), self.hot.clone()]
+            .into_iter()
+            .chain(own)
+            .collect()
+    }
+}
+
+/// What a store holds for a key, as the read path sees it.
+enum Found {
+    Fresh(Entry),
+    /// Past its ttl, within the group's stale windows (values only).
+    Stale(Entry),
+    Absent,
+}
 
 /// What the request path and every flight read and fill.
 pub struct Core {
-    /// Keys this node owns.
-    pub main: Store,
-    /// Copies of hot keys owned elsewhere (a frontend's whole budget).
-    pub hot: Store,
+    pub groups: Groups,
+    pub stores: Stores,
     pub policy: HotPolicy,
     pub cluster: Arc<Cluster>,
     pub counters: Counters,
+    pub versions: Versions,
+    /// Longest life of a copy of a key owned elsewhere.
+    pub hot_ttl: Duration,
 }
 
 impl Core {
-    /// A store's entry for the key, if it is of the group's current purge generation.
-    fn lookup(&self, store: &Store, group: Group, key: &str) -> Option<Bytes> {
-        let entry = store.get(group, key)?;
-        if entry.generation == self.cluster.generation(group) {
-            return Some(entry.value);
+    fn find(&self, store: &Store, group: Group, key: &str, now: u64) -> Found {
+        let Some(entry) = store.get(group, key) else {
+            return Found::Absent;
+        };
+        if entry.generation != self.cluster.generation(group) {
+            store.remove(group, key); // purged since it was filled
+            return Found::Absent;
         }
-        store.remove(group, key); // purged since it was filled
-        None
+        if now < entry.fresh_until_ms {
+            return Found::Fresh(entry);
+        }
+        let f = group.def().freshness;
+        let window = clock::ms(f.stale_while_revalidate.max(f.stale_if_error));
+        match entry.value {
+            Some(_) if now < entry.fresh_until_ms.saturating_add(window) => Found::Stale(entry),
+            _ => Found::Absent,
+        }
     }
 
-    /// Both stores again, for a key that was just missed (the recheck inside singleflight):
-    /// between a request's miss and its `Load` reaching the loader, an earlier flight for the
-    /// same key may have landed and filled the cache (groupcache's `load()` comment spells out
-    /// this interleaving).
-    pub fn recheck(&self, group: Group, key: &str) -> Option<Bytes> {
-        let current = self.cluster.generation(group);
-        [&self.main, &self.hot]
+    /// A fresh answer in either store, for a key that was just missed (the recheck inside
+    /// singleflight): between a request's miss and its `Load` reaching the loader, an earlier
+    /// flight for the same key may have landed and filled the cache (groupcache's `load()`
+    /// comment spells out this interleaving).
+    pub fn recheck(&self, group: Group, key: &str) -> Option<LoadResult> {
+        let (current, now) = (self.cluster.generation(group), clock::now_ms());
+        [self.stores.main(group), self.stores.hot(group)]
             .into_iter()
             .filter_map(|s| s.recheck(group, key))
-            .find(|e| e.generation == current)
-            .map(|e| e.value)
+            .find(|e| e.generation == current && now < e.fresh_until_ms)
+            .map(|e| {
+                let age_ms = e.age_ms(now);
+                let fresh_ms = fresh_left(&e, now);
+                e.value.ok_or(LoadError::NotFound).map(|value| Loaded {
+                    value,
+                    age_ms,
+                    fresh_ms,
+                    stale: false,
+                })
+            })
     }
+
+    /// Drops the key's entries (values and "no such row") from this node's stores, and moves
+    /// its version forward first, so that no load that began before lands in them after.
+    pub fn invalidate(&self, group: Group, key: &str) {
+        self.versions.bump(group, key);
+        self.stores.main(group).remove(group, key);
+        self.stores.hot(group).remove(group, key);
+        self.counters.group(group).invalidations.increment(1);
+    }
+}
+
+fn fresh_left(entry: &Entry, now: u64) -> Option<u64> {
+    (entry.fresh_until_ms != u64::MAX).then(|| entry.fresh_until_ms.saturating_sub(now))
+}
+
+/// What a DELETE reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// Nodes (this one included) and frontends that dropped the key.
+    pub confirmed: usize,
+    /// Peer URLs that could not be told.
+    pub unreachable: Vec<String>,
 }
 
 /// The read-through cache of a node: what the HTTP handlers call.
@@ -87,37 +270,88 @@ pub struct Cache {
     pub loaders: Vec<Addr<LoaderActor>>,
     /// Deadline of one client request that misses.
     pub request_timeout: Duration,
-}
-
-/// A peer's get answered: the value and how often peers ask this node for it.
-pub struct PeerHit {
-    pub value: Bytes,
-    pub minute_qps: f64,
-    /// The group's purge generation here, as of the answer.
-    pub generation: u64,
+    /// Tells other nodes and frontends about a DELETE.
+    pub peers: Arc<PeerClient>,
+    /// Frontends that follow this member's ring, by peer URL (DELETEs reach them too).
+    pub frontends: Arc<crate::ring::Frontends>,
 }
 
 impl Cache {
     /// A client's get: the main store, the hot store, then a load (from the owner, or from
-    /// the source when this node owns the key).
-    pub async fn get(&self, group: Group, key: &str) -> Result<Bytes, LoadError> {
-        validate_key(key).map_err(LoadError::BadKey)?;
+    /// the source when this node owns the key), with the group's freshness rules.
+    pub async fn get(&self, group: Group, key: &str) -> Reply {
+        if let Err(e) = validate_key(key) {
+            return Reply::miss(Err(e.into()));
+        }
         let core = &self.core;
         let counters = core.counters.group(group);
         counters.gets.increment(1);
-        if let Some(value) = core.lookup(&core.main, group, key) {
-            counters.cache_hits.increment(1);
-            return Ok(value);
+        if !group.accepts(key) {
+            return Reply::miss(Err(LoadError::NotFound));
+        }
+        let now = clock::now_ms();
+        let mut fallback = None;
+        match core.find(core.stores.main(group), group, key, now) {
+            Found::Fresh(entry) => {
+                counters.cache_hits.increment(1);
+                return Reply::from_entry(entry, CacheStatus::Hit, now);
+            }
+            Found::Stale(entry) if self.revalidates(group, &entry, now) => {
+                counters.stale_served.increment(1);
+                self.revalidate(group, key, false);
+                return Reply::from_entry(entry, CacheStatus::Stale, now);
+            }
+            Found::Stale(entry) => fallback = Some(entry),
+            Found::Absent => {}
         }
         if let Route::Remote(_) = core.cluster.route(key) {
             core.policy.requested_remote(group, key);
         }
-        if let Some(value) = core.lookup(&core.hot, group, key) {
+        if let Found::Fresh(entry) = core.find(core.stores.hot(group), group, key, now) {
             counters.cache_hits.increment(1);
             counters.hot_cache_hits.increment(1);
-            return Ok(value);
+            return Reply::from_entry(entry, CacheStatus::Hit, now);
         }
-        self.load(group, key, false).await
+        match self.load(group, key, false).await {
+            Ok(l) => Reply {
+                status: if l.stale {
+                    CacheStatus::Stale
+                } else {
+                    CacheStatus::Miss
+                },
+                age_ms: (l.age_ms > 0).then_some(l.age_ms),
+                result: Ok(l.value),
+            },
+            Err(e) => match fallback {
+                Some(entry) if e.is_transient() => {
+                    counters.stale_served.increment(1);
+                    Reply::from_entry(entry, CacheStatus::Stale, clock::now_ms())
+                }
+                _ => Reply::miss(Err(e)),
+            },
+        }
+    }
+
+    /// Whether a stale entry is still within stale-while-revalidate.
+    fn revalidates(&self, group: Group, entry: &Entry, now: u64) -> bool {
+        let window = clock::ms(group.def().freshness.stale_while_revalidate);
+        now < entry.fresh_until_ms.saturating_add(window)
+    }
+
+    /// Starts the key's reload through singleflight without waiting for it (all the stale
+    /// answers meanwhile join the same one flight).
+    fn revalidate(&self, group: Group, key: &str, local_only: bool) {
+        let i = self.loader_of(key);
+        let _ = ask(&self.loaders[i], "loader", |reply| Load {
+            group,
+            key: key.to_owned(),
+            local_only,
+            reply,
+        });
+    }
+
+    fn loader_of(&self, key: &str) -> usize {
+        crc32fast::hash(key.as_bytes()) as usize % self.loaders.len()
     }
 
     /// A peer's get: this node's main store, then a load from this node's source; never
@@ -129,19 +363,51 @@ impl Cache {
         key: &str,
         epoch: Option<u64>,
     ) -> Result<PeerHit, LoadError> {
-        validate_key(key).map_err(LoadError::BadKey)?;
+        validate_key(key)?;
         let core = &self.core;
-        core.counters.group(group).server_requests.increment(1);
+        let counters = core.counters.group(group);
+        counters.server_requests.increment(1);
         let mine = core.cluster.epoch();
         if epoch.is_some_and(|e| e < mine) && core.cluster.route(key) != Route::Local {
             return Err(LoadError::NotOwner(mine));
         }
-        let value = match core.lookup(&core.main, group, key) {
-            Some(value) => value,
-            None => self.load(group, key, true).await?,
+        if !group.accepts(key) {
+            return Err(LoadError::NotFound);
+        }
+        let now = clock::now_ms();
+        let stale = |entry: Entry, now: u64| Loaded {
+            age_ms: entry.age_ms(now),
+            fresh_ms: Some(0),
+            stale: true,
+            value: entry.value.unwrap_or_default(),
+        };
+        let loaded = match core.find(core.stores.main(group), group, key, now) {
+            Found::Fresh(entry) => {
+                let (age_ms, fresh_ms) = (entry.age_ms(now), fresh_left(&entry, now));
+                let value = entry.value.ok_or(LoadError::NotFound)?;
+                Loaded {
+                    value,
+                    age_ms,
+                    fresh_ms,
+                    stale: false,
+                }
+            }
+            Found::Stale(entry) if self.revalidates(group, &entry, now) => {
+                counters.stale_served.increment(1);
+                self.revalidate(group, key, true);
+                stale(entry, now)
+            }
+            found => match (self.load(group, key, true).await, found) {
+                (Ok(loaded), _) => loaded,
+                (Err(e), Found::Stale(entry)) if e.is_transient() => {
+                    counters.stale_served.increment(1);
+                    stale(entry, clock::now_ms())
+                }
+                (Err(e), _) => return Err(e),
+            },
         };
         Ok(PeerHit {
-            value,
+            loaded,
             minute_qps: core.policy.served_to_peer(group, key),
             generation: core.cluster.generation(group),
         })
@@ -150,8 +416,7 @@ impl Cache {
     /// Joins or opens the key's flight at its loader and waits for it, up to the deadline
     /// (the flight goes on for the other waiters).
     async fn load(&self, group: Group, key: &str, local_only: bool) -> LoadResult {
-        let i = crc32fast::hash(key.as_bytes()) as usize % self.loaders.len();
-        let rx = ask(&self.loaders[i], "loader", |reply| Load {
+        let rx = ask(&self.loaders[self.loader_of(key)], "loader", |reply| Load {
             group,
             key: key.to_owned(),
             local_only,
@@ -162,6 +427,51 @@ impl Cache {
             Ok(Err(_)) => Err(LoadError::Stopped),
             Ok(Ok(result)) => result,
         }
+    }
+
+    /// `DELETE`: drops the key here, then at its owner, then on every other member and every
+    /// frontend that follows this member, and says who confirmed. The owner goes before the
+    /// others: a node told first could otherwise reload the old value from an owner not yet
+    /// told (a copy the others' versions then cannot refuse, as it is fetched after them).
+    pub async fn delete(&self, group: Group, key: &str) -> Result<Deleted, LoadError> {
+        validate_key(key)?;
+        let core = &self.core;
+        core.invalidate(group, key);
+        let mut done = Deleted {
+            confirmed: 1,
+            unreachable: Vec::new(),
+        };
+        let me = core.cluster.self_name().unwrap_or_default().to_owned();
+        let owner = match core.cluster.route(key) {
+            Route::Remote(owner) => Some(owner.to_string()),
+            Route::Local => None,
+        };
+        let tell = |peer: String| async move {
+            let ok = self.peers.invalidate(&peer, group, key).await.is_ok();
+            (peer, ok)
+        };
+        let mut record = |(peer, ok): (String, bool)| {
+            if ok {
+                done.confirmed += 1;
+            } else {
+                done.unreachable.push(peer);
+            }
+        };
+        if let Some(owner) = &owner {
+            record(tell(owner.clone()).await);
+        }
+        let view = core.cluster.view();
+        let others = view
+            .ring
+            .members()
+            .iter()
+            .map(|m| m.name.to_string())
+            .chain(self.frontends.current())
+            .filter(|p| *p != me && Some(p) != owner.as_ref());
+        for result in join_all(others.map(tell)).await {
+            record(result);
+        }
+        Ok(done)
     }
 }
 
@@ -175,6 +485,14 @@ pub struct Loader {
     pub max_value_bytes: usize,
 }
 
+/// Where a flight began: the group's generation and the key's version then. A fill is kept
+/// only if both are still current when the load lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub generation: u64,
+    pub version: u64,
+}
+
 impl Loader {
     /// The owner to ask, or `None` to load from this node's source.
     pub fn peer_for(&self, key: &str, local_only: bool) -> Option<Arc<str>> {
@@ -184,18 +502,34 @@ impl Loader {
         }
     }
 
-    /// The flight's body: from the owner, or from the source.
-    pub async fn load(&self, group: Group, key: &str, peer: Option<Arc<str>>) -> LoadResult {
-        match peer {
-            Some(peer) => self.get_from_peer(group, key, &peer).await,
-            None => self.locally(group, key, &self.core.main).await,
+    /// The key's lease now.
+    pub fn lease(&self, group: Group, key: &str) -> Lease {
+        Lease {
+            generation: self.core.cluster.generation(group),
+            version: self.core.versions.current(group, key),
         }
     }
 
-    async fn get_from_peer(&self, group: Group, key: &str, peer: &str) -> LoadResult {
+    /// The flight's body: from the owner, or from the source.
+    pub async fn load(
+        &self,
+        group: Group,
+        key: &str,
+        peer: Option<Arc<str>>,
+        lease: Lease,
+    ) -> LoadResult {
+        match peer {
+            Some(peer) => self.get_from_peer(group, key, &peer, lease).await,
+            None => {
+                let main = self.core.stores.main(group);
+                self.locally(group, key, main, lease).await
+            }
+        }
+    }
+
+    async fn get_from_peer(&self, group: Group, key: &str, peer: &str, lease: Lease) -> LoadResult {
         let core = &self.core;
         let counters = core.counters.group(group);
-        let generation = core.cluster.generation(group);
         let mut peer: Arc<str> = peer.into();
         let mut retried = false;
         loop {
@@ -206,18 +540,25 @@ impl Loader {
             {
                 Ok(answer) => {
                     counters.peer_loads.increment(1);
-                    let members = core.cluster.view().ring.members().len();
-                    // An owner that has not applied a purge we have may answer with a value
-                    // from before it: pass it on, keep no copy.
-                    let current = answer.generation >= generation;
-                    if current && core.policy.keep(group, key, answer.minute_qps, members) {
-                        let entry = Entry {
-                            value: answer.value.clone(),
-                            generation,
-                        };
-                        self.populate(&core.hot, group, key, entry);
+                    if !answer.content_type.is_empty() {
+                        group.learn_content_type(&answer.content_type);
                     }
-                    return Ok(answer.value);
+                    let loaded = Loaded {
+                        value: answer.value,
+                        age_ms: answer.age_ms,
+                        fresh_ms: answer.fresh_ms,
+                        stale: answer.stale,
+                    };
+                    let members = core.cluster.view().ring.members().len();
+                    // No copy of a stale answer, nor of one from an owner that has not yet
+                    // applied a purge we have (it may be from before it).
+                    let keep = !loaded.stale
+                        && answer.generation >= lease.generation
+                        && core.policy.keep(group, key, answer.minute_qps, members);
+                    if keep {
+                        self.keep_copy(group, key, &loaded, lease);
+                    }
+                    return Ok(loaded);
                 }
                 Err(PeerError::NotFound) => {
                     counters.peer_loads.increment(1);
@@ -231,7 +572,10 @@ impl Loader {
                     self.catch_up(&peer, theirs).await;
                     match self.peer_for(key, false) {
                         Some(owner) => peer = owner,
-                        None => return self.locally(group, key, &core.main).await,
+                        None => {
+                            let main = core.stores.main(group);
+                            return self.locally(group, key, main, lease).await;
+                        }
                     }
                 }
                 Err(e) => {
@@ -239,10 +583,26 @@ impl Loader {
                     // value goes to the hot cache, whose TTL bounds how long this copy can live.
                     counters.peer_errors.increment(1);
                     tracing::warn!(%peer, group = %group, key, error = %e, "peer load failed; loading locally");
-                    return self.locally(group, key, &core.hot).await;
+                    let hot = core.stores.hot(group);
+                    return self.locally(group, key, hot, lease).await;
                 }
             }
         }
+    }
+
+    /// Keeps a hot copy of an owner's answer: it lives as long as the owner's value stays
+    /// fresh, and at most `hot_ttl`.
+    fn keep_copy(&self, group: Group, key: &str, loaded: &Loaded, lease: Lease) {
+        let now = clock::now_ms();
+        let hot_ms = clock::ms(self.core.hot_ttl);
+        let fresh = loaded.fresh_ms.map_or(hot_ms, |f| f.min(hot_ms));
+        let entry = Entry {
+            value: Some(loaded.value.clone()),
+            generation: lease.generation,
+            filled_ms: now.saturating_sub(loaded.age_ms),
+            fresh_until_ms: now.saturating_add(fresh),
+        };
+        self.populate(self.core.stores.hot(group), group, key, entry, lease);
     }
 
     /// Adopts the newer ring of `peer` (at epoch `theirs` or later), if it has one.
@@ -251,34 +611,33 @@ impl Loader {
         if cluster.epoch() >= theirs {
             return; // the local membership caught up meanwhile
         }
-        match self.peers.ring_members(peer).await {
-            Ok(ring) if ring.epoch > cluster.epoch() => {
-                let members: Vec<&MemberInfo> = ring.members.iter().collect();
-                if cluster.publish(ring.epoch, members, &ring.generations) {
-                    tracing::info!(
-                        epoch = ring.epoch,
-                        from = peer,
-                        "caught up with a newer ring"
-                    );
-                }
+        match self.peers.ring_members(peer, None).await {
+            Ok(ring) if cluster.publish(ring.epoch, &ring.members, &ring.generations) => {
+                tracing::info!(
+                    epoch = ring.epoch,
+                    from = peer,
+                    "caught up with a newer ring"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(%peer, error = %e, "could not fetch the newer ring"),
         }
     }
 
-    /// Fetches from the source through `DbActor` and fills `into`.
-    async fn locally(&self, group: Group, key: &str, into: &Store) -> LoadResult {
-        let core = &self.core;
-        let counters = core.counters.group(group);
+    /// Fetches from the source through `DbActor` and fills `into` (a "no such row" too, when
+    /// the group remembers those).
+    async fn locally(&self, group: Group, key: &str, into: &Store, lease: Lease) -> LoadResult {
+        let counters = self.core.counters.group(group);
         counters.loads.increment(1);
-        let generation = core.cluster.generation(group);
+        let f = group.def().freshness;
         let rx = ask(&self.db, "source", |reply| Fetch {
             group,
             key: key.to_owned(),
             reply,
         })?;
-        match rx.await.map_err(|_| LoadError::Stopped)? {
+        let fetched = rx.await.map_err(|_| LoadError::Stopped)?;
+        let now = clock::now_ms();
+        match fetched {
             Ok(Some(value)) if value.len() > self.max_value_bytes => {
                 counters.local_load_errors.increment(1);
                 Err(LoadError::Source(SourceError::Query(format!(
@@ -288,14 +647,24 @@ impl Loader {
                 ))))
             }
             Ok(Some(value)) => {
-                let entry = Entry {
-                    value: value.clone(),
-                    generation,
-                };
-                self.populate(into, group, key, entry);
-                Ok(value)
+                let ttl = f.ttl.map(|t| clock::jittered(t, f.ttl_jitter));
+                let entry = Entry::loaded(Some(value.clone()), lease.generation, now, ttl);
+                let fresh_ms = ttl.map(clock::ms);
+                self.populate(into, group, key, entry, lease);
+                Ok(Loaded {
+                    value,
+                    age_ms: 0,
+                    fresh_ms,
+                    stale: false,
+                })
             }
-            Ok(None) => Err(LoadError::NotFound),
+            Ok(None) => {
+                if !f.negative_ttl.is_zero() {
+                    let entry = Entry::loaded(None, lease.generation, now, Some(f.negative_ttl));
+                    self.populate(into, group, key, entry, lease);
+                }
+                Err(LoadError::NotFound)
+            }
             Err(e) => {
                 counters.local_load_errors.increment(1);
                 Err(e.into())
@@ -303,11 +672,13 @@ impl Loader {
         }
     }
 
-    /// Caches what was loaded, unless the group was purged while it loaded: a value read
-    /// before a purge must not outlive it.
-    fn populate(&self, store: &Store, group: Group, key: &str, entry: Entry) {
-        if entry.generation == self.core.cluster.generation(group) {
+    /// Caches what was loaded, unless the key was invalidated or its group purged while it
+    /// loaded: a value read before a change must not outlive it (see [`versions`]).
+    fn populate(&self, store: &Store, group: Group, key: &str, entry: Entry, lease: Lease) {
+        if self.lease(group, key) == lease {
             store.insert(group, key, entry);
+        } else {
+            self.core.counters.group(group).fills_discarded.increment(1);
         }
     }
 }

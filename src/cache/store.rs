@@ -1,5 +1,6 @@
-//! The byte-bounded store of a node's cached values: a moka cache keyed by (group, key), used
-//! for both the main shard (keys this node owns) and the hot cache (keys it does not).
+//! The byte-bounded store of a node's cached answers: a moka cache keyed by (group, key), used
+//! for the main shard (keys this node owns), the hot cache (keys it does not), and for groups
+//! with a budget of their own, one pair of each per group.
 //!
 //! moka is itself concurrent (lock-free reads, striped writes), so a `Store` is a cheap,
 //! cloneable handle that the request path reads directly from the HTTP worker's thread; the
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
-use crate::cache::group::Group;
+use super::group::{Group, Groups};
 
 /// Bytes moka and the allocator spend per entry beyond key and value: the entry's Arcs, its
 /// access-order deque node, its hash-table bucket, deferred frees, allocator slack. Measured by
@@ -22,25 +23,47 @@ use crate::cache::group::Group;
 /// cache really takes, not just its payload.
 pub const ENTRY_OVERHEAD: u32 = 400;
 
-/// A cached value and what the read path checks before it answers with it.
+/// A cached answer and what the read path checks before it answers with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub value: Bytes,
-    /// The group's purge generation when the value was loaded: an entry of an older
-    /// generation is a miss.
+    /// The value, or `None`: the source has no such row (negative caching).
+    pub value: Option<Bytes>,
+    /// The group's purge generation when it was loaded: an entry of an older one is a miss.
     pub generation: u64,
+    /// When the source answered (the owner's fill, for a copy), in `clock::now_ms`.
+    pub filled_ms: u64,
+    /// Fresh until then (`u64::MAX`: no ttl); after it, stale within the group's windows.
+    pub fresh_until_ms: u64,
+}
+
+impl Entry {
+    /// A value just loaded, fresh for `ttl` (`None`: no ttl).
+    pub fn loaded(value: Option<Bytes>, generation: u64, now: u64, ttl: Option<Duration>) -> Entry {
+        Entry {
+            value,
+            generation,
+            filled_ms: now,
+            fresh_until_ms: ttl.map_or(u64::MAX, |t| now.saturating_add(super::clock::ms(t))),
+        }
+    }
+
+    pub fn age_ms(&self, now: u64) -> u64 {
+        now.saturating_sub(self.filled_ms)
+    }
 }
 
 #[derive(Clone)]
 pub struct Store {
     cache: Cache<Box<str>, Entry>,
     name: &'static str,
+    /// The group whose budget this is; `None`: the node's shared store.
+    owner: Option<Group>,
 }
 
-/// The composite key: one byte for the group, then the key. Group names never clash.
+/// The composite key: the group's index as one private-use character, then the key.
 fn cache_key(group: Group, key: &str) -> Box<str> {
-    let mut s = String::with_capacity(key.len() + 1);
-    s.push((b'0' + group.index() as u8) as char);
+    let mut s = String::with_capacity(key.len() + 3);
+    s.push(char::from_u32(0xE000 + group.index() as u32).unwrap_or('\u{E000}'));
     s.push_str(key);
     s.into_boxed_str()
 }
@@ -48,10 +71,10 @@ fn cache_key(group: Group, key: &str) -> Box<str> {
 /// Weight of an entry in bytes: key + value + `ENTRY_OVERHEAD`.
 #[allow(clippy::borrowed_box)] // moka hands the key type by reference
 fn weigh(key: &Box<str>, entry: &Entry) -> u32 {
-    entry_weight(key.len(), entry.value.len())
+    entry_weight(key.len(), entry.value.as_ref().map_or(0, Bytes::len))
 }
 
-/// The bytes an entry of `key_len` (group byte included) and `value_len` counts against
+/// The bytes an entry of `key_len` (group prefix included) and `value_len` counts against
 /// `--cache-bytes`; the benchmark sizes caches with it.
 pub fn entry_weight(key_len: usize, value_len: usize) -> u32 {
     u32::try_from(key_len + value_len)
@@ -59,25 +82,33 @@ pub fn entry_weight(key_len: usize, value_len: usize) -> u32 {
         .saturating_add(ENTRY_OVERHEAD)
 }
 
-fn group_of(cache_key: &str) -> &'static str {
+/// The group a composite key belongs to, for the eviction metric's label.
+fn group_of(groups: Groups, cache_key: &str) -> &'static str {
     cache_key
-        .bytes()
+        .chars()
         .next()
-        .and_then(|b| Group::ALL.get(b.wrapping_sub(b'0') as usize))
-        .map_or("unknown", |g| g.name())
+        .and_then(|c| (c as u32).checked_sub(0xE000))
+        .and_then(|i| groups.all().nth(i as usize))
+        .map_or("unknown", Group::name)
 }
 
 impl Store {
-    /// A cache of at most `max_bytes` (key + value + `ENTRY_OVERHEAD` per entry); with `ttl`,
+    /// A store of at most `max_bytes` (key + value + `ENTRY_OVERHEAD` per entry); with `ttl`,
     /// entries also expire that long after they were written (the hot cache uses this).
-    pub fn new(name: &'static str, max_bytes: u64, ttl: Option<Duration>) -> Self {
+    pub fn new(
+        name: &'static str,
+        max_bytes: u64,
+        ttl: Option<Duration>,
+        groups: Groups,
+        owner: Option<Group>,
+    ) -> Self {
         let mut builder = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(weigh)
             .eviction_listener(move |k: std::sync::Arc<Box<str>>, _v, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                     metrics::counter!("geecache_cache_evictions_total",
-                        "group" => group_of(&k), "cache" => name)
+                        "group" => group_of(groups, &k), "cache" => name)
                     .increment(1);
                 }
             });
@@ -87,11 +118,18 @@ impl Store {
         Store {
             cache: builder.build(),
             name,
+            owner,
         }
     }
 
+    /// `main` or `hot`.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The group whose own budget this is, if it is one.
+    pub fn owner(&self) -> Option<Group> {
+        self.owner
     }
 
     pub fn get(&self, group: Group, key: &str) -> Option<Entry> {
@@ -131,20 +169,25 @@ mod tests {
     use super::*;
 
     fn entry(v: &'static [u8]) -> Entry {
-        Entry {
-            value: Bytes::from_static(v),
-            generation: 0,
-        }
+        Entry::loaded(Some(Bytes::from_static(v)), 0, 0, None)
+    }
+
+    fn store(bytes: u64) -> Store {
+        Store::new("main", bytes, None, Groups::demo(), None)
+    }
+
+    fn g(name: &str) -> Group {
+        Groups::demo().get(name).unwrap()
     }
 
     #[test]
     fn recheck_reads_only_what_is_there() {
-        let s = Store::new("main", 1 << 20, None);
-        assert_eq!(s.recheck(Group::Products, "1"), None);
-        s.insert(Group::Products, "1", entry(b"v"));
-        assert_eq!(s.recheck(Group::Products, "1"), Some(entry(b"v")));
+        let s = store(1 << 20);
+        assert_eq!(s.recheck(g("products"), "1"), None);
+        s.insert(g("products"), "1", entry(b"v"));
+        assert_eq!(s.recheck(g("products"), "1"), Some(entry(b"v")));
         assert_eq!(
-            s.recheck(Group::Scores, "1"),
+            s.recheck(g("scores"), "1"),
             None,
             "groups do not share keys"
         );
@@ -152,25 +195,26 @@ mod tests {
 
     #[test]
     fn groups_are_separate_namespaces() {
-        let s = Store::new("main", 1 << 20, None);
-        s.insert(Group::Scores, "1", entry(b"a"));
-        assert_eq!(s.get(Group::Scores, "1").unwrap().value, "a");
-        assert_eq!(s.get(Group::Products, "1"), None);
-        assert_eq!(group_of(&cache_key(Group::Products, "x")), "products");
+        let s = store(1 << 20);
+        s.insert(g("scores"), "1", entry(b"a"));
+        assert_eq!(s.get(g("scores"), "1").unwrap().value.unwrap(), "a");
+        assert_eq!(s.get(g("products"), "1"), None);
+        assert_eq!(
+            group_of(Groups::demo(), &cache_key(g("products"), "x")),
+            "products"
+        );
     }
 
     #[test]
     fn stays_within_its_byte_bound() {
         let bound = 64 * 1024;
-        let s = Store::new("main", bound, None);
+        let s = store(bound);
         for i in 0..10_000 {
+            let value = Some(Bytes::from(vec![b'x'; 100]));
             s.insert(
-                Group::Products,
+                g("products"),
                 &i.to_string(),
-                Entry {
-                    value: Bytes::from(vec![b'x'; 100]),
-                    generation: 0,
-                },
+                Entry::loaded(value, 0, 0, None),
             );
         }
         let (bytes, items) = s.maintain();
@@ -180,9 +224,16 @@ mod tests {
 
     #[test]
     fn remove_drops_one_key() {
-        let s = Store::new("main", 1 << 20, None);
-        s.insert(Group::Scores, "Tom", entry(b"630"));
-        s.remove(Group::Scores, "Tom");
-        assert_eq!(s.get(Group::Scores, "Tom"), None);
+        let s = store(1 << 20);
+        s.insert(g("scores"), "Tom", entry(b"630"));
+        s.remove(g("scores"), "Tom");
+        assert_eq!(s.get(g("scores"), "Tom"), None);
+    }
+
+    #[test]
+    fn freshness_is_counted_from_the_fill() {
+        let e = Entry::loaded(None, 0, 1_000, Some(Duration::from_secs(5)));
+        assert_eq!((e.fresh_until_ms, e.age_ms(3_500)), (6_000, 2_500));
+        assert_eq!(entry(b"v").fresh_until_ms, u64::MAX);
     }
 }

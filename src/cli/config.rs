@@ -15,6 +15,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::group::{GroupConfig, Groups, check_groups};
 use crate::ring::RingHash;
 
 /// Shortest peer secret accepted: long enough that it cannot be guessed over the network.
@@ -159,6 +160,10 @@ pub struct Config {
     /// reaches the port can then read, poison and reconfigure the cache.
     #[arg(long, env = "GEECACHE_INSECURE_OPEN_PEER_PORT")]
     pub insecure_open_peer_port: bool,
+    /// Token that DELETE on the client API needs (Authorization: Bearer), at least 16
+    /// characters; without one, DELETE answers 403.
+    #[arg(long, env = "GEECACHE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Largest value accepted from the source or a peer, in bytes.
     #[arg(long, env = "GEECACHE_MAX_VALUE_BYTES", default_value_t = 16 << 20)]
     pub max_value_bytes: usize,
@@ -209,6 +214,10 @@ pub struct Config {
     pub emf_interval: Duration,
     #[command(flatten)]
     pub source: SourceConfig,
+    /// The operator's groups: `[[group]]` tables of the file. None: the demo groups.
+    #[arg(skip)]
+    #[serde(rename = "group", skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupConfig>,
 }
 
 /// The source of truth behind the cache (the `[source]` table of the file).
@@ -256,11 +265,10 @@ pub struct Queries {
 
 impl Default for Queries {
     fn default() -> Self {
-        use crate::cache::group::Group;
-        use crate::source::demo::default_query;
+        use crate::source::demo::{PRODUCTS_QUERY, SCORES_QUERY};
         Queries {
-            scores: default_query(Group::Scores).into(),
-            products: default_query(Group::Products).into(),
+            scores: SCORES_QUERY.into(),
+            products: PRODUCTS_QUERY.into(),
         }
     }
 }
@@ -325,10 +333,42 @@ where
 }
 
 impl Config {
+    /// Reads a config file. Its errors name the file, and for a `[[group]]` the group and
+    /// the field.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let file = path.display();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+            .map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {file}: {e}"))?;
+        let groups = table.remove("group");
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("bad config {file}: {e}"))?;
+        if let Some(groups) = groups {
+            config.groups =
+                parse_groups(groups).map_err(|e| anyhow::anyhow!("bad config {file}: {e}"))?;
+        }
+        if !config.groups.is_empty() && config.source.queries != Queries::default() {
+            anyhow::bail!(
+                "bad config {file}: [source.queries] sets the demo groups' queries; with \
+                 [[group]] tables, give each group its query instead"
+            );
+        }
+        Ok(config)
+    }
+
+    /// The node's groups: the configured ones, else the demo groups with `[source.queries]`.
+    pub fn build_groups(&self) -> anyhow::Result<Groups> {
+        if self.groups.is_empty() {
+            let q = &self.source.queries;
+            return Ok(if *q == Queries::default() {
+                Groups::demo()
+            } else {
+                Groups::demo_with(&q.scores, &q.products)
+            });
+        }
+        Ok(Groups::new(&self.groups)?)
     }
 
     /// Replaces every setting that `matches` says was given on the command line or in the
@@ -475,7 +515,14 @@ impl Config {
             _ => {}
         }
         for s in self.peer_secret.iter().chain(&self.peer_secret_accept) {
-            check_secret(s)?;
+            check_secret("peer secret", s)?;
+        }
+        if let Some(token) = &self.admin_token {
+            check_secret("admin token", token)?;
+        }
+        check_groups(&self.groups)?;
+        for g in &self.groups {
+            g.check()?;
         }
         Ok(())
     }
@@ -521,19 +568,43 @@ fn check_aws_seeds(seeds: &[String], have_aws: bool) -> anyhow::Result<()> {
     }
 }
 
-/// A peer secret goes in an HTTP header: visible ASCII, no spaces, long enough.
-fn check_secret(s: &str) -> anyhow::Result<()> {
+/// A secret goes in an HTTP header: visible ASCII, no spaces, long enough.
+fn check_secret(what: &str, s: &str) -> anyhow::Result<()> {
     if s.len() < MIN_SECRET_BYTES {
         anyhow::bail!(
-            "the peer secret is {} characters; it must have at least {MIN_SECRET_BYTES} \
+            "the {what} is {} characters; it must have at least {MIN_SECRET_BYTES} \
              (e.g. `openssl rand -hex 32`, or `geecache secret init FILE`)",
             s.len()
         );
     }
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
-        anyhow::bail!("the peer secret must be printable ASCII without spaces");
+        anyhow::bail!("the {what} must be printable ASCII without spaces");
     }
     Ok(())
+}
+
+/// The `[[group]]` tables, each read with the path of a field that fails, then checked.
+fn parse_groups(groups: toml::Value) -> anyhow::Result<Vec<GroupConfig>> {
+    let toml::Value::Array(tables) = groups else {
+        anyhow::bail!("`group` must be an array of tables: write [[group]]");
+    };
+    let mut out = Vec::with_capacity(tables.len());
+    for (i, table) in tables.into_iter().enumerate() {
+        let name = table
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map_or_else(|| format!("#{}", i + 1), |n| format!("{n:?}"));
+        let group: GroupConfig = serde_path_to_error::deserialize(table).map_err(|e| {
+            match e.path().to_string().as_str() {
+                "" | "." => anyhow::anyhow!("group {name}: {}", e.inner()),
+                field => anyhow::anyhow!("group {name}: field `{field}`: {}", e.inner()),
+            }
+        })?;
+        group.check()?;
+        out.push(group);
+    }
+    check_groups(&out)?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ pub struct UpArgs {
     /// Client port of the frontend.
     #[arg(long, default_value_t = 9999)]
     pub port: u16,
+    /// Peer port of the frontend (DELETEs reach its hot cache there).
+    #[arg(long, default_value_t = 8000)]
+    pub frontend_peer_port: u16,
     /// First peer port; node i uses peer_port + i.
     #[arg(long, default_value_t = 8001)]
     pub peer_port: u16,

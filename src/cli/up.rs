@@ -190,13 +190,16 @@ impl Plan {
 
     fn frontend(&self, args: &UpArgs) -> (String, Vec<String>) {
         let api = format!("127.0.0.1:{}", args.port);
+        let peer = format!("127.0.0.1:{}", args.frontend_peer_port);
         let mut a = vec![
             "--role".to_owned(),
             "frontend".to_owned(),
             "--api-addr".to_owned(),
             api.clone(),
             "--peer-addr".to_owned(),
-            "127.0.0.1:0".to_owned(),
+            peer.clone(),
+            "--self".to_owned(),
+            format!("http://{peer}"),
         ];
         a.extend(self.common.iter().cloned());
         a.extend(args.node_args.iter().cloned());

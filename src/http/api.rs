@@ -1,23 +1,41 @@
-//! The client API: `GET /api?key=K[&group=G]` and `GET /api/{group}/{key}`.
+//! The client API: `GET /api?key=K[&group=G]` and `GET /api/{group}/{key}`, and `DELETE` on
+//! both (with the admin token).
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::StatusCode;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde_json::json;
 
 use super::decode::{DecodeError, decode, query_pairs};
 use super::error::ApiError;
-use super::{AppState, get_resource, parse_group, value_response};
+use super::{AppState, get_delete_resource, reply_response};
 use crate::cache::group::Group;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(get_resource("/api", by_query))
-        .service(get_resource("/api/{group}/{key:.*}", by_path));
+    cfg.service(get_delete_resource("/api", get_by_query, delete_by_query))
+        .service(get_delete_resource(
+            "/api/{group}/{key:.*}",
+            get_by_path,
+            delete_by_path,
+        ));
 }
 
 fn bad_query(message: String) -> ApiError {
     ApiError::bad_request("bad_query", message)
 }
 
-/// `GET /api?key=K[&group=G]`; the group defaults to `scores`, as in the seed.
-async fn by_query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// An answer that never reached the cache (a malformed request, an unknown group).
+fn refused(e: ApiError) -> HttpResponse {
+    let mut res = e.error_response();
+    res.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("x-cache"),
+        actix_web::http::header::HeaderValue::from_static("MISS"),
+    );
+    res
+}
+
+/// `?key=K[&group=G]`; the group defaults to the first configured (`scores` for the demo).
+fn from_query(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
     let (mut key, mut group) = (None, None);
     for pair in query_pairs(req.query_string()) {
         let (name, value) = pair.map_err(|e| bad_query(e.to_string()))?;
@@ -32,23 +50,93 @@ async fn by_query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     }
     let key = key.ok_or_else(|| bad_query("missing parameter \"key\"".into()))?;
     let group = match group {
-        Some(name) => parse_group(&name)?,
-        None => Group::Scores,
+        Some(name) => state.group(&name)?,
+        None => state.cache.core.groups.default_group(),
     };
-    Ok(value_response(state.cache.get(group, &key).await?))
+    Ok((group, key.into_owned()))
 }
 
-/// `GET /api/{group}/{key}`: the key is the rest of the raw path, percent-decoded strictly
-/// (so `%2F` and `/` both reach the key as `/`).
-async fn by_path(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// `/api/{group}/{key}`: the key is the rest of the raw path, percent-decoded strictly (so
+/// `%2F` and `/` both reach the key as `/`).
+fn from_path(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
     let rest = req.uri().path().strip_prefix("/api/").unwrap_or_default();
     let (group, key) = rest
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request("bad_path", "expected /api/{group}/{key}"))?;
     let bad = |e: DecodeError| ApiError::bad_request("bad_path", e.to_string());
-    let group = parse_group(&decode(group, false).map_err(bad)?)?;
-    let key = decode(key, false).map_err(bad)?;
-    Ok(value_response(state.cache.get(group, &key).await?))
+    let group = state.group(&decode(group, false).map_err(bad)?)?;
+    Ok((group, decode(key, false).map_err(bad)?.into_owned()))
+}
+
+async fn get(state: &AppState, asked: Result<(Group, String), ApiError>) -> HttpResponse {
+    match asked {
+        Ok((group, key)) => reply_response(group, state.cache.get(group, &key).await),
+        Err(e) => refused(e),
+    }
+}
+
+async fn get_by_query(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    get(&state, from_query(&req, &state)).await
+}
+
+async fn get_by_path(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    get(&state, from_path(&req, &state)).await
+}
+
+/// DELETE needs the admin token: the client API is public behind the load balancer.
+fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "DELETE needs an admin token, and this node has none (--admin-token)",
+        ));
+    };
+    let given = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    if super::auth::bearer_matches(given, std::slice::from_ref(token)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "DELETE needs Authorization: Bearer <admin token>",
+        ))
+    }
+}
+
+/// Invalidates the key everywhere: 204 with `X-Geecache-Confirmed: N` when every node and
+/// frontend confirmed, else 207 with who did not.
+async fn delete(
+    req: &HttpRequest,
+    state: &AppState,
+    asked: impl FnOnce() -> Result<(Group, String), ApiError>,
+) -> HttpResponse {
+    let result = async {
+        authorize_admin(req, state)?;
+        let (group, key) = asked()?;
+        Ok::<_, ApiError>(state.cache.delete(group, &key).await?)
+    }
+    .await;
+    match result {
+        Ok(done) if done.unreachable.is_empty() => HttpResponse::NoContent()
+            .insert_header(("x-geecache-confirmed", done.confirmed.to_string()))
+            .finish(),
+        Ok(done) => HttpResponse::build(StatusCode::MULTI_STATUS).json(json!({
+            "confirmed": done.confirmed,
+            "unreachable": done.unreachable,
+            "message": "these nodes could not be told; their copies live at most --hot-ttl, \
+                        or until the owner's value is reloaded",
+        })),
+        Err(e) => refused(e),
+    }
+}
+
+async fn delete_by_query(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    delete(&req, &state, || from_query(&req, &state)).await
+}
+
+async fn delete_by_path(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    delete(&req, &state, || from_path(&req, &state)).await
 }
 
 #[cfg(test)]
@@ -64,16 +152,20 @@ mod tests {
     use crate::source::embedded::EmbeddedConfig;
 
     fn state() -> actix_web::web::Data<super::AppState> {
-        let source = EmbeddedSource::new(EmbeddedConfig {
-            products: 10,
-            latency: Duration::ZERO,
-            error_rate: 0.0,
-        });
+        let source = EmbeddedSource::new(
+            EmbeddedConfig {
+                products: 10,
+                latency: Duration::ZERO,
+                error_rate: 0.0,
+            },
+            crate::cache::group::Groups::demo(),
+        );
         let config = Config {
             insecure_open_peer_port: true,
             ..Config::default()
         };
-        actix_web::web::Data::new(build_state(&config, Arc::new(source)).unwrap())
+        let groups = crate::cache::group::Groups::demo();
+        actix_web::web::Data::new(build_state(&config, groups, Arc::new(source)).unwrap())
     }
 
     #[actix_web::test]

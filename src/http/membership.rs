@@ -21,12 +21,13 @@ use super::error::ApiError;
 use crate::actors::raft::{
     AddMember, ChangeError, Propose, RaftActor, RemoveMember, RingMembersOf, Status, Step,
 };
-use crate::cache::group::Group;
 use crate::peer::wire::{
-    CLUSTER_HEADER, RAFT_COMMAND, RAFT_INFO, RAFT_JOIN, RAFT_MEMBERS, RAFT_MESSAGES, RAFT_REMOVE,
-    RaftBatch,
+    CLUSTER_HEADER, FRONTEND_HEADER, RAFT_COMMAND, RAFT_INFO, RAFT_JOIN, RAFT_MEMBERS,
+    RAFT_MESSAGES, RAFT_REMOVE, RaftBatch,
 };
-use crate::raft::membership::{Invalid, MemberInfo, PurgeGroup, RingCommand, SetWeight, command};
+use crate::raft::membership::{
+    Invalid, MemberInfo, PurgeGroup, RingCommand, SetWeight, check_base_url, command,
+};
 
 /// How long a change may take to be applied here before the caller gets a 504.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,19 +97,31 @@ async fn messages(
 }
 
 async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let status = raft(&state)?
+    let mut status = raft(&state)?
         .send(Status)
         .await
         .map_err(|_| unavailable("raft stopped"))?;
+    status.groups_digest = state.digest.mine().to_owned();
     Ok(HttpResponse::Ok().json(status))
 }
 
-/// The agreed ring, for frontends that follow it without taking part in Raft.
-async fn members(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let ring = raft(&state)?
+/// The agreed ring, for frontends that follow it without taking part in Raft. A frontend
+/// that names its peer port is remembered, for DELETEs.
+async fn members(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut ring = raft(&state)?
         .send(RingMembersOf)
         .await
         .map_err(|_| unavailable("raft stopped"))?;
+    ring.groups_digest = state.digest.mine().to_owned();
+    let frontend = req
+        .headers()
+        .get(FRONTEND_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let Some(url) = frontend
+        && check_base_url("frontend", url).is_ok()
+    {
+        state.cache.frontends.record(url);
+    }
     Ok(HttpResponse::Ok().json(ring))
 }
 
@@ -219,13 +232,7 @@ async fn command(
         CommandBody::SetWeight { id, weight } => command::Op::SetWeight(SetWeight { id, weight }),
         CommandBody::PurgeGroup(group) => {
             // The log checks the name; only this node's config knows which groups exist.
-            Group::parse(&group).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_group",
-                    format!("unknown group {group:?}"),
-                )
-            })?;
+            state.group(&group)?;
             command::Op::PurgeGroup(PurgeGroup { group })
         }
     };

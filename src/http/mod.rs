@@ -3,6 +3,7 @@
 //! (`error`) and strict decoding (`decode`) they share.
 
 pub mod api;
+pub mod auth;
 pub mod decode;
 pub mod error;
 pub mod membership;
@@ -21,13 +22,14 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpResponse, web};
-use bytes::Bytes;
 use metrics::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use actix_web::http::header::{HeaderName, HeaderValue};
+
 use crate::actors::RaftActor;
-use crate::cache::Cache;
-use crate::cache::group::Group;
+use crate::cache::group::{Group, GroupsDigest};
+use crate::cache::{Cache, Reply};
 use crate::cli::config::Role;
 use error::ApiError;
 
@@ -74,6 +76,10 @@ pub struct AppState {
     pub role: Role,
     /// Who may use the peer port.
     pub peer_auth: peer::PeerAuth,
+    /// What DELETE on the client API needs; `None`: DELETE is refused (403).
+    pub admin_token: Option<String>,
+    /// This node's groups' digest, and whether the cluster's matches.
+    pub digest: GroupsDigest,
     pub health: Arc<Health>,
     pub metrics: PrometheusHandle,
 }
@@ -96,22 +102,39 @@ impl AppState {
     }
 }
 
-/// Parses a group name, 404 when unknown.
-pub fn parse_group(name: &str) -> Result<Group, ApiError> {
-    Group::parse(name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_group",
-            format!("unknown group {name:?} (known: scores, products)"),
-        )
-    })
+impl AppState {
+    /// Parses a group name, 404 when this node does not serve it.
+    pub fn group(&self, name: &str) -> Result<Group, ApiError> {
+        let groups = self.cache.core.groups;
+        groups.get(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_group",
+                format!("unknown group {name:?} (known: {})", groups.names()),
+            )
+        })
+    }
 }
 
-/// 200 with the raw value bytes.
-pub fn value_response(value: Bytes) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .body(value)
+/// A client API answer: 200 with the value bytes and the group's `Content-Type`, or the
+/// error's JSON; `X-Cache` on every answer, and `Age` (seconds) for what came from a cache.
+pub fn reply_response(group: Group, reply: Reply) -> HttpResponse {
+    use actix_web::ResponseError;
+    let mut res = match reply.result {
+        Ok(value) => HttpResponse::Ok()
+            .content_type(group.content_type())
+            .body(value),
+        Err(e) => ApiError::from(e).error_response(),
+    };
+    let headers = res.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-cache"),
+        HeaderValue::from_static(reply.status.as_str()),
+    );
+    if let Some(age) = reply.age_ms {
+        headers.insert(actix_web::http::header::AGE, HeaderValue::from(age / 1000));
+    }
+    res
 }
 
 thread_local! {
@@ -157,20 +180,24 @@ pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-/// A JSON 405 for a known path asked with another method than GET.
-pub async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError;
-    let mut res = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{} is not allowed here; use GET", req.method()),
-    )
-    .error_response();
-    res.headers_mut().insert(
-        actix_web::http::header::ALLOW,
-        actix_web::http::header::HeaderValue::from_static("GET, HEAD"),
-    );
-    res
+/// A JSON 405 for a known path asked with a method it does not take; `Allow` lists those.
+fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn(actix_web::HttpRequest) -> std::future::Ready<HttpResponse> + Clone {
+    move |req| {
+        use actix_web::ResponseError;
+        let mut res = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed here; use {allow}", req.method()),
+        )
+        .error_response();
+        res.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            HeaderValue::from_static(allow),
+        );
+        std::future::ready(res)
+    }
 }
 
 /// A GET-only resource, timed under its path, whose other methods get a JSON 405.
@@ -185,6 +212,27 @@ where
 {
     web::resource(path)
         .route(web::get().to(handler))
-        .default_service(web::to(method_not_allowed))
+        .default_service(web::to(method_not_allowed("GET, HEAD")))
+        .wrap(from_fn(move |req, next| timed(path, req, next)))
+}
+
+/// A resource answering GET and DELETE, timed under its path; other methods get a JSON 405.
+pub fn get_delete_resource<G, GArgs, D, DArgs>(
+    path: &'static str,
+    get: G,
+    delete: D,
+) -> impl actix_web::dev::HttpServiceFactory + 'static
+where
+    G: actix_web::Handler<GArgs>,
+    GArgs: actix_web::FromRequest + 'static,
+    G::Output: actix_web::Responder + 'static,
+    D: actix_web::Handler<DArgs>,
+    DArgs: actix_web::FromRequest + 'static,
+    D::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(get))
+        .route(web::delete().to(delete))
+        .default_service(web::to(method_not_allowed("GET, HEAD, DELETE")))
         .wrap(from_fn(move |req, next| timed(path, req, next)))
 }

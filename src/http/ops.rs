@@ -32,6 +32,9 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
         "node_id": null,
         "leader_id": null,
         "term": null,
+        "groups": state.cache.core.groups.names(),
+        "groups_digest": state.digest.mine(),
+        "groups_match": state.digest.matches(),
     });
     if let Some(raft) = &state.raft
         && let Ok(status) = raft.send(crate::actors::raft::Status).await

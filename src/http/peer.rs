@@ -14,22 +14,17 @@ use prost::Message;
 
 use super::decode::{DecodeError, decode};
 use super::error::ApiError;
-use super::{AppState, get_resource, parse_group};
+use super::{AppState, get_delete_resource};
 use crate::cache::error::LoadError;
+use crate::cache::group::Group;
 use crate::peer::wire::{DATA_PREFIX, EPOCH_HEADER, Response};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(get_resource("/_geecache/{group}/{key:.*}", get));
-}
-
-/// Compares in time independent of where the strings differ.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    cfg.service(get_delete_resource(
+        "/_geecache/{group}/{key:.*}",
+        get,
+        invalidate,
+    ));
 }
 
 /// The secrets the peer port accepts: the one nodes send, and during a rotation the others
@@ -52,27 +47,14 @@ impl PeerAuth {
 
     /// `Authorization: Bearer <secret>`, the scheme in any case (RFC 9110 §11.1).
     pub fn check(&self, header: Option<&[u8]>) -> Result<(), ApiError> {
-        let Some(accepted) = &self.0 else {
-            return Ok(());
-        };
-        let token = header.and_then(|h| {
-            let (scheme, token) = std::str::from_utf8(h).ok()?.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        // Every accepted secret is compared, so the time taken does not say which one matched.
-        let matched = token.is_some_and(|t| {
-            accepted
-                .iter()
-                .fold(false, |ok, s| same_secret(t.as_bytes(), s.as_bytes()) | ok)
-        });
-        if matched {
-            Ok(())
-        } else {
-            Err(ApiError::new(
+        match &self.0 {
+            None => Ok(()),
+            Some(accepted) if super::auth::bearer_matches(header, accepted) => Ok(()),
+            Some(_) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "peer requests need Authorization: Bearer <peer secret>",
-            ))
+            )),
         }
     }
 }
@@ -97,7 +79,9 @@ pub async fn require_secret(
     }
 }
 
-async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The group and key of a data path, `+` read as a space (GeeCache's Go client escapes keys
+/// with `url.QueryEscape`).
+fn group_and_key(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
     let rest = req
         .uri()
         .path()
@@ -107,9 +91,13 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request("bad_path", "expected /_geecache/{group}/{key}"))?;
     let bad = |e: DecodeError| ApiError::bad_request("bad_path", e.to_string());
-    let group = parse_group(&decode(group, true).map_err(bad)?)?;
-    // `+` is a space here: GeeCache's Go client escapes keys with url.QueryEscape.
-    let key = decode(key, true).map_err(bad)?;
+    let group = state.group(&decode(group, true).map_err(bad)?)?;
+    Ok((group, decode(key, true).map_err(bad)?.into_owned()))
+}
+
+/// `GET`: the value from this node's store or its own load, never forwarded.
+async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (group, key) = group_and_key(&req, &state)?;
     let theirs = req
         .headers()
         .get(EPOCH_HEADER)
@@ -128,11 +116,16 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         }
         Err(e) => return Err(e.into()),
     };
+    let loaded = hit.loaded;
     let body = Response {
-        value: hit.value,
+        value: loaded.value,
         minute_qps: hit.minute_qps,
         epoch: state.cache.core.cluster.epoch(),
         generation: hit.generation,
+        age_ms: loaded.age_ms,
+        fresh_ms: loaded.fresh_ms,
+        stale: loaded.stale,
+        content_type: group.content_type().to_owned(),
     }
     .encode_to_vec();
     Ok(HttpResponse::Ok()
@@ -140,17 +133,21 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         .body(body))
 }
 
+/// `DELETE`: drops the key from this node's stores (a DELETE on another node's client API,
+/// fanned out).
+async fn invalidate(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (group, key) = group_and_key(&req, &state)?;
+    crate::cache::group::validate_key(&key).map_err(LoadError::from)?;
+    state.cache.core.invalidate(group, &key);
+    Ok(HttpResponse::NoContent().finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"s3cret", b"s3cret"));
-        assert!(!same_secret(b"s3cre", b"s3cret"));
-        assert!(!same_secret(b"s3creT", b"s3cret"));
-        assert!(!same_secret(b"", b"s3cret"));
-    }
 
     #[test]
     fn the_scheme_is_case_insensitive_and_rotation_accepts_both() {

@@ -14,8 +14,8 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::Value;
 
 use super::wire::{
-    CLUSTER_HEADER, EPOCH_HEADER, RAFT_INFO, RAFT_MEMBERS, RAFT_MESSAGES, RaftBatch, RaftStatus,
-    Response, RingMembers, data_path,
+    CLUSTER_HEADER, EPOCH_HEADER, FRONTEND_HEADER, RAFT_INFO, RAFT_MEMBERS, RAFT_MESSAGES,
+    RaftBatch, RaftStatus, Response, RingMembers, data_path,
 };
 use crate::cache::group::Group;
 
@@ -43,6 +43,10 @@ pub struct PeerAnswer {
     pub minute_qps: f64,
     pub epoch: u64,
     pub generation: u64,
+    pub age_ms: u64,
+    pub fresh_ms: Option<u64>,
+    pub stale: bool,
+    pub content_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +146,10 @@ impl PeerClient {
                     minute_qps: r.minute_qps,
                     epoch: r.epoch,
                     generation: r.generation,
+                    age_ms: r.age_ms,
+                    fresh_ms: r.fresh_ms,
+                    stale: r.stale,
+                    content_type: r.content_type,
                 })
             }
             421 if their_epoch.is_some() => Err(PeerError::StaleEpoch(their_epoch.unwrap_or(0))),
@@ -152,6 +160,23 @@ impl PeerClient {
                 status,
                 String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
             )),
+        }
+    }
+
+    /// `DELETE {peer}/_geecache/{group}/{key}`: the peer drops the key from its stores.
+    pub async fn invalidate(&self, peer: &str, group: Group, key: &str) -> Result<(), PeerError> {
+        let res = self
+            .request(
+                reqwest::Method::DELETE,
+                format!("{peer}{}", data_path(group, key)),
+            )
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        match res.status().as_u16() {
+            204 => Ok(()),
+            s => Err(PeerError::Status(s, String::new())),
         }
     }
 
@@ -171,10 +196,18 @@ impl PeerClient {
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, PeerError> {
-        let res = self
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: String,
+        frontend: Option<&str>,
+    ) -> Result<T, PeerError> {
+        let mut req = self
             .request(reqwest::Method::GET, url)
-            .timeout(STATUS_TIMEOUT)
+            .timeout(STATUS_TIMEOUT);
+        if let Some(me) = frontend {
+            req = req.header(FRONTEND_HEADER, me);
+        }
+        let res = req
             .send()
             .await
             .map_err(|e| PeerError::Transport(e.to_string()))?;
@@ -188,12 +221,17 @@ impl PeerClient {
 
     /// `GET {peer}/_raft/info`.
     pub async fn raft_info(&self, peer: &str) -> Result<RaftStatus, PeerError> {
-        self.get_json(format!("{peer}{RAFT_INFO}")).await
+        self.get_json(format!("{peer}{RAFT_INFO}"), None).await
     }
 
-    /// `GET {peer}/_raft/members`.
-    pub async fn ring_members(&self, peer: &str) -> Result<RingMembers, PeerError> {
-        self.get_json(format!("{peer}{RAFT_MEMBERS}")).await
+    /// `GET {peer}/_raft/members`; a frontend says where its own peer port is (`frontend`).
+    pub async fn ring_members(
+        &self,
+        peer: &str,
+        frontend: Option<&str>,
+    ) -> Result<RingMembers, PeerError> {
+        self.get_json(format!("{peer}{RAFT_MEMBERS}"), frontend)
+            .await
     }
 
     /// POSTs a membership change (`path` is one of the `RAFT_*` change paths) through `via`,

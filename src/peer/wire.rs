@@ -64,6 +64,18 @@ pub struct Response {
     /// owner that has not yet applied a purge the caller has.
     #[prost(uint64, tag = "4")]
     pub generation: u64,
+    /// How long ago the owner's source answered.
+    #[prost(uint64, tag = "5")]
+    pub age_ms: u64,
+    /// How long the value stays fresh; absent: no ttl.
+    #[prost(uint64, optional, tag = "6")]
+    pub fresh_ms: Option<u64>,
+    /// The owner answered a value past its ttl (revalidating it, or its reload failed).
+    #[prost(bool, tag = "7")]
+    pub stale: bool,
+    /// The group's `Content-Type` at the owner.
+    #[prost(string, tag = "8")]
+    pub content_type: String,
 }
 
 /// A batch of raft messages on the wire: each one a protobuf-encoded `eraftpb::Message`.
@@ -105,6 +117,9 @@ pub struct RaftStatus {
     /// `leader`, `follower`, `candidate` or `precandidate`.
     pub state: String,
     pub members: Vec<MemberStatus>,
+    /// This member's digest of its group definitions.
+    #[serde(default)]
+    pub groups_digest: String,
 }
 
 /// The agreed ring (`GET /_raft/members`): what a frontend follows.
@@ -116,7 +131,14 @@ pub struct RingMembers {
     /// Purge generations by group name.
     #[serde(default)]
     pub generations: std::collections::BTreeMap<String, u64>,
+    /// The answering member's digest of its group definitions.
+    #[serde(default)]
+    pub groups_digest: String,
 }
+
+/// A frontend polling `/_raft/members` says where its peer port is, so that DELETEs reach its
+/// hot cache.
+pub const FRONTEND_HEADER: &str = "x-geecache-frontend";
 
 #[cfg(test)]
 mod tests {
@@ -138,6 +160,7 @@ mod tests {
             minute_qps: 1.5,
             epoch: 7,
             generation: 2,
+            ..Default::default()
         };
         assert_eq!(
             full.encode_to_vec(),
@@ -156,14 +179,13 @@ mod tests {
 
     #[test]
     fn paths_escape_what_would_change_meaning() {
-        assert_eq!(data_path(Group::Scores, "Tom"), "/_geecache/scores/Tom");
+        let demo = crate::cache::group::Groups::demo();
+        let (scores, products) = (demo.get("scores").unwrap(), demo.get("products").unwrap());
+        assert_eq!(data_path(scores, "Tom"), "/_geecache/scores/Tom");
         assert_eq!(
-            data_path(Group::Scores, "a b+c/d%"),
+            data_path(scores, "a b+c/d%"),
             "/_geecache/scores/a%20b%2Bc%2Fd%25"
         );
-        assert_eq!(
-            data_path(Group::Products, "€"),
-            "/_geecache/products/%E2%82%AC"
-        );
+        assert_eq!(data_path(products, "€"), "/_geecache/products/%E2%82%AC");
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::discovery::Discovery;
 use super::membership::MemberInfo;
 use crate::actors::raft::{Bootstrap, RaftActor, RemoveMember, Status};
+use crate::cache::group::GroupsDigest;
 use crate::peer::wire::{RAFT_JOIN, RAFT_REMOVE, RaftStatus};
 use crate::peer::{Changed, PeerClient};
 use crate::ring::Cluster;
@@ -35,6 +36,8 @@ pub struct MemberLoop {
     /// Where the node says that it cannot go on.
     pub fatal: mpsc::Sender<String>,
     pub data_dir: PathBuf,
+    /// Compared with the leader's now and then.
+    pub digest: GroupsDigest,
 }
 
 /// What one look at the other candidates decided.
@@ -132,7 +135,9 @@ impl MemberLoop {
 pub async fn run_member(m: MemberLoop) {
     let mut logged = false;
     let mut leaderless = 0;
+    let mut polls: u32 = 0;
     while !m.leaving.load(Ordering::SeqCst) {
+        polls = polls.wrapping_add(1);
         let Ok(status) = m.raft.send(Status).await else {
             return;
         };
@@ -148,6 +153,17 @@ pub async fn run_member(m: MemberLoop) {
         if !settled && let Step::Stop(why) = m.look(&status, &mut logged).await {
             let _ = m.fatal.send(why).await;
             return;
+        }
+        // Every 5 s: does this node carry the leader's groups?
+        if settled && polls.is_multiple_of(20) {
+            match status.leader_peer_url.as_deref() {
+                Some(leader) if status.leader_id != m.me.id => {
+                    if let Ok(info) = m.peers.raft_info(leader).await {
+                        m.digest.compare(&info.groups_digest);
+                    }
+                }
+                _ => m.digest.compare(m.digest.mine()),
+            }
         }
         tokio::time::sleep(POLL).await;
     }
@@ -207,14 +223,29 @@ pub async fn leave(raft: &Addr<RaftActor>, id: u64, peers: &PeerClient, timeout:
 }
 
 /// A frontend's view of the ring: polls members' `/_raft/members` and adopts newer epochs, of
-/// the first cluster it finds (answers from another cluster id are ignored).
-pub async fn follow_ring(cluster: Arc<Cluster>, discovery: Arc<dyn Discovery>, peers: PeerClient) {
+/// the first cluster it finds (answers from another cluster id are ignored). With a peer URL of
+/// its own (`me`), it says so, and DELETEs on the members reach it.
+pub async fn follow_ring(
+    cluster: Arc<Cluster>,
+    discovery: Arc<dyn Discovery>,
+    peers: PeerClient,
+    me: Option<String>,
+    digest: GroupsDigest,
+) {
     let mut following = String::new();
     loop {
         // Ask every candidate and adopt the newest ring any of them has: a member that lags
         // (or is cut off) must not hold the frontend back.
         let candidates = discovery.candidates().await;
-        let answers = join_all(candidates.iter().map(|c| peers.ring_members(c))).await;
+        let answers = join_all(
+            candidates
+                .iter()
+                .map(|c| peers.ring_members(c, me.as_deref())),
+        )
+        .await;
+        if let Some(theirs) = answers.iter().flatten().map(|r| &r.groups_digest).next() {
+            digest.compare(theirs);
+        }
         let newest = answers
             .into_iter()
             .flatten()

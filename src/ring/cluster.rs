@@ -6,14 +6,15 @@
 //! said its ring is stale all publish here. Publication is monotonic in the epoch, so that a
 //! late publisher can never take the node back to an older ring.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use super::{Member, Ring, RingHash};
-use crate::cache::group::Group;
+use crate::cache::group::{Group, Groups};
 use crate::raft::membership::MemberInfo;
 
 /// A ring and the epoch it belongs to.
@@ -37,18 +38,26 @@ pub struct Cluster {
     hash: RingHash,
     vnodes: usize,
     view: ArcSwap<RingView>,
+    groups: Groups,
     /// Purge generation of each group, by `Group::index`; bumped by a committed purge.
-    generations: [AtomicU64; Group::ALL.len()],
+    generations: Vec<AtomicU64>,
 }
 
 impl Cluster {
-    pub fn new(self_name: Option<&str>, hash: RingHash, vnodes: usize, ring: Ring) -> Cluster {
+    pub fn new(
+        self_name: Option<&str>,
+        groups: Groups,
+        hash: RingHash,
+        vnodes: usize,
+        ring: Ring,
+    ) -> Cluster {
         Cluster {
             self_name: self_name.map(Arc::from),
             hash,
             vnodes,
             view: ArcSwap::from_pointee(RingView { ring, epoch: 0 }),
-            generations: Default::default(),
+            groups,
+            generations: groups.all().map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -57,6 +66,7 @@ impl Cluster {
         self_url: Option<&str>,
         peers: &[String],
         holds_shard: bool,
+        groups: Groups,
         hash: RingHash,
         vnodes: usize,
     ) -> Cluster {
@@ -72,7 +82,8 @@ impl Cluster {
             Some(me) => members.retain(|m| &*m.name != me),
             None => {}
         }
-        Cluster::new(self_url, hash, vnodes, Ring::new(hash, vnodes, members))
+        let ring = Ring::new(hash, vnodes, members);
+        Cluster::new(self_url, groups, hash, vnodes, ring)
     }
 
     pub fn self_name(&self) -> Option<&str> {
@@ -103,7 +114,7 @@ impl Cluster {
             }),
         );
         // The generations first: a request that sees the new epoch also sees its purges.
-        for group in Group::ALL {
+        for group in self.groups.all() {
             let generation = generations.get(group.name()).copied().unwrap_or(0);
             self.generations[group.index()].fetch_max(generation, Ordering::SeqCst);
         }
@@ -141,9 +152,42 @@ impl Cluster {
     }
 }
 
+/// Frontends that follow this member's ring (they say so when they poll it), so that a DELETE
+/// reaches their hot caches too.
+#[derive(Default)]
+pub struct Frontends {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Frontends {
+    /// How long a frontend counts after its last poll (it polls every 500 ms).
+    const FORGET_AFTER: Duration = Duration::from_secs(10);
+
+    pub fn record(&self, peer_url: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() < 1024 || seen.contains_key(peer_url) {
+            seen.insert(peer_url.to_owned(), Instant::now());
+        }
+        seen.retain(|_, t| t.elapsed() < Self::FORGET_AFTER);
+    }
+
+    /// The frontends seen lately.
+    pub fn current(&self) -> Vec<String> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter()
+            .filter(|(_, t)| t.elapsed() < Self::FORGET_AFTER)
+            .map(|(url, _)| url.clone())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn demo() -> Groups {
+        Groups::demo()
+    }
 
     fn member(id: u64, url: &str) -> MemberInfo {
         MemberInfo {
@@ -157,8 +201,22 @@ mod tests {
     #[test]
     fn routes_by_the_ring() {
         let peers = ["http://a:8001".to_string(), "http://b:8001/".to_string()];
-        let a = Cluster::from_static(Some("http://a:8001"), &peers, true, RingHash::Crc32, 50);
-        let b = Cluster::from_static(Some("http://b:8001"), &peers, true, RingHash::Crc32, 50);
+        let a = Cluster::from_static(
+            Some("http://a:8001"),
+            &peers,
+            true,
+            demo(),
+            RingHash::Crc32,
+            50,
+        );
+        let b = Cluster::from_static(
+            Some("http://b:8001"),
+            &peers,
+            true,
+            demo(),
+            RingHash::Crc32,
+            50,
+        );
         let mut local = 0;
         for i in 0..1000 {
             let k = i.to_string();
@@ -176,27 +234,41 @@ mod tests {
 
     #[test]
     fn a_lone_node_serves_everything_and_a_frontend_nothing() {
-        let lone = Cluster::from_static(None, &[], true, RingHash::Crc32, 150);
+        let lone = Cluster::from_static(None, &[], true, demo(), RingHash::Crc32, 150);
         assert_eq!(lone.route("x"), Route::Local);
         let peers = ["http://a:8001".to_string()];
-        let front =
-            Cluster::from_static(Some("http://f:8001"), &peers, false, RingHash::Crc32, 150);
+        let front = Cluster::from_static(
+            Some("http://f:8001"),
+            &peers,
+            false,
+            demo(),
+            RingHash::Crc32,
+            150,
+        );
         assert_eq!(front.route("x"), Route::Remote("http://a:8001".into()));
     }
 
     #[test]
     fn publication_only_moves_forward_and_carries_purges() {
-        let c = Cluster::from_static(Some("http://a:8001"), &[], true, RingHash::Crc32, 10);
+        let c = Cluster::from_static(
+            Some("http://a:8001"),
+            &[],
+            true,
+            demo(),
+            RingHash::Crc32,
+            10,
+        );
         let (a, b) = (member(1, "http://a:8001"), member(2, "http://b:8001"));
         let purged = BTreeMap::from([("products".to_owned(), 2)]);
         assert!(c.publish(3, [&a, &b], &purged));
         assert_eq!((c.epoch(), c.view().ring.members().len()), (3, 2));
-        assert_eq!(c.generation(Group::Products), 2);
-        assert_eq!(c.generation(Group::Scores), 0);
+        let group = |n| demo().get(n).unwrap();
+        assert_eq!(c.generation(group("products")), 2);
+        assert_eq!(c.generation(group("scores")), 0);
         // An older ring (a late publisher) changes nothing.
         assert!(!c.publish(2, [&a], &BTreeMap::new()));
         assert_eq!((c.epoch(), c.view().ring.members().len()), (3, 2));
-        assert_eq!(c.generation(Group::Products), 2);
+        assert_eq!(c.generation(group("products")), 2);
         assert!(c.publish(4, [&a], &BTreeMap::new()));
         assert_eq!(c.view().ring.members().len(), 1);
     }

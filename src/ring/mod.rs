@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub mod cluster;
 
-pub use cluster::{Cluster, RingView, Route};
+pub use cluster::{Cluster, Frontends, RingView, Route};
 
 /// The hash that places points on the ring.
 #[derive(

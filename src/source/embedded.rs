@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::demo::{SCORES, product_id, product_value};
-use super::{Source, SourceFuture};
+use super::{PrepareFuture, Source, SourceFuture};
 use crate::cache::error::SourceError;
-use crate::cache::group::Group;
+use crate::cache::group::{Demo, Group, Groups};
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
@@ -23,26 +23,29 @@ pub struct EmbeddedConfig {
 
 pub struct EmbeddedSource {
     config: EmbeddedConfig,
+    groups: Groups,
     /// xorshift state for the error draw; a counter is enough, no need for a crypto RNG.
     draws: AtomicU64,
 }
 
 impl EmbeddedSource {
-    pub fn new(config: EmbeddedConfig) -> Arc<Self> {
+    /// Serves `groups`; only the demo groups can be served from it (see [`Source::prepare`]).
+    pub fn new(config: EmbeddedConfig, groups: Groups) -> Arc<Self> {
         Arc::new(EmbeddedSource {
             config,
+            groups,
             draws: AtomicU64::new(0x2545_F491_4F6C_DD1D),
         })
     }
 
     /// The row for a key, without latency or injected errors.
     pub fn row(&self, group: Group, key: &str) -> Option<Bytes> {
-        match group {
-            Group::Scores => SCORES
+        match group.def().demo? {
+            Demo::Scores => SCORES
                 .iter()
                 .find(|(name, _)| *name == key)
                 .map(|(_, v)| Bytes::from_static(v.as_bytes())),
-            Group::Products => product_id(key)
+            Demo::Products => product_id(key)
                 .filter(|id| (1..=self.config.products).contains(id))
                 .map(|id| Bytes::from(product_value(id).into_bytes().into_boxed_slice())),
         }
@@ -63,6 +66,20 @@ impl EmbeddedSource {
 }
 
 impl Source for Arc<EmbeddedSource> {
+    /// The embedded source has only the demo tables: any other group stops the node.
+    fn prepare(&self) -> PrepareFuture {
+        let other = self.groups.all().find(|g| g.def().demo.is_none());
+        Box::pin(async move {
+            match other {
+                Some(g) => Err(format!(
+                    "group {g}: the embedded source serves only the demo groups (scores, \
+                     products); give --source postgres and --database-url for your own tables"
+                )),
+                None => Ok(()),
+            }
+        })
+    }
+
     fn fetch(&self, group: Group, key: &str) -> SourceFuture {
         let this = Arc::clone(self);
         let key = key.to_owned();
@@ -85,32 +102,39 @@ mod tests {
     use super::*;
 
     fn source(error_rate: f64) -> Arc<EmbeddedSource> {
-        EmbeddedSource::new(EmbeddedConfig {
-            products: 100,
-            latency: Duration::ZERO,
-            error_rate,
-        })
+        EmbeddedSource::new(
+            EmbeddedConfig {
+                products: 100,
+                latency: Duration::ZERO,
+                error_rate,
+            },
+            Groups::demo(),
+        )
+    }
+
+    fn g(name: &str) -> Group {
+        Groups::demo().get(name).unwrap()
     }
 
     #[actix_rt::test]
     async fn serves_the_seed_rows() {
         let s = source(0.0);
-        assert_eq!(s.fetch(Group::Scores, "Tom").await.unwrap().unwrap(), "630");
-        assert_eq!(s.fetch(Group::Scores, "tom").await.unwrap(), None);
-        assert!(s.fetch(Group::Products, "100").await.unwrap().is_some());
-        assert_eq!(s.fetch(Group::Products, "101").await.unwrap(), None);
-        assert_eq!(s.fetch(Group::Products, "0").await.unwrap(), None);
-        assert_eq!(s.fetch(Group::Products, "abc").await.unwrap(), None);
+        assert_eq!(s.fetch(g("scores"), "Tom").await.unwrap().unwrap(), "630");
+        assert_eq!(s.fetch(g("scores"), "tom").await.unwrap(), None);
+        assert!(s.fetch(g("products"), "100").await.unwrap().is_some());
+        assert_eq!(s.fetch(g("products"), "101").await.unwrap(), None);
+        assert_eq!(s.fetch(g("products"), "0").await.unwrap(), None);
+        assert_eq!(s.fetch(g("products"), "abc").await.unwrap(), None);
     }
 
     #[actix_rt::test]
     async fn injects_errors_at_the_configured_rate() {
         let always = source(1.0);
-        assert!(always.fetch(Group::Scores, "Tom").await.is_err());
+        assert!(always.fetch(g("scores"), "Tom").await.is_err());
         let some = source(0.5);
         let mut failed = 0;
         for _ in 0..1000 {
-            failed += some.fetch(Group::Scores, "Tom").await.is_err() as u32;
+            failed += some.fetch(g("scores"), "Tom").await.is_err() as u32;
         }
         assert!((300..700).contains(&failed), "{failed} of 1000 failed");
     }

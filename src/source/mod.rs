@@ -6,6 +6,7 @@ pub mod demo;
 pub mod embedded;
 pub mod postgres;
 pub mod seed;
+pub mod values;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,10 +17,17 @@ use crate::cache::error::SourceError;
 use crate::cache::group::Group;
 
 pub type SourceFuture = Pin<Box<dyn Future<Output = Result<Option<Bytes>, SourceError>> + Send>>;
+/// What stops a node at startup (the reason, naming the group), or nothing.
+pub type PrepareFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-/// Fetches one row. `Ok(None)` means the source has no such key.
 pub trait Source: Send + Sync + 'static {
+    /// Fetches one row. `Ok(None)` means the source has no such key.
     fn fetch(&self, group: Group, key: &str) -> SourceFuture;
+
+    /// Checks at startup that every group can be served.
+    fn prepare(&self) -> PrepareFuture {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 pub use embedded::EmbeddedSource;

@@ -1,6 +1,7 @@
-//! PostgreSQL through a deadpool-postgres pool: one query per group, `$1` = the key as text.
+//! PostgreSQL through a deadpool-postgres pool: each group's query, `$1` = the key as text,
+//! prepared once per connection (tokio-postgres's statement cache), its one column read as the
+//! group's value (`source::values`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,9 +10,10 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use super::{Source, SourceFuture};
+use super::values::{self, Raw};
+use super::{PrepareFuture, Source, SourceFuture};
 use crate::cache::error::SourceError;
-use crate::cache::group::Group;
+use crate::cache::group::{Group, Groups};
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -19,21 +21,19 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
-    /// The query of each group, indexed by `Group::index`.
-    pub queries: [String; 2],
 }
 
 pub struct PostgresSource {
     pool: Pool,
-    queries: Arc<[String; 2]>,
+    groups: Groups,
     /// Client-side bound on one fetch: the statement timeout plus the wait for a connection.
     deadline: Duration,
 }
 
 impl PostgresSource {
-    /// Builds the pool. No connection is made until the first fetch, so a node starts while its
-    /// database is still coming up.
-    pub fn new(config: &PostgresConfig) -> Result<Self, SourceError> {
+    /// Builds the pool. No connection is made until the first fetch (or `prepare`), so a node
+    /// starts while its database is still coming up.
+    pub fn new(config: &PostgresConfig, groups: Groups) -> Result<Self, SourceError> {
         let mut pg: tokio_postgres::Config = config
             .url
             .parse()
@@ -61,33 +61,52 @@ impl PostgresSource {
             .map_err(|e| SourceError::Unavailable(format!("cannot build pool: {e}")))?;
         Ok(PostgresSource {
             pool,
-            queries: Arc::new(config.queries.clone()),
+            groups,
             deadline: config.statement_timeout + config.connect_timeout,
         })
     }
 
-    async fn query(
-        pool: Pool,
-        queries: Arc<[String; 2]>,
+    /// Prepares `group`'s query on `client` and checks its result: one column of a value type.
+    /// The first success tells the group its content type.
+    async fn statement(
+        client: &deadpool_postgres::Client,
         group: Group,
-        key: String,
-    ) -> Result<Option<Bytes>, SourceError> {
-        let client = pool.get().await.map_err(pool_error)?;
+    ) -> Result<(tokio_postgres::Statement, Type), SourceError> {
         let stmt = client
-            .prepare_typed_cached(&queries[group.index()], &[Type::TEXT])
+            .prepare_typed_cached(&group.def().query, &[Type::TEXT])
             .await
             .map_err(query_error)?;
+        let ty = match stmt.columns() {
+            [one] => one.type_().clone(),
+            cols => {
+                return Err(SourceError::Query(format!(
+                    "group {group}: its query returns {} columns; it must return one",
+                    cols.len()
+                )));
+            }
+        };
+        let content_type = values::content_type(&ty).ok_or_else(|| {
+            SourceError::Query(format!("group {group}: {}", values::unsupported(&ty)))
+        })?;
+        group.learn_content_type(content_type);
+        Ok((stmt, ty))
+    }
+
+    async fn query(pool: Pool, group: Group, key: String) -> Result<Option<Bytes>, SourceError> {
+        let client = pool.get().await.map_err(pool_error)?;
+        let (stmt, ty) = Self::statement(&client, group).await?;
         let row = client
             .query_opt(&stmt, &[&key])
             .await
             .map_err(query_error)?;
         let Some(row) = row else { return Ok(None) };
-        let value = if row.columns().first().map(|c| c.type_()) == Some(&Type::BYTEA) {
-            Bytes::copy_from_slice(row.try_get::<_, &[u8]>(0).map_err(query_error)?)
-        } else {
-            Bytes::copy_from_slice(row.try_get::<_, &str>(0).map_err(query_error)?.as_bytes())
-        };
-        Ok(Some(value))
+        match row.try_get::<_, Option<Raw>>(0).map_err(query_error)? {
+            // A NULL value is no value: the key is not found.
+            None => Ok(None),
+            Some(Raw(raw)) => values::to_bytes(&ty, raw)
+                .map(Some)
+                .map_err(|e| SourceError::Query(format!("group {group}: {e}"))),
+        }
     }
 }
 
@@ -116,12 +135,7 @@ fn query_error(e: tokio_postgres::Error) -> SourceError {
 
 impl Source for PostgresSource {
     fn fetch(&self, group: Group, key: &str) -> SourceFuture {
-        let fut = Self::query(
-            self.pool.clone(),
-            Arc::clone(&self.queries),
-            group,
-            key.to_owned(),
-        );
+        let fut = Self::query(self.pool.clone(), group, key.to_owned());
         let deadline = self.deadline;
         Box::pin(async move {
             tokio::time::timeout(deadline, fut)
@@ -132,6 +146,40 @@ impl Source for PostgresSource {
                         deadline.as_millis()
                     )))
                 })
+        })
+    }
+
+    /// Prepares every group's query once at startup: a query PostgreSQL rejects, or one whose
+    /// result is not one column of a value type, stops the node with the group's name. A
+    /// database that cannot be reached does not: the node starts, and its misses answer 503
+    /// until the database is back.
+    fn prepare(&self) -> PrepareFuture {
+        let (pool, groups) = (self.pool.clone(), self.groups);
+        Box::pin(async move {
+            let client = match pool.get().await {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::warn!(error = %pool_error(e), "database not reachable at startup; misses answer 503 until it is");
+                    return Ok(());
+                }
+            };
+            for group in groups.all() {
+                match Self::statement(&client, group).await {
+                    Ok(_) => {}
+                    Err(SourceError::Query(why)) if why.starts_with("group ") => return Err(why),
+                    Err(SourceError::Query(why)) => {
+                        return Err(format!(
+                            "group {group}: PostgreSQL refused its query ({}): {why}",
+                            group.def().query
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "database not reachable at startup; misses answer 503 until it is");
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
         })
     }
 }

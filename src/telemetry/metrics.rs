@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, counter};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::cache::group::Group;
+use crate::cache::group::{Group, Groups};
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -50,6 +50,12 @@ pub struct GroupCounters {
     pub server_requests: Counter,
     /// Peer fetches retried once because the owner's ring was newer.
     pub stale_epoch_retries: Counter,
+    /// Answers with a value past its ttl (stale-while-revalidate, stale-if-error).
+    pub stale_served: Counter,
+    /// Keys invalidated here (DELETE, the change feed).
+    pub invalidations: Counter,
+    /// Loads whose fill was refused: the key was invalidated, or its group purged, meanwhile.
+    pub fills_discarded: Counter,
 }
 
 impl GroupCounters {
@@ -66,26 +72,23 @@ impl GroupCounters {
             peer_errors: counter!("geecache_peer_errors_total", "group" => g),
             server_requests: counter!("geecache_server_requests_total", "group" => g),
             stale_epoch_retries: counter!("geecache_stale_epoch_retries_total", "group" => g),
+            stale_served: counter!("geecache_stale_served_total", "group" => g),
+            invalidations: counter!("geecache_invalidations_total", "group" => g),
+            fills_discarded: counter!("geecache_fills_discarded_total", "group" => g),
         }
     }
 }
 
 /// Counters of every group, indexed by `Group::index`.
 #[derive(Clone)]
-pub struct Counters([GroupCounters; 2]);
+pub struct Counters(Vec<GroupCounters>);
 
 impl Counters {
-    pub fn new() -> Self {
-        Counters(Group::ALL.map(GroupCounters::new))
+    pub fn new(groups: Groups) -> Self {
+        Counters(groups.all().map(GroupCounters::new).collect())
     }
 
     pub fn group(&self, group: Group) -> &GroupCounters {
         &self.0[group.index()]
-    }
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -127,6 +127,17 @@ resource "aws_vpc_security_group_egress_rule" "frontend_all" {
   ip_protocol       = "-1"
 }
 
+# DELETEs reach the frontends' hot caches on their peer port.
+resource "aws_vpc_security_group_ingress_rule" "frontend_peer_from_nodes" {
+  count                        = var.frontend_count > 0 ? 1 : 0
+  security_group_id            = aws_security_group.frontend[0].id
+  description                  = "peer protocol (DELETE fan-out) from nodes"
+  referenced_security_group_id = aws_security_group.nodes.id
+  ip_protocol                  = "tcp"
+  from_port                    = 8001
+  to_port                      = 8001
+}
+
 resource "aws_vpc_security_group_ingress_rule" "peer_from_frontend" {
   count                        = var.frontend_count > 0 ? 1 : 0
   security_group_id            = aws_security_group.nodes.id
@@ -395,12 +406,17 @@ resource "aws_ecs_task_definition" "frontend" {
     essential              = true
     command                = ["node", "--role", "frontend"]
     readonlyRootFilesystem = true
-    portMappings           = [{ containerPort = 9999, protocol = "tcp" }]
-    environment            = local.common_env
-    secrets                = local.secrets
-    logConfiguration       = local.logging
-    healthCheck            = local.health
-    stopTimeout            = 30
+    portMappings = [
+      { containerPort = 9999, protocol = "tcp" },
+      { containerPort = 8001, protocol = "tcp" },
+    ]
+    environment = concat(local.common_env, [
+      { name = "GEECACHE_SELF", value = "http://auto:8001" },
+    ])
+    secrets          = local.secrets
+    logConfiguration = local.logging
+    healthCheck      = local.health
+    stopTimeout      = 30
   }])
   tags = var.tags
 }
