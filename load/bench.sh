@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-quick}
 case "$mode" in quick|full) ;; *) echo "usage: load/bench.sh quick|full" >&2; exit 2 ;; esac
-cargo build --release --locked --quiet --bin geecache --example bare_handler -p geecache
-cargo build --release --locked --quiet -p geecache-load --features aws
+# One invocation, every feature (geeload's discovery timings need AWS discovery): the cache's
+# crate is compiled once for the node, the bare handler and geeload.
+cargo build --release --locked --quiet --workspace --all-features --bins --example bare_handler
 exec python3 load/suite.py "$mode"

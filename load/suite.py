@@ -11,6 +11,9 @@ table on stdout. Scenarios:
   herd       1,000 concurrent requests for one cold key over all nodes -> queries at PostgreSQL
   scale      3 -> 5 nodes under an open-loop load -> database spike, hit-rate recovery
   failover   SIGKILL of the leader under an open-loop load -> failed requests, p99, recovery
+  consistency  load/consistency.py: geeload check with faults -> stale reads, stale forever,
+             the staleness window, a hot key under write churn; pgbench writers with and
+             without the change feed
   seed       the seed talk's tests: deployment, scale-up, discovery, observability, peer latency
 
 quick: a smaller data set and one repetition (under 3 minutes; CI). full: 1,000,000 products,
@@ -21,6 +24,7 @@ import threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_hit import cpu_seconds, free_port, wrk  # noqa: E402  (the per-feature scripts' helpers)
+from consistency import scenario_consistency, writers_cost  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every node these scripts start shares this peer secret (nodes refuse to run without one).
@@ -32,9 +36,11 @@ BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
 
 MODES = {
     "quick": dict(products=100_000, zipf_requests=300_000, hit_rounds=2, hit_secs=3,
-                  rate=4000, event_run_secs=18, scale_run_secs=18, event_at=6, reps=1),
+                  rate=4000, event_run_secs=18, scale_run_secs=18, event_at=6, reps=1,
+                  check_secs=8, probes=50, hot_secs=4, pgbench_secs=4, pgbench_rounds=1),
     "full": dict(products=1_000_000, zipf_requests=3_000_000, hit_rounds=3, hit_secs=10,
-                 rate=5000, event_run_secs=40, scale_run_secs=100, event_at=10, reps=5),
+                 rate=5000, event_run_secs=40, scale_run_secs=100, event_at=10, reps=5,
+                 check_secs=30, probes=200, hot_secs=10, pgbench_secs=15, pgbench_rounds=3),
 }
 HERD = 1000
 CACHE_FRACTION = 0.10
@@ -138,6 +144,10 @@ class Pg:
     def product_queries(self):
         return int(self.psql("geecache", "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
                                          "WHERE query LIKE '%FROM products%'"))
+
+    def restart(self):
+        self.run(["pg_ctl", "-D", f"{self.dir}/data", "-w", "-m", "fast", "-l",
+                  f"{self.dir}/server.log", "restart"])
 
     def stop(self):
         subprocess.run((["runuser", "-u", "postgres", "--"] if self.root else []) +
@@ -594,6 +604,12 @@ def main():
         log("scenario 3: thundering herd")
         report["herd"] = scenario_herd(m, cl, [1, 2, 3], work)
 
+        log("scenario 6: consistency checker, with faults (feed connections killed, a node "
+            "killed and restarted)")
+        report["consistency"] = scenario_consistency(m, cl, [1, 2, 3], work, a.mode == "full")
+        log("scenario 7: the writers' cost of the feed (pgbench, with and without)")
+        report["writers"] = writers_cost(m, pg, m["products"])
+
         log("seed: observability, inter-node latency, discovery")
         obs = observability(cl, 1)
         peer = inter_node(cl, 1)
@@ -643,7 +659,7 @@ def main():
 
 def gates(r):
     """What CI holds the quick run to: correctness outright, speed with room for noise."""
-    z = r["zipf"]
+    z, c = r["zipf"], r["consistency"]
     checks = [
         ("herd.db_queries", r["herd"]["db_queries"], "== 1", r["herd"]["db_queries"] == 1),
         ("herd.failed", r["herd"]["failed"], "== 0", r["herd"]["failed"] == 0),
@@ -654,6 +670,14 @@ def gates(r):
         ("zipf.failed", z["failed"], "== 0", z["failed"] == 0),
         ("seed.peer_get_failed", r["seed"]["inter_node_loopback"]["failed"], "== 0",
          r["seed"]["inter_node_loopback"]["failed"] == 0),
+        # The checker's goals, outright for correctness, with room for noise for speed.
+        ("consistency.stale_reads_1s", c["stale_reads"]["1s"], "== 0", c["stale_reads"]["1s"] == 0),
+        ("consistency.stale_forever", c["stale_forever"], "== 0", c["stale_forever"] == 0),
+        ("consistency.window_p99_ms", round(c["staleness_window_ms"]["p99"], 2), "<= 100",
+         c["staleness_window_ms"]["p99"] <= 100),
+        ("consistency.hot_loads_per_write", round(c["hot_key"]["loads_per_write"], 3), "<= 1.5",
+         c["hot_key"]["loads_per_write"] <= 1.5),
+        ("writers.ratio", round(r["writers"]["ratio"], 3), ">= 0.5", r["writers"]["ratio"] >= 0.5),
         # The target is < 2 points; the gate leaves half a point for noise (quick runs
         # measured 1.5-1.6; counting a miss twice in moka's sketch made it 2.9).
         ("zipf.loss_points", round(z["loss_points"], 2), "< 2.5", z["loss_points"] < 2.5),
@@ -693,6 +717,18 @@ def print_summary(r):
          f"of {f['requests']:,}; p99 {fmt(f['p99_ms_before'], '.2f')} -> "
          f"{fmt(f['p99_ms_during'], '.2f')} ms; ring in {f['ring_recovery_ms']:,.0f} ms, "
          f"latency in {fmt(f['latency_recovery_ms'], ',.0f')} ms"),
+        ("consistency: stale reads at 1 s", f"{r['consistency']['stale_reads']['1s']}",
+         f"of {r['consistency']['reads']:,} reads; at 0/10/100 ms: "
+         f"{r['consistency']['stale_reads']['0ms']}/{r['consistency']['stale_reads']['10ms']}/"
+         f"{r['consistency']['stale_reads']['100ms']}; {r['consistency']['reads_answered_stale']} "
+         f"answered STALE; stale forever {r['consistency']['stale_forever']}"),
+        ("consistency: staleness window p99", f"{r['consistency']['staleness_window_ms']['p99']:.2f} ms",
+         f"p50 {r['consistency']['staleness_window_ms']['p50']:.2f}, max "
+         f"{r['consistency']['staleness_window_ms']['max']:.2f} ms, commit to the last node"),
+        ("consistency: hot key loads per write", f"{r['consistency']['hot_key']['loads_per_write']:.2f}",
+         f"{r['consistency']['hot_key']['loads']:.0f} loads for {r['consistency']['hot_key']['writes']} writes"),
+        ("writers: tps with / without the feed", f"{r['writers']['ratio']:.2f}x",
+         f"{r['writers']['tps_with_feed']:,.0f} vs {r['writers']['tps_without_feed']:,.0f} tps (pgbench)"),
         ("seed: deploy", f"{s['deploy_ms']:,.0f} ms", s["deploy_source"]),
         ("seed: discovery", f"{s['discovery_ms']:.2f} ms", s["discovery_source"]),
         ("seed: metric series per node", f"{s['observability']['metric_series_per_node']}",

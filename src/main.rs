@@ -1,7 +1,7 @@
 //! The `geecache` binary: parses the command line and runs the command.
 
 use geecache::cli::{Cli, config::LogFormat};
-use geecache::cli::{ClusterCommand, Command, DbCommand, SecretCommand, tools, up};
+use geecache::cli::{ClusterCommand, Command, DbCommand, FeedCommand, SecretCommand, tools, up};
 use geecache::telemetry::init_logs;
 
 /// jemalloc keeps the RSS of a full cache close to its byte bound (glibc's per-thread arenas
@@ -67,11 +67,38 @@ fn main() -> anyhow::Result<()> {
                 progress,
             ))?;
             println!(
-                "seeded scores (3 rows) and products ({} rows) in {:.1} s",
+                "seeded scores (3 rows) and products ({} rows) in {:.1} s, change feed installed",
                 report.products,
                 report.elapsed.as_secs_f64()
             );
             Ok(())
         }
+        Command::Db {
+            command: DbCommand::Feed { command },
+        } => match command {
+            FeedCommand::Install {
+                config,
+                database_url,
+            } => {
+                let groups = match config {
+                    Some(path) => {
+                        geecache::cli::config::Config::from_file(&path)?.build_groups()?
+                    }
+                    None => geecache::cache::group::Groups::demo(),
+                };
+                let n = block_on(tools::feed_install(&database_url, groups))?;
+                println!(
+                    "change feed installed: {n} invalidate entries of {} groups",
+                    groups.len()
+                );
+                Ok(())
+            }
+            FeedCommand::Uninstall { database_url } => {
+                block_on(tools::feed_uninstall(&database_url))?;
+                println!("change feed removed");
+                Ok(())
+            }
+            FeedCommand::Status { database_url } => block_on(tools::feed_status(&database_url)),
+        },
     }
 }

@@ -16,7 +16,6 @@ use crate::actors::raft::RaftSettings;
 use crate::actors::{DbActor, LoaderActor, RaftActor, ShardActor};
 use crate::cache::group::{Groups, GroupsDigest};
 use crate::cache::hot::HotPolicy;
-use crate::cache::versions::Versions;
 use crate::cache::{Cache, Core, Loader, Stores};
 use crate::cli::config::{Config, Role, SourceKind};
 use crate::http::{self, AppState, Health};
@@ -27,9 +26,9 @@ use crate::raft::membership::MemberInfo;
 use crate::raft::node::RaftNode;
 use crate::ring::{Cluster, Frontends};
 use crate::source::embedded::EmbeddedConfig;
+use crate::source::feed::FeedSettings;
 use crate::source::postgres::PostgresConfig;
 use crate::source::{EmbeddedSource, PostgresSource, Source};
-use crate::telemetry::metrics::Counters;
 
 /// Builds the configured source for `groups` (no connection is made yet).
 pub fn build_source(config: &Config, groups: Groups) -> anyhow::Result<Arc<dyn Source>> {
@@ -76,11 +75,11 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
     // groupcache's split: the hot cache gets 1/8 of the bytes. A frontend owns no keys, so
     // all of its bytes go to the hot cache.
     let frontend = config.role == Role::Frontend;
-    Arc::new(Core {
+    let core = Core::new(
         groups,
-        stores: Stores::new(groups, config.cache_bytes, frontend, config.hot_ttl),
-        policy: HotPolicy::new(config.hot_min_qps),
-        cluster: Arc::new(Cluster::from_static(
+        Stores::new(groups, config.cache_bytes, frontend, config.hot_ttl),
+        HotPolicy::new(config.hot_min_qps),
+        Arc::new(Cluster::from_static(
             config.self_url.as_deref(),
             &config.peers,
             !frontend,
@@ -88,10 +87,17 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
             config.ring_hash,
             config.vnodes,
         )),
-        counters: Counters::new(groups),
-        versions: Versions::default(),
-        hot_ttl: config.hot_ttl,
-    })
+        config.hot_ttl,
+    );
+    core.feed.max_staleness_ms.store(
+        crate::cache::clock::ms(config.max_staleness),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    core.handoff_grace_ms.store(
+        crate::cache::clock::ms(config.handoff_grace),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Arc::new(core)
 }
 
 /// Starts the cache's actors on the current actix system: the stores' maintenance, the source,
@@ -283,6 +289,8 @@ pub struct Node {
     health: Arc<Health>,
     config: Config,
     raft: Option<RaftMember>,
+    /// For the handoff drain: the peeks this node has answered.
+    core: Arc<crate::cache::Core>,
     /// Why the node cannot go on (its data dir belongs to another cluster).
     fatal: tokio::sync::mpsc::Receiver<String>,
 }
@@ -355,6 +363,7 @@ impl Node {
         };
         state.raft = raft.as_ref().map(|(addr, _)| addr.clone());
         let state = web::Data::new(state);
+        start_feed(&config, &state);
         let servers = serve(&config, state.clone(), listeners)?;
         state.health.set_ready();
         if config.emf {
@@ -378,6 +387,7 @@ impl Node {
             health: Arc::clone(&state.health),
             config,
             raft,
+            core: Arc::clone(&state.cache.core),
             fatal,
         })
     }
@@ -401,6 +411,23 @@ impl Node {
         Ok(())
     }
 
+    /// After leaving the ring: the successors now own this node's keys and peek at it for
+    /// them; answer while they do (until 1 s passes without a peek), at most `handoff_drain`.
+    async fn handoff_drain(&self) {
+        let started = std::time::Instant::now();
+        let (mut last, mut quiet_since) = (self.core.peeks_served.load(Ordering::Relaxed), started);
+        while started.elapsed() < self.config.handoff_drain {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.core.peeks_served.load(Ordering::Relaxed);
+            if now != last {
+                (last, quiet_since) = (now, std::time::Instant::now());
+            } else if quiet_since.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+        }
+        tracing::info!(peeks = last, took = ?started.elapsed(), "handoff drain over");
+    }
+
     /// Graceful stop: leave the ring, then `/ready` says 503 for `drain_delay` (so a load
     /// balancer stops sending), then the listeners stop accepting and in-flight requests get
     /// `shutdown_timeout`.
@@ -409,6 +436,9 @@ impl Node {
             r.leaving.store(true, Ordering::SeqCst);
             let left = leave(&r.addr, r.id, &r.peers, Duration::from_secs(5)).await;
             tracing::info!(left, "left the ring");
+            if left {
+                self.handoff_drain().await;
+            }
         }
         self.health.start_draining();
         if !self.config.drain_delay.is_zero() {
@@ -416,6 +446,30 @@ impl Node {
         }
         tokio::join!(self.api.stop(true), self.peer.stop(true));
         tracing::info!("node stopped");
+    }
+}
+
+/// Follows the change feed when the source is PostgreSQL and some group has `invalidate`
+/// entries.
+fn start_feed(config: &Config, state: &AppState) {
+    let Some(url) = &config.source.database_url else {
+        return;
+    };
+    if config.source.kind != SourceKind::Postgres {
+        return;
+    }
+    let consumer = config.self_url.clone().unwrap_or_else(|| config.api_url());
+    let settings = FeedSettings {
+        database_url: url.clone(),
+        consumer: format!("{} ({})", consumer, config.role.as_str()),
+        connect_timeout: config.source.connect_timeout,
+        retention: config.feed_retention,
+    };
+    if crate::source::feed::enable(&state.cache.core) {
+        actix_rt::spawn(crate::source::feed::follow(
+            Arc::clone(&state.cache.core),
+            settings,
+        ));
     }
 }
 

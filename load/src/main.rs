@@ -7,7 +7,10 @@
 //! - `geeload replay`: the same key trace through one moka cache (the node's own `Store`), for
 //!   the hit rate a single cache of the cluster's total size would reach.
 //! - `geeload discover`: timings of the node's own discovery (DNS, Cloud Map, ECS seeds).
+//! - `geeload check`: the consistency checker (stale reads, stale forever, the staleness
+//!   window, a hot key under write churn) against nodes on PostgreSQL with the change feed.
 
+mod check;
 mod client;
 mod keys;
 mod report;
@@ -39,6 +42,9 @@ enum Command {
     Run(Box<RunArgs>),
     Replay(ReplayArgs),
     Discover(DiscoverArgs),
+    /// Writers in PostgreSQL, readers on every node: what the nodes answered that they should
+    /// not have.
+    Check(Box<check::CheckArgs>),
 }
 
 /// Sends requests and reports what the clients and the cluster saw.
@@ -138,6 +144,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Run(a) => rt.block_on(run(*a)),
+        Command::Check(a) => rt.block_on(check::check(*a)),
         Command::Replay(a) => replay(a),
         Command::Discover(a) => rt.block_on(discover(a)),
     }

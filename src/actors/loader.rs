@@ -133,12 +133,10 @@ mod tests {
     use crate::cache::error::SourceError;
     use crate::cache::group::Groups;
     use crate::cache::hot::HotPolicy;
-    use crate::cache::versions::Versions;
     use crate::cache::{Core, Stores};
     use crate::peer::{PeerClient, PeerSettings};
     use crate::ring::Cluster;
     use crate::source::{Source, SourceFuture};
-    use crate::telemetry::metrics::Counters;
     use bytes::Bytes;
 
     /// Counts fetches; answers after a delay, with an error for keys starting with "bad".
@@ -175,11 +173,11 @@ mod tests {
         });
         let db = DbActor::new(Arc::new(source.clone()), 1024).start_bounded();
         let groups = Groups::demo();
-        let core = Arc::new(Core {
+        let core = Arc::new(Core::new(
             groups,
-            stores: Stores::new(groups, 1 << 20, false, Duration::from_secs(10)),
-            policy: HotPolicy::new(10.0),
-            cluster: Arc::new(Cluster::from_static(
+            Stores::new(groups, 1 << 20, false, Duration::from_secs(10)),
+            HotPolicy::new(10.0),
+            Arc::new(Cluster::from_static(
                 None,
                 &[],
                 true,
@@ -187,10 +185,8 @@ mod tests {
                 Default::default(),
                 10,
             )),
-            counters: Counters::new(groups),
-            versions: Versions::default(),
-            hot_ttl: Duration::from_secs(10),
-        });
+            Duration::from_secs(10),
+        ));
         let settings = PeerSettings {
             timeout: Duration::from_secs(1),
             secret: None,

@@ -58,6 +58,8 @@ pub struct GroupDef {
     pub cache_bytes: Option<u64>,
     /// Which demo table the embedded source answers it from.
     pub demo: Option<Demo>,
+    /// (table, key expression) of each table whose changes invalidate the group's keys.
+    pub invalidate: Vec<(String, String)>,
 }
 
 /// A handle on a group; compares and hashes by its place.
@@ -89,6 +91,11 @@ impl Group {
     /// Sets the content type learnt from the column's type, unless one is configured.
     pub fn learn_content_type(self, content_type: &str) {
         let _ = self.0.content_type.set(content_type.to_owned());
+    }
+
+    /// Whether changes in PostgreSQL reach this group through the change feed.
+    pub fn feed_backed(self) -> bool {
+        !self.0.invalidate.is_empty()
     }
 
     /// Whether the key passes the group's `key_pattern` (no pattern: every key does).
@@ -141,17 +148,18 @@ impl Groups {
 
     /// The demo groups, `scores` and `products`, with these queries.
     pub fn demo_with(scores: &str, products: &str) -> Groups {
-        let defs = [
-            (GroupConfig::demo("scores", scores), Demo::Scores),
-            (GroupConfig::demo("products", products), Demo::Products),
-        ]
-        .into_iter()
-        .enumerate()
-        .map(|(index, (c, demo))| GroupDef {
-            demo: Some(demo),
-            ..c.build(index).expect("the demo groups are valid")
-        })
-        .collect();
+        let mut scores = GroupConfig::demo("scores", scores);
+        scores.invalidate = vec![InvalidateConfig::new("scores", "name")];
+        let mut products = GroupConfig::demo("products", products);
+        products.invalidate = vec![InvalidateConfig::new("products", "id::text")];
+        let defs = [(scores, Demo::Scores), (products, Demo::Products)]
+            .into_iter()
+            .enumerate()
+            .map(|(index, (c, demo))| GroupDef {
+                demo: Some(demo),
+                ..c.build(index).expect("the demo groups are valid")
+            })
+            .collect();
         Groups(Vec::leak(defs))
     }
 
@@ -192,8 +200,9 @@ impl Groups {
         self.all().map(Group::name).collect::<Vec<_>>().join(", ")
     }
 
-    /// A digest of the definitions (name, query, freshness, pattern, budget), so that members
-    /// can tell they serve the same groups.
+    /// A digest of the definitions (name, query, freshness, pattern, budget, invalidations),
+    /// so that members can tell they serve the same groups. Not the content type, which a
+    /// node may only learn once its database answers.
     pub fn digest(self) -> String {
         let mut text = String::new();
         for d in self.0 {
@@ -201,11 +210,11 @@ impl Groups {
                 "{}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{:?}\u{1}{:?}\u{1}{:?}\n",
                 d.name,
                 d.query,
-                d.content_type.get(),
                 d.freshness,
                 d.key_pattern.as_ref().map(regex::Regex::as_str),
                 d.cache_bytes,
                 d.demo,
+                d.invalidate,
             ));
         }
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
@@ -331,6 +340,28 @@ pub struct GroupConfig {
     pub key_pattern: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<u64>,
+    /// The tables whose changes invalidate the group's keys (the change feed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalidate: Vec<InvalidateConfig>,
+}
+
+/// `invalidate = [{ table = "users", key = "id::text" }]`: a change to a row of `table`
+/// invalidates the key that the SQL expression `key` yields over that row (over the old row
+/// and the new one, for an UPDATE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateConfig {
+    pub table: String,
+    pub key: String,
+}
+
+impl InvalidateConfig {
+    pub fn new(table: &str, key: &str) -> InvalidateConfig {
+        InvalidateConfig {
+            table: table.into(),
+            key: key.into(),
+        }
+    }
 }
 
 impl GroupConfig {
@@ -347,6 +378,7 @@ impl GroupConfig {
             negative_ttl: None,
             key_pattern: None,
             cache_bytes: None,
+            invalidate: Vec::new(),
         }
     }
 
@@ -395,6 +427,16 @@ impl GroupConfig {
         if self.cache_bytes.is_some_and(|b| b < 1024) {
             return Err(self.error("cache_bytes", "must be at least 1024"));
         }
+        for inv in &self.invalidate {
+            crate::source::feed::check_table(&inv.table)
+                .map_err(|e| self.error("invalidate", e))?;
+            if inv.key.trim().is_empty() || inv.key.contains(';') {
+                return Err(self.error(
+                    "invalidate",
+                    format!("key {:?} must be one SQL expression over the row", inv.key),
+                ));
+            }
+        }
         self.key_pattern
             .as_deref()
             .map(regex::Regex::new)
@@ -425,6 +467,11 @@ impl GroupConfig {
             key_pattern,
             cache_bytes: self.cache_bytes,
             demo: None,
+            invalidate: self
+                .invalidate
+                .iter()
+                .map(|i| (i.table.clone(), i.key.clone()))
+                .collect(),
         })
     }
 }

@@ -34,6 +34,7 @@ pub mod store;
 pub mod versions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::Addr;
@@ -45,6 +46,7 @@ use crate::actors::db::{DbActor, Fetch};
 use crate::actors::loader::{Load, LoaderActor};
 use crate::peer::{PeerClient, PeerError};
 use crate::ring::{Cluster, Route};
+use crate::source::feed::FeedState;
 use crate::telemetry::metrics::Counters;
 use error::{LoadError, SourceError};
 use group::{Group, Groups, validate_key};
@@ -196,26 +198,111 @@ pub struct Core {
     pub versions: Versions,
     /// Longest life of a copy of a key owned elsewhere.
     pub hot_ttl: Duration,
+    /// The change feed, as far as this node has followed it.
+    pub feed: FeedState,
+    /// Per group: how many times this node dropped the group's entries (the feed lost track),
+    /// and when last; entries filled before then are misses, loads begun before are not cached.
+    pub drops: Vec<AtomicU64>,
+    pub dropped_at_ms: Vec<AtomicU64>,
+    /// For how long after a ring change a new owner asks a moved key's previous owner before
+    /// the source (0: never).
+    pub handoff_grace_ms: AtomicU64,
+    /// Peeks this node answered (a leaving node drains while they come).
+    pub peeks_served: AtomicU64,
 }
 
 impl Core {
+    /// The read path's view of cores built for tests and tools: the given stores and ring.
+    pub fn new(
+        groups: Groups,
+        stores: Stores,
+        policy: HotPolicy,
+        cluster: Arc<Cluster>,
+        hot_ttl: Duration,
+    ) -> Core {
+        let per_group = || groups.all().map(|_| AtomicU64::new(0)).collect();
+        Core {
+            groups,
+            stores,
+            policy,
+            cluster,
+            counters: Counters::new(groups),
+            versions: Versions::default(),
+            hot_ttl,
+            feed: FeedState::default(),
+            drops: per_group(),
+            dropped_at_ms: per_group(),
+            handoff_grace_ms: AtomicU64::new(0),
+            peeks_served: AtomicU64::new(0),
+        }
+    }
+
+    /// Until when an entry counts as fresh: its own ttl, and for a feed-backed group no later
+    /// than the moment the node lost the feed for longer than `max_staleness`.
+    fn fresh_until(&self, group: Group, entry: &Entry) -> u64 {
+        if self.follows_feed(group) {
+            entry.fresh_until_ms.min(self.feed.deadline_ms())
+        } else {
+            entry.fresh_until_ms
+        }
+    }
+
     fn find(&self, store: &Store, group: Group, key: &str, now: u64) -> Found {
         let Some(entry) = store.get(group, key) else {
             return Found::Absent;
         };
-        if entry.generation != self.cluster.generation(group) {
-            store.remove(group, key); // purged since it was filled
+        let dropped = entry.filled_ms < self.dropped_at_ms[group.index()].load(Ordering::Acquire);
+        if dropped || entry.generation != self.cluster.generation(group) {
+            store.remove(group, key); // purged or dropped since it was filled
             return Found::Absent;
         }
-        if now < entry.fresh_until_ms {
+        let fresh_until = self.fresh_until(group, &entry);
+        if now < fresh_until {
             return Found::Fresh(entry);
         }
         let f = group.def().freshness;
         let window = clock::ms(f.stale_while_revalidate.max(f.stale_if_error));
         match entry.value {
-            Some(_) if now < entry.fresh_until_ms.saturating_add(window) => Found::Stale(entry),
+            Some(_) if now < fresh_until.saturating_add(window) => Found::Stale(entry),
             _ => Found::Absent,
         }
+    }
+
+    /// Whether changes to the group reach this node through the change feed: it has
+    /// `invalidate` entries, and the node follows the feed (a PostgreSQL source).
+    pub fn follows_feed(&self, group: Group) -> bool {
+        group.feed_backed() && self.feed.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Drops a key for a change the feed read (transaction `xid`): as [`Core::invalidate`],
+    /// and copies from owners that have not applied `xid` yet are not kept.
+    pub fn invalidate_from_feed(&self, group: Group, key: &str, xid: u64) {
+        self.versions.bump_at(group, key, xid);
+        self.stores.main(group).remove(group, key);
+        self.stores.hot(group).remove(group, key);
+        self.counters.group(group).invalidations.increment(1);
+    }
+
+    /// Whether a value from an owner that has applied the feed up to `owner_xmin` may be kept
+    /// here: for a feed-backed group, the owner must have applied the feed at least as far as
+    /// this node has (a change this node saw, or one committed before it began to follow, may
+    /// be missing from a value of an owner that lags).
+    pub fn caught_up(&self, group: Group, key: &str, owner_xmin: u64) -> bool {
+        !self.follows_feed(group)
+            || (owner_xmin > self.versions.last_xid(group, key)
+                && owner_xmin >= self.feed.applied_xmin())
+    }
+
+    /// The feed's first read: from now on the group may cache (loads begun before may not).
+    pub fn mark_followed(&self, group: Group) {
+        self.drops[group.index()].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops every entry of a group on this node (O(1): entries filled before now are misses,
+    /// loads begun before now are not cached).
+    pub fn drop_group(&self, group: Group) {
+        self.dropped_at_ms[group.index()].store(clock::now_ms() + 1, Ordering::Release);
+        self.drops[group.index()].fetch_add(1, Ordering::AcqRel);
     }
 
     /// A fresh answer in either store, for a key that was just missed (the recheck inside
@@ -224,10 +311,15 @@ impl Core {
     /// comment spells out this interleaving).
     pub fn recheck(&self, group: Group, key: &str) -> Option<LoadResult> {
         let (current, now) = (self.cluster.generation(group), clock::now_ms());
+        let dropped = self.dropped_at_ms[group.index()].load(Ordering::Acquire);
         [self.stores.main(group), self.stores.hot(group)]
             .into_iter()
             .filter_map(|s| s.recheck(group, key))
-            .find(|e| e.generation == current && now < e.fresh_until_ms)
+            .find(|e| {
+                e.generation == current
+                    && e.filled_ms >= dropped
+                    && now < self.fresh_until(group, e)
+            })
             .map(|e| {
                 let age_ms = e.age_ms(now);
                 let fresh_ms = fresh_left(&e, now);
@@ -413,6 +505,38 @@ impl Cache {
         })
     }
 
+    /// A peek (a warm handoff's question): the value this node's main store holds of the
+    /// key, fresh, without a load; `None` when it holds none.
+    pub fn peek(&self, group: Group, key: &str) -> Option<PeerHit> {
+        validate_key(key).ok()?;
+        let core = &self.core;
+        let now = clock::now_ms();
+        let hit = match core.find(core.stores.main(group), group, key, now) {
+            Found::Fresh(entry) => {
+                let (age_ms, fresh_ms) = (entry.age_ms(now), fresh_left(&entry, now));
+                entry.value.map(|value| PeerHit {
+                    loaded: Loaded {
+                        value,
+                        age_ms,
+                        fresh_ms,
+                        stale: false,
+                    },
+                    minute_qps: 0.0,
+                    generation: core.cluster.generation(group),
+                })
+            }
+            _ => None,
+        };
+        let outcome = if hit.is_some() {
+            "answered"
+        } else {
+            "not_held"
+        };
+        metrics::counter!("geecache_handoff_peeks_served_total", "outcome" => outcome).increment(1);
+        core.peeks_served.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+
     /// Joins or opens the key's flight at its loader and waits for it, up to the deadline
     /// (the flight goes on for the other waiters).
     async fn load(&self, group: Group, key: &str, local_only: bool) -> LoadResult {
@@ -485,12 +609,13 @@ pub struct Loader {
     pub max_value_bytes: usize,
 }
 
-/// Where a flight began: the group's generation and the key's version then. A fill is kept
-/// only if both are still current when the load lands.
+/// Where a flight began: the group's generation, the key's version and the group's drop count
+/// then. A fill is kept only if all are still current when the load lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Lease {
     pub generation: u64,
     pub version: u64,
+    pub drops: u64,
 }
 
 impl Loader {
@@ -507,10 +632,11 @@ impl Loader {
         Lease {
             generation: self.core.cluster.generation(group),
             version: self.core.versions.current(group, key),
+            drops: self.core.drops[group.index()].load(Ordering::Acquire),
         }
     }
 
-    /// The flight's body: from the owner, or from the source.
+    /// The flight's body: from the owner, or as the owner.
     pub async fn load(
         &self,
         group: Group,
@@ -520,11 +646,73 @@ impl Loader {
     ) -> LoadResult {
         match peer {
             Some(peer) => self.get_from_peer(group, key, &peer, lease).await,
-            None => {
-                let main = self.core.stores.main(group);
-                self.locally(group, key, main, lease).await
-            }
+            None => self.as_owner(group, key, lease).await,
         }
+    }
+
+    /// A load of a key this node owns: from its previous owner if the ring just moved it here
+    /// and that one still holds it fresh (a warm handoff), else from the source.
+    async fn as_owner(&self, group: Group, key: &str, lease: Lease) -> LoadResult {
+        if let Some(loaded) = self.handed_off(group, key, lease).await {
+            return Ok(loaded);
+        }
+        self.locally(group, key, self.core.stores.main(group), lease)
+            .await
+    }
+
+    /// Peeks at the key's previous owner (under the ring before the last change, within the
+    /// grace window), and takes its value only if it is as fresh as a load would be: within its
+    /// ttl, not from before a purge we have, and, for a feed-backed group, from an owner that
+    /// has applied every change to the key this node has seen.
+    async fn handed_off(&self, group: Group, key: &str, lease: Lease) -> Option<Loaded> {
+        let core = &self.core;
+        let grace = core.handoff_grace_ms.load(Ordering::Relaxed);
+        if grace == 0 {
+            return None;
+        }
+        let previous = core.cluster.previous_owner(key, grace)?;
+        let outcome = |o: &'static str| {
+            metrics::counter!("geecache_handoff_peeks_total", "group" => group.name(), "outcome" => o)
+                .increment(1);
+        };
+        let answer = match self.peers.peek(&previous, group, key).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => {
+                outcome("not_held");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(%previous, error = %e, "handoff peek failed");
+                outcome("failed");
+                return None;
+            }
+        };
+        let current = answer.fresh_ms.is_none_or(|f| f > 0)
+            && !answer.stale
+            && answer.generation >= lease.generation
+            && core.caught_up(group, key, answer.feed_xmin);
+        if !current {
+            outcome("refused_stale");
+            return None;
+        }
+        outcome("accepted");
+        metrics::counter!("geecache_handoff_bytes_total", "group" => group.name())
+            .increment(answer.value.len() as u64);
+        let now = clock::now_ms();
+        let loaded = Loaded {
+            value: answer.value,
+            age_ms: answer.age_ms,
+            fresh_ms: answer.fresh_ms,
+            stale: false,
+        };
+        let entry = Entry {
+            value: Some(loaded.value.clone()),
+            generation: lease.generation,
+            filled_ms: now.saturating_sub(loaded.age_ms),
+            fresh_until_ms: loaded.fresh_ms.map_or(u64::MAX, |f| now.saturating_add(f)),
+        };
+        self.populate(core.stores.main(group), group, key, entry, lease);
+        Some(loaded)
     }
 
     async fn get_from_peer(&self, group: Group, key: &str, peer: &str, lease: Lease) -> LoadResult {
@@ -551,8 +739,10 @@ impl Loader {
                     };
                     let members = core.cluster.view().ring.members().len();
                     // No copy of a stale answer, nor of one from an owner that has not yet
-                    // applied a purge we have (it may be from before it).
+                    // applied a purge, or a change from the feed, that we have (it may be
+                    // from before it).
                     let keep = !loaded.stale
+                        && core.caught_up(group, key, answer.feed_xmin)
                         && answer.generation >= lease.generation
                         && core.policy.keep(group, key, answer.minute_qps, members);
                     if keep {
@@ -572,10 +762,7 @@ impl Loader {
                     self.catch_up(&peer, theirs).await;
                     match self.peer_for(key, false) {
                         Some(owner) => peer = owner,
-                        None => {
-                            let main = core.stores.main(group);
-                            return self.locally(group, key, main, lease).await;
-                        }
+                        None => return self.as_owner(group, key, lease).await,
                     }
                 }
                 Err(e) => {
@@ -675,7 +862,10 @@ impl Loader {
     /// Caches what was loaded, unless the key was invalidated or its group purged while it
     /// loaded: a value read before a change must not outlive it (see [`versions`]).
     fn populate(&self, store: &Store, group: Group, key: &str, entry: Entry, lease: Lease) {
-        if self.lease(group, key) == lease {
+        // A feed-backed group caches nothing until the feed has been read once (`drops` > 0):
+        // a load that began before could miss a change committed before that first read.
+        let unfollowed = self.core.follows_feed(group) && lease.drops == 0;
+        if !unfollowed && self.lease(group, key) == lease {
             store.insert(group, key, entry);
         } else {
             self.core.counters.group(group).fills_discarded.increment(1);

@@ -22,30 +22,47 @@ const BUCKETS: usize = 1 << 16;
 
 pub struct Versions {
     buckets: Box<[AtomicU64]>,
+    /// The newest transaction (xid) of the change feed that invalidated a key of the bucket: a
+    /// copy from an owner that has not applied it yet is not kept.
+    last_xid: Box<[AtomicU64]>,
 }
 
 impl Default for Versions {
     fn default() -> Self {
+        let counters = || (0..BUCKETS).map(|_| AtomicU64::new(0)).collect();
         Versions {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            buckets: counters(),
+            last_xid: counters(),
         }
     }
 }
 
 impl Versions {
-    fn bucket(&self, group: Group, key: &str) -> &AtomicU64 {
+    fn bucket(&self, group: Group, key: &str) -> usize {
         let h = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), group.index() as u64);
-        &self.buckets[h as usize % BUCKETS]
+        h as usize % BUCKETS
     }
 
     /// The key's version now: record it when a load starts.
     pub fn current(&self, group: Group, key: &str) -> u64 {
-        self.bucket(group, key).load(Ordering::Acquire)
+        self.buckets[self.bucket(group, key)].load(Ordering::Acquire)
     }
 
     /// Moves the key's version forward (before its entries are removed).
     pub fn bump(&self, group: Group, key: &str) {
-        self.bucket(group, key).fetch_add(1, Ordering::AcqRel);
+        self.buckets[self.bucket(group, key)].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Moves it forward for a change of transaction `xid` from the feed.
+    pub fn bump_at(&self, group: Group, key: &str, xid: u64) {
+        let b = self.bucket(group, key);
+        self.last_xid[b].fetch_max(xid, Ordering::AcqRel);
+        self.buckets[b].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The newest feed transaction that invalidated the key (or a key sharing its bucket).
+    pub fn last_xid(&self, group: Group, key: &str) -> u64 {
+        self.last_xid[self.bucket(group, key)].load(Ordering::Acquire)
     }
 }
 

@@ -167,6 +167,26 @@ pub struct Config {
     /// Largest value accepted from the source or a peer, in bytes.
     #[arg(long, env = "GEECACHE_MAX_VALUE_BYTES", default_value_t = 16 << 20)]
     pub max_value_bytes: usize,
+    /// Values of groups with `invalidate` entries are not answered as fresh while the node has
+    /// not read the change feed for this long (the group's stale windows apply from then).
+    #[arg(long, env = "GEECACHE_MAX_STALENESS", value_parser = parse_duration, default_value = "5s")]
+    #[serde(with = "duration")]
+    pub max_staleness: Duration,
+    /// Rows of the change feed older than this are pruned even if a node has not read them
+    /// (that node then drops its feed-backed groups).
+    #[arg(long, env = "GEECACHE_FEED_RETENTION", value_parser = parse_duration, default_value = "1h")]
+    #[serde(with = "duration")]
+    pub feed_retention: Duration,
+    /// After a ring change, for this long, a new owner's miss on a key that moved asks its
+    /// previous owner before the source (a warm handoff); 0s: never.
+    #[arg(long, env = "GEECACHE_HANDOFF_GRACE", value_parser = parse_duration, default_value = "60s")]
+    #[serde(with = "duration")]
+    pub handoff_grace: Duration,
+    /// After SIGTERM and leaving the ring: answer the successors' peeks until they stop coming
+    /// (1 s without one), at most this long.
+    #[arg(long, env = "GEECACHE_HANDOFF_DRAIN", value_parser = parse_duration, default_value = "5s")]
+    #[serde(with = "duration")]
+    pub handoff_drain: Duration,
     /// Deadline of a fetch from a peer.
     #[arg(long, env = "GEECACHE_PEER_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
     #[serde(with = "duration")]

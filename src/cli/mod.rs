@@ -104,13 +104,42 @@ pub struct SecretArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Create the tables and fill them with the rows the embedded source serves.
+    /// Create the demo tables, fill them with the rows the embedded source serves, and install
+    /// the change feed for them.
     Seed {
         #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
         database_url: String,
         /// Rows of `products` (ids 1..=rows).
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+    },
+    /// The change feed that invalidates cached keys when their rows change.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedCommand {
+    /// Create (or update) the feed's schema and the triggers of every group's `invalidate`
+    /// entries; idempotent.
+    Install {
+        /// The nodes' config file (its [[group]] tables); default: the demo groups.
+        #[arg(long, env = "GEECACHE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Remove the feed: its triggers, functions and tables.
+    Uninstall {
+        #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Show each node's position and lag, and what the feed holds.
+    Status {
+        #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
     },
 }
 

@@ -158,3 +158,70 @@ pub async fn healthy(url: &str) -> bool {
         .await
         .is_ok_and(|r| r.status().is_success())
 }
+
+/// Runs SQL in one transaction on a fresh connection.
+async fn execute(database_url: &str, sql: &str) -> anyhow::Result<()> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the database")?;
+    let conn = tokio::spawn(connection);
+    let tx = client.transaction().await?;
+    tx.batch_execute(sql).await?;
+    tx.commit().await?;
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}
+
+/// `geecache db feed install`: the schema and the triggers of `groups`' `invalidate` entries.
+pub async fn feed_install(
+    database_url: &str,
+    groups: crate::cache::group::Groups,
+) -> anyhow::Result<usize> {
+    let sql = crate::source::feed::install_sql(groups).map_err(|e| anyhow::anyhow!(e))?;
+    execute(database_url, &sql)
+        .await
+        .context("installing the change feed")?;
+    Ok(groups.all().map(|g| g.def().invalidate.len()).sum())
+}
+
+/// `geecache db feed uninstall`.
+pub async fn feed_uninstall(database_url: &str) -> anyhow::Result<()> {
+    execute(database_url, crate::source::feed::UNINSTALL_SQL)
+        .await
+        .context("removing the change feed")
+}
+
+/// `geecache db feed status`: one line per node, and what the feed holds.
+pub async fn feed_status(database_url: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the database")?;
+    tokio::spawn(connection);
+    let rows = client
+        .query(crate::source::feed::STATUS_SQL, &[])
+        .await
+        .context("reading the feed (is it installed? geecache db feed install)")?;
+    let head = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM geecache.changes)::int8, \
+             (SELECT extract(epoch FROM now() - min(at)) FROM geecache.changes)::float8, \
+             (SELECT pruned_below::text FROM geecache.feed_state), \
+             pg_snapshot_xmin(pg_current_snapshot())::text",
+            &[],
+        )
+        .await?;
+    let (count, oldest, pruned, now): (i64, Option<f64>, Option<String>, String) =
+        (head.get(0), head.get(1), head.get(2), head.get(3));
+    println!(
+        "feed: {count} rows (oldest {}), pruned below xid {}, database at xid {now}",
+        oldest.map_or("-".into(), |s| format!("{s:.1} s ago")),
+        pruned.unwrap_or_else(|| "-".into())
+    );
+    println!("{:<48} {:>14} {:>12}", "NODE", "POSITION", "SEEN");
+    for r in rows {
+        let (node, position, seen): (String, String, f64) = (r.get(0), r.get(1), r.get(2));
+        println!("{node:<48} {position:>14} {:>10.1} s", seen);
+    }
+    Ok(())
+}

@@ -89,6 +89,14 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let feed = &state.cache.core.feed;
+    if feed.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+        let at = feed
+            .fresh_as_of_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        let lag = crate::cache::clock::now_ms().saturating_sub(at) as f64 / 1000.0;
+        metrics::gauge!("geecache_feed_lag_seconds").set(lag);
+    }
     state.metrics.run_upkeep();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::{AppState, get_delete_resource};
 use crate::cache::error::LoadError;
 use crate::cache::group::Group;
-use crate::peer::wire::{DATA_PREFIX, EPOCH_HEADER, Response};
+use crate::peer::wire::{DATA_PREFIX, EPOCH_HEADER, PEEK_HEADER, Response};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_delete_resource(
@@ -98,6 +98,9 @@ fn group_and_key(req: &HttpRequest, state: &AppState) -> Result<(Group, String),
 /// `GET`: the value from this node's store or its own load, never forwarded.
 async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (group, key) = group_and_key(&req, &state)?;
+    if req.headers().contains_key(PEEK_HEADER) {
+        return Ok(peek(&state, group, &key));
+    }
     let theirs = req
         .headers()
         .get(EPOCH_HEADER)
@@ -116,6 +119,24 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         }
         Err(e) => return Err(e.into()),
     };
+    Ok(answer(&state, group, hit))
+}
+
+/// A peek: what this node's store holds of the key, never a load, never forwarded.
+fn peek(state: &AppState, group: Group, key: &str) -> HttpResponse {
+    use actix_web::ResponseError;
+    match state.cache.peek(group, key) {
+        Some(hit) => answer(state, group, hit),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_held",
+            "this node holds no fresh value of the key",
+        )
+        .error_response(),
+    }
+}
+
+fn answer(state: &AppState, group: Group, hit: crate::cache::PeerHit) -> HttpResponse {
     let loaded = hit.loaded;
     let body = Response {
         value: loaded.value,
@@ -126,11 +147,12 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         fresh_ms: loaded.fresh_ms,
         stale: loaded.stale,
         content_type: group.content_type().to_owned(),
+        feed_xmin: state.cache.core.feed.applied_xmin(),
     }
     .encode_to_vec();
-    Ok(HttpResponse::Ok()
+    HttpResponse::Ok()
         .content_type("application/octet-stream")
-        .body(body))
+        .body(body)
 }
 
 /// `DELETE`: drops the key from this node's stores (a DELETE on another node's client API,

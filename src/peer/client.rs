@@ -14,8 +14,8 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::Value;
 
 use super::wire::{
-    CLUSTER_HEADER, EPOCH_HEADER, FRONTEND_HEADER, RAFT_INFO, RAFT_MEMBERS, RAFT_MESSAGES,
-    RaftBatch, RaftStatus, Response, RingMembers, data_path,
+    CLUSTER_HEADER, EPOCH_HEADER, FRONTEND_HEADER, PEEK_HEADER, RAFT_INFO, RAFT_MEMBERS,
+    RAFT_MESSAGES, RaftBatch, RaftStatus, Response, RingMembers, data_path,
 };
 use crate::cache::group::Group;
 
@@ -47,6 +47,7 @@ pub struct PeerAnswer {
     pub fresh_ms: Option<u64>,
     pub stale: bool,
     pub content_type: String,
+    pub feed_xmin: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,19 +140,7 @@ impl PeerClient {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let body = read_bounded(res, self.max_body).await?;
         match status {
-            200 => {
-                let r = Response::decode(body).map_err(|e| PeerError::Decode(e.to_string()))?;
-                Ok(PeerAnswer {
-                    value: r.value,
-                    minute_qps: r.minute_qps,
-                    epoch: r.epoch,
-                    generation: r.generation,
-                    age_ms: r.age_ms,
-                    fresh_ms: r.fresh_ms,
-                    stale: r.stale,
-                    content_type: r.content_type,
-                })
-            }
+            200 => answer(body),
             421 if their_epoch.is_some() => Err(PeerError::StaleEpoch(their_epoch.unwrap_or(0))),
             404 if !String::from_utf8_lossy(&body).contains("unknown_group") => {
                 Err(PeerError::NotFound)
@@ -160,6 +149,33 @@ impl PeerClient {
                 status,
                 String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
             )),
+        }
+    }
+
+    /// A peek (`x-geecache-peek`): what `peer` holds of the key, without making it load;
+    /// `None` when it holds nothing.
+    pub async fn peek(
+        &self,
+        peer: &str,
+        group: Group,
+        key: &str,
+    ) -> Result<Option<PeerAnswer>, PeerError> {
+        let res = self
+            .request(
+                reqwest::Method::GET,
+                format!("{peer}{}", data_path(group, key)),
+            )
+            .header(PEEK_HEADER, "1")
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        let status = res.status().as_u16();
+        let body = read_bounded(res, self.max_body).await?;
+        match status {
+            200 => answer(body).map(Some),
+            404 => Ok(None),
+            _ => Err(PeerError::Status(status, String::new())),
         }
     }
 
@@ -266,6 +282,21 @@ impl PeerClient {
         }
         Changed::Failed(421, Value::Null)
     }
+}
+
+fn answer(body: Bytes) -> Result<PeerAnswer, PeerError> {
+    let r = Response::decode(body).map_err(|e| PeerError::Decode(e.to_string()))?;
+    Ok(PeerAnswer {
+        value: r.value,
+        minute_qps: r.minute_qps,
+        epoch: r.epoch,
+        generation: r.generation,
+        age_ms: r.age_ms,
+        fresh_ms: r.fresh_ms,
+        stale: r.stale,
+        content_type: r.content_type,
+        feed_xmin: r.feed_xmin,
+    })
 }
 
 /// Reads a body of at most `max` bytes, refusing it as soon as it is known to be longer.

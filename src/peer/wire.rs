@@ -17,6 +17,10 @@ pub const EPOCH_HEADER: &str = "x-geecache-epoch";
 /// The caller's cluster id on membership calls (absent from operators' tools).
 pub const CLUSTER_HEADER: &str = "x-geecache-cluster";
 
+/// On a data fetch: only say what you hold (a warm handoff's peek): no load, no forwarding,
+/// 404 `not_held` when the key is not in your store.
+pub const PEEK_HEADER: &str = "x-geecache-peek";
+
 /// Data fetches: `GET /_geecache/{group}/{key}`.
 pub const DATA_PREFIX: &str = "/_geecache/";
 /// Raft transport: `POST` a protobuf [`RaftBatch`].
@@ -76,6 +80,9 @@ pub struct Response {
     /// The group's `Content-Type` at the owner.
     #[prost(string, tag = "8")]
     pub content_type: String,
+    /// The owner has applied every change-feed transaction below this one (0: no feed).
+    #[prost(uint64, tag = "9")]
+    pub feed_xmin: u64,
 }
 
 /// A batch of raft messages on the wire: each one a protobuf-encoded `eraftpb::Message`.

@@ -22,6 +22,10 @@ use crate::raft::membership::MemberInfo;
 pub struct RingView {
     pub ring: Ring,
     pub epoch: u64,
+    /// The ring before the last change of members, and when it changed (`clock::now_ms`): a
+    /// new owner asks a moved key's previous owner before the source (warm handoff).
+    pub previous: Option<Arc<Ring>>,
+    pub changed_ms: u64,
 }
 
 /// Where a key is served from.
@@ -55,7 +59,12 @@ impl Cluster {
             self_name: self_name.map(Arc::from),
             hash,
             vnodes,
-            view: ArcSwap::from_pointee(RingView { ring, epoch: 0 }),
+            view: ArcSwap::from_pointee(RingView {
+                ring,
+                epoch: 0,
+                previous: None,
+                changed_ms: 0,
+            }),
             groups,
             generations: groups.all().map(|_| AtomicU64::new(0)).collect(),
         }
@@ -121,16 +130,50 @@ impl Cluster {
         let mut published = false;
         self.view.rcu(|current| {
             published = epoch > current.epoch || (epoch == 0 && current.epoch == 0);
-            if published {
-                Arc::new(RingView {
-                    ring: ring.clone(),
-                    epoch,
-                })
-            } else {
-                Arc::clone(current)
+            if !published {
+                return Arc::clone(current);
             }
+            let moved = current.ring.members() != ring.members();
+            // A node's first agreed ring (epoch 0 is the ring of flags, before membership):
+            // before it, the keys it owns were the others' (it joined).
+            let before = if current.epoch == 0 || current.ring.is_empty() {
+                let others = ring
+                    .members()
+                    .iter()
+                    .filter(|m| Some(&m.name) != self.self_name.as_ref())
+                    .cloned();
+                Ring::new(self.hash, self.vnodes, others)
+            } else {
+                current.ring.clone()
+            };
+            Arc::new(RingView {
+                ring: ring.clone(),
+                epoch,
+                previous: if moved && !before.is_empty() {
+                    Some(Arc::new(before))
+                } else {
+                    current.previous.clone()
+                },
+                changed_ms: if moved {
+                    crate::cache::clock::now_ms()
+                } else {
+                    current.changed_ms
+                },
+            })
         });
         published
+    }
+
+    /// The member that owned `key` before the ring last changed, if that was less than
+    /// `grace_ms` ago and it was another member than this node.
+    pub fn previous_owner(&self, key: &str, grace_ms: u64) -> Option<Arc<str>> {
+        let view = self.view.load();
+        let previous = view.previous.as_ref()?;
+        if crate::cache::clock::now_ms() >= view.changed_ms.saturating_add(grace_ms) {
+            return None;
+        }
+        let owner = previous.owner(key)?;
+        (Some(&owner.name) != self.self_name.as_ref()).then(|| Arc::clone(&owner.name))
     }
 
     pub fn epoch(&self) -> u64 {

@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod embedded;
+pub mod feed;
 pub mod postgres;
 pub mod seed;
 pub mod values;

@@ -160,6 +160,11 @@ impl Pg {
         format!("postgres://postgres@127.0.0.1:{}/geecache", self.port)
     }
 
+    /// The URL of the same database through another port (a `Proxy`).
+    pub fn url_via(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/geecache")
+    }
+
     /// Runs SQL through psql and returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(pg_bin().join("psql"))
@@ -390,4 +395,69 @@ pub fn member_ids(view: &serde_json::Value) -> Vec<u64> {
         .unwrap_or_default();
     ids.sort_unstable();
     ids
+}
+
+/// A TCP proxy to a local port that can cut the network: while cut, nothing is forwarded in
+/// either direction and new connections hang (a partition, not a refusal).
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn to(target: u16) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cut);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let flag = Arc::clone(&flag);
+                std::thread::spawn(move || {
+                    while flag.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                        return;
+                    };
+                    let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                        let flag = Arc::clone(&flag);
+                        std::thread::spawn(move || {
+                            use std::io::{Read, Write};
+                            let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+                            let mut buf = [0u8; 16 * 1024];
+                            loop {
+                                if flag.load(Ordering::SeqCst) {
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    continue;
+                                }
+                                match from.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if to.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => break,
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    };
+                    pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                    pipe(server, client);
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
 }

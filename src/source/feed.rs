@@ -1,0 +1,547 @@
+//! The change feed: PostgreSQL tells every node (and frontend) which cached keys changed, in a
+//! way that loses nothing.
+//!
+//! **In the database** (`geecache db feed install`): for every `invalidate = [{ table, key }]`
+//! entry of a group, statement-level triggers on the table (insert, update, delete) write the
+//! changed rows' keys, computed by the entry's SQL expression over the old and the new rows, to
+//! `geecache.changes (xid, grp, key, at)`, and `NOTIFY geecache_changes`. The row carries the
+//! writing transaction's id (`pg_current_xact_id()`), and becomes visible when that transaction
+//! commits.
+//!
+//! **On a node** ([`follow`]): a connection of its own LISTENs (a wake-up only: a notification
+//! sent while disconnected is lost) and polls, at every notification and at least every
+//! `POLL_EVERY`. A poll reads, in one statement (one snapshot), the current snapshot and every
+//! row of a transaction that the previous poll's snapshot did not see as committed: its xid is
+//! at or past the previous `xmax`, or in the previous in-progress list. That is exactly the set
+//! of rows that became visible since the previous poll, whatever order their transactions
+//! committed in; so a poll after a disconnect replays everything missed, and nothing is read
+//! twice. Invalidations commute (each only drops a key and moves its version forward), so they
+//! need no order among themselves.
+//!
+//! **What can go wrong, and what the node does**: the connection is killed, PostgreSQL
+//! restarts, the network is cut: the node reconnects and its next poll replays what it missed
+//! (`geecache_feed_replays_total{cause}`). Rows were pruned before the node read them (it was
+//! away longer than the retention): it drops every entry of the feed-backed groups
+//! (`geecache_feed_drops_total{cause}`). A node restarts: its caches are empty, it starts from
+//! the current snapshot. While the node has not completed a poll for `max_staleness`, values
+//! of feed-backed groups count as expired from then (the group's stale windows apply): it does
+//! not answer them as fresh.
+//!
+//! **Pruning**: each node records how far it has read in `geecache.consumers`; one node at a
+//! time (an advisory lock) deletes the rows every consumer seen in the last minute has read,
+//! and rows older than the retention whatever the consumers, recording the bound in
+//! `geecache.feed_state.pruned_below`, which is how a node that was away finds out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::cache::Core;
+use crate::cache::clock;
+use crate::cache::group::{Group, Groups};
+
+/// The channel nodes LISTEN on.
+pub const CHANNEL: &str = "geecache_changes";
+/// A poll at least this often, notification or not (the feed's heartbeat).
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+/// A poll that takes longer than this counts as a lost connection.
+const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a node records its position (and one of them prunes).
+const RECORD_EVERY: Duration = Duration::from_secs(5);
+/// More rows than this in one poll: drop the groups instead of applying them one by one.
+const MAX_REPLAY: usize = 100_000;
+
+/// A PostgreSQL snapshot, as `pg_current_snapshot()` prints it: `xmin:xmax:xip,...`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Every transaction below it has ended.
+    pub xmin: u64,
+    /// Every transaction at or past it had not begun.
+    pub xmax: u64,
+    /// Transactions between the two that were in progress.
+    pub xip: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn parse(s: &str) -> Option<Snapshot> {
+        let mut parts = s.trim().split(':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next() {
+            Some("") | None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        Some(Snapshot { xmin, xmax, xip })
+    }
+
+    /// The oldest transaction whose rows this snapshot did not see as committed.
+    pub fn oldest_unseen(&self) -> u64 {
+        self.xip
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(self.xmax)
+            .min(self.xmax)
+    }
+}
+
+/// What a node knows about its feed, shared with the read path.
+#[derive(Debug, Default)]
+pub struct FeedState {
+    /// Whether any group is feed-backed and the node follows the feed.
+    pub enabled: AtomicBool,
+    /// When the last successful poll was sent (`clock::now_ms`): every change committed before
+    /// then has been applied.
+    pub fresh_as_of_ms: AtomicU64,
+    /// Every transaction below it has been applied (the last poll's `xmin`); 0: not following.
+    pub applied_xmin: AtomicU64,
+    /// Values of feed-backed groups are not answered as fresh past this long without a poll.
+    pub max_staleness_ms: AtomicU64,
+}
+
+impl FeedState {
+    /// The moment after which values of feed-backed groups count as expired; `u64::MAX`
+    /// while the feed is followed (or not used).
+    pub fn deadline_ms(&self) -> u64 {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return u64::MAX;
+        }
+        let fresh = self.fresh_as_of_ms.load(Ordering::Acquire);
+        let max = self.max_staleness_ms.load(Ordering::Relaxed);
+        if clock::now_ms() < fresh.saturating_add(max) {
+            u64::MAX
+        } else {
+            fresh.saturating_add(max)
+        }
+    }
+
+    pub fn applied_xmin(&self) -> u64 {
+        self.applied_xmin.load(Ordering::Acquire)
+    }
+}
+
+/// How a node follows the feed.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    pub database_url: String,
+    /// This node's name in `geecache.consumers`.
+    pub consumer: String,
+    pub connect_timeout: Duration,
+    /// Rows older than this are pruned even if a consumer has not read them.
+    pub retention: Duration,
+}
+
+/// One change: a key of a group.
+#[derive(Debug, serde::Deserialize)]
+struct Change(String, String, String, f64);
+
+/// The poll: the snapshot, the rows it made visible, and the prune bound, in one statement.
+const POLL: &str = "SELECT pg_current_snapshot()::text, \
+    (SELECT coalesce(json_agg(json_build_array(grp, key, xid::text, \
+        extract(epoch FROM clock_timestamp() - at))), '[]')::text \
+     FROM (SELECT grp, key, xid, at FROM geecache.changes \
+           WHERE xid >= $1::text::xid8 OR xid::text = ANY($2::text[]) LIMIT 100001) c), \
+    (SELECT pruned_below::text FROM geecache.feed_state)";
+
+struct Follower {
+    core: Arc<Core>,
+    settings: FeedSettings,
+    /// Group names of the feed-backed groups.
+    groups: BTreeMap<&'static str, Group>,
+    /// The previous poll's snapshot.
+    prev: Option<Snapshot>,
+    last_record: Instant,
+}
+
+impl Follower {
+    fn state(&self) -> &FeedState {
+        &self.core.feed
+    }
+
+    /// Drops every entry of the feed-backed groups (they may have missed changes).
+    fn drop_all(&self, cause: &'static str) {
+        for group in self.groups.values() {
+            self.core.drop_group(*group);
+        }
+        metrics::counter!("geecache_feed_drops_total", "cause" => cause).increment(1);
+        tracing::warn!(cause, "feed: dropped every entry of the feed-backed groups");
+    }
+
+    /// One poll on `client`; applies what it read.
+    async fn poll(&mut self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        let sent = clock::now_ms();
+        let (from, xip) = match &self.prev {
+            Some(p) => (
+                p.xmax.to_string(),
+                p.xip.iter().map(u64::to_string).collect(),
+            ),
+            // The first poll only learns where it stands.
+            None => (u64::MAX.to_string(), Vec::<String>::new()),
+        };
+        let row = client.query_one(POLL, &[&from, &xip]).await?;
+        let snap = Snapshot::parse(row.get::<_, &str>(0)).unwrap_or_default();
+        let changes: Vec<Change> = serde_json::from_str(row.get::<_, &str>(1)).unwrap_or_default();
+        let pruned_below: u64 = row
+            .get::<_, Option<&str>>(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match &self.prev {
+            // The first read: from here on, no change can be missed, and the groups may cache
+            // (a load that began before this point is not kept, see `Loader::populate`).
+            None => {
+                for group in self.groups.values() {
+                    self.core.mark_followed(*group);
+                }
+                tracing::info!(position = snap.xmin, "feed: following");
+            }
+            Some(prev) if pruned_below > prev.oldest_unseen() => self.drop_all("pruned"),
+            Some(_) if changes.len() > MAX_REPLAY => self.drop_all("too_many"),
+            Some(_) => self.apply(&changes),
+        }
+        self.prev = Some(snap.clone());
+        let state = self.state();
+        state.applied_xmin.store(snap.xmin, Ordering::Release);
+        state.fresh_as_of_ms.store(sent, Ordering::Release);
+        metrics::gauge!("geecache_feed_position").set(snap.xmin as f64);
+        Ok(())
+    }
+
+    fn apply(&self, changes: &[Change]) {
+        for Change(grp, key, xid, delay) in changes {
+            let Some(group) = self.groups.get(grp.as_str()) else {
+                continue; // another node's group
+            };
+            let xid = xid.parse().unwrap_or(0);
+            self.core.invalidate_from_feed(*group, key, xid);
+            metrics::histogram!("geecache_feed_delay_seconds").record(*delay);
+        }
+    }
+
+    /// Records this node's position; one node at a time prunes what every consumer has read.
+    async fn record(&mut self, client: &tokio_postgres::Client) {
+        if self.last_record.elapsed() < RECORD_EVERY {
+            return;
+        }
+        self.last_record = Instant::now();
+        let Some(prev) = &self.prev else { return };
+        let position = prev.oldest_unseen().to_string();
+        let retention = format!("{} milliseconds", self.settings.retention.as_millis());
+        let sql = "INSERT INTO geecache.consumers (consumer, position, updated) \
+                   VALUES ($1, $2::text::xid8, now()) \
+                   ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, updated = now()";
+        if let Err(e) = client
+            .execute(sql, &[&self.settings.consumer, &position])
+            .await
+        {
+            tracing::debug!(error = %e, "feed: could not record the position");
+            return;
+        }
+        if let Err(e) = client
+            .execute("SELECT geecache.prune($1::text::interval)", &[&retention])
+            .await
+        {
+            tracing::debug!(error = %e, "feed: prune failed");
+        }
+    }
+}
+
+/// Marks the feed followed, before the node serves: from then on, feed-backed groups cache
+/// nothing until the first poll, and are not answered as fresh past `max_staleness` without
+/// one. True when some group is feed-backed.
+pub fn enable(core: &Core) -> bool {
+    if !core.groups.all().any(Group::feed_backed) {
+        return false;
+    }
+    core.feed
+        .fresh_as_of_ms
+        .store(clock::now_ms(), Ordering::Release);
+    core.feed.enabled.store(true, Ordering::Release);
+    true
+}
+
+/// Follows the feed for the node's life, reconnecting as needed (after [`enable`]).
+pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
+    let groups: BTreeMap<&'static str, Group> = core
+        .groups
+        .all()
+        .filter(|g| g.feed_backed())
+        .map(|g| (g.name(), g))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let mut f = Follower {
+        core,
+        settings,
+        groups,
+        prev: None,
+        last_record: Instant::now() - RECORD_EVERY,
+    };
+    let mut first = true;
+    loop {
+        let cause = session(&mut f, first).await;
+        first = false;
+        metrics::counter!("geecache_feed_replays_total", "cause" => cause).increment(1);
+        tracing::warn!(
+            cause,
+            "feed: connection lost; reconnecting (the next poll replays what was missed)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One connection's life: LISTEN, then poll at every notification and every `POLL_EVERY`;
+/// returns why it ended.
+async fn session(f: &mut Follower, first: bool) -> &'static str {
+    let mut pg: tokio_postgres::Config = match f.settings.database_url.parse() {
+        Ok(pg) => pg,
+        Err(_) => return "bad_url",
+    };
+    pg.application_name("geecache-feed");
+    pg.connect_timeout(f.settings.connect_timeout);
+    let (client, mut connection) = match pg.connect(NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            if first {
+                tracing::warn!(error = %e, "feed: cannot connect yet");
+            }
+            return "connect";
+        }
+    };
+    // The connection task forwards notifications: each one only wakes the poll loop.
+    let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+    let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
+    let conn = actix_rt::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    let _ = wake_tx.try_send(());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = gone_tx.send(());
+    });
+    let end = async {
+        if client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .is_err()
+        {
+            return "listen";
+        }
+        loop {
+            match tokio::time::timeout(POLL_TIMEOUT, f.poll(&client)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let missing =
+                        e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE);
+                    if missing {
+                        tracing::error!(
+                            "feed: not installed in this database (geecache db feed install); values of feed-backed groups are not answered as fresh"
+                        );
+                        return "not_installed";
+                    }
+                    return "poll_failed";
+                }
+                Err(_) => return "poll_timeout",
+            }
+            f.record(&client).await;
+            tokio::select! {
+                _ = wake.recv() => {}
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = &mut gone => return "connection_closed",
+            }
+        }
+    };
+    let cause = end.await;
+    conn.abort();
+    if cause == "not_installed" {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    cause
+}
+
+/// The DDL of `geecache db feed install`, for `groups`.
+pub fn install_sql(groups: Groups) -> Result<String, String> {
+    let mut sql = String::from(SCHEMA);
+    let mut wanted = Vec::new();
+    for group in groups.all() {
+        for (n, (table, key)) in group.def().invalidate.iter().enumerate() {
+            check_table(table)?;
+            let alias = table.rsplit('.').next().unwrap_or(table);
+            let name = format!("geecache_{}_{n}", group.name().replace('-', "_"));
+            let lit = group.name().replace('\'', "''");
+            let keys = |rows: &str| {
+                format!(
+                    "INSERT INTO geecache.changes (grp, key) SELECT DISTINCT '{lit}', k FROM \
+                     (SELECT ({key})::text AS k FROM {rows} AS {alias}) s WHERE k IS NOT NULL;"
+                )
+            };
+            sql.push_str(&format!(
+                "CREATE OR REPLACE FUNCTION geecache.{name}_ins() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+                 BEGIN {} PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $f$;\n\
+                 CREATE OR REPLACE FUNCTION geecache.{name}_upd() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+                 BEGIN {} {} PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $f$;\n\
+                 CREATE OR REPLACE FUNCTION geecache.{name}_del() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+                 BEGIN {} PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $f$;\n\
+                 DROP TRIGGER IF EXISTS {name}_ins ON {table};\n\
+                 DROP TRIGGER IF EXISTS {name}_upd ON {table};\n\
+                 DROP TRIGGER IF EXISTS {name}_del ON {table};\n\
+                 CREATE TRIGGER {name}_ins AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows \
+                 FOR EACH STATEMENT EXECUTE FUNCTION geecache.{name}_ins();\n\
+                 CREATE TRIGGER {name}_upd AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows \
+                 FOR EACH STATEMENT EXECUTE FUNCTION geecache.{name}_upd();\n\
+                 CREATE TRIGGER {name}_del AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows \
+                 FOR EACH STATEMENT EXECUTE FUNCTION geecache.{name}_del();\n",
+                keys("new_rows"),
+                keys("old_rows"),
+                keys("new_rows"),
+                keys("old_rows"),
+            ));
+            wanted.push(format!("'{name}_ins', '{name}_upd', '{name}_del'"));
+        }
+    }
+    // Triggers of entries no longer configured go.
+    let keep = if wanted.is_empty() {
+        "''".to_owned()
+    } else {
+        wanted.join(", ")
+    };
+    sql.push_str(&format!(
+        "DO $d$ DECLARE t record; BEGIN \
+         FOR t IN SELECT tgname, tgrelid::regclass AS rel FROM pg_trigger \
+             WHERE tgname LIKE 'geecache\\_%' AND tgname NOT IN ({keep}) LOOP \
+           EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel); \
+         END LOOP; END $d$;\n"
+    ));
+    Ok(sql)
+}
+
+/// The schema, the prune function, the bookkeeping tables (idempotent).
+const SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS geecache;
+CREATE TABLE IF NOT EXISTS geecache.changes (
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    grp text NOT NULL,
+    key text NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS changes_xid ON geecache.changes (xid);
+CREATE TABLE IF NOT EXISTS geecache.consumers (
+    consumer text PRIMARY KEY,
+    position xid8 NOT NULL,
+    updated timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS geecache.feed_state (
+    id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    pruned_below xid8 NOT NULL DEFAULT '0'
+);
+INSERT INTO geecache.feed_state DEFAULT VALUES ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION geecache.prune(retention interval) RETURNS void LANGUAGE plpgsql AS $p$
+DECLARE
+    bound xid8;
+    forced xid8;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('geecache.prune')) THEN
+        RETURN;
+    END IF;
+    -- What every consumer seen in the last minute has read, and no further than what has ended.
+    SELECT least(min(position), pg_snapshot_xmin(pg_current_snapshot())) INTO bound
+        FROM geecache.consumers WHERE updated > now() - interval '1 minute';
+    -- Past the retention, whatever the consumers (a consumer that was away drops its groups).
+    SELECT max(xid) INTO forced FROM geecache.changes WHERE at < now() - retention;
+    IF forced IS NOT NULL AND (bound IS NULL OR forced >= bound) THEN
+        bound := (forced::text::numeric + 1)::text::xid8;
+    END IF;
+    IF bound IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM geecache.changes WHERE xid < bound;
+    UPDATE geecache.feed_state SET pruned_below = greatest(pruned_below, bound);
+    DELETE FROM geecache.consumers WHERE updated < now() - interval '1 day';
+END $p$;
+";
+
+/// A table name as the triggers take it: `name` or `schema.name`, plain identifiers.
+pub fn check_table(table: &str) -> Result<(), String> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let ok = match table.split_once('.') {
+        Some((schema, name)) => ident(schema) && ident(name),
+        None => ident(table),
+    };
+    ok.then_some(())
+        .ok_or_else(|| format!("{table:?} is not a table name (name or schema.name)"))
+}
+
+/// The DDL of `geecache db feed uninstall`: every trigger, function and table of the feed.
+pub const UNINSTALL_SQL: &str = "
+DO $d$ DECLARE t record; BEGIN
+  FOR t IN SELECT tgname, tgrelid::regclass AS rel FROM pg_trigger WHERE tgname LIKE 'geecache\\_%' LOOP
+    EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+  END LOOP;
+END $d$;
+DROP SCHEMA IF EXISTS geecache CASCADE;
+";
+
+/// `geecache db feed status`: the consumers, and what the table holds.
+pub const STATUS_SQL: &str = "SELECT c.consumer, c.position::text, \
+    extract(epoch FROM now() - c.updated)::float8, \
+    (SELECT count(*) FROM geecache.changes)::int8, \
+    (SELECT extract(epoch FROM now() - min(at)) FROM geecache.changes)::float8, \
+    (SELECT pruned_below::text FROM geecache.feed_state) \
+    FROM geecache.consumers c ORDER BY c.consumer";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_parse_as_postgresql_prints_them() {
+        assert_eq!(
+            Snapshot::parse("10:20:12,15"),
+            Some(Snapshot {
+                xmin: 10,
+                xmax: 20,
+                xip: vec![12, 15]
+            })
+        );
+        let idle = Snapshot::parse("752:752:").unwrap();
+        assert_eq!((idle.xip.len(), idle.oldest_unseen()), (0, 752));
+        assert_eq!(Snapshot::parse("10:20:12,15").unwrap().oldest_unseen(), 12);
+        assert_eq!(Snapshot::parse("garbage"), None);
+    }
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        for ok in ["users", "public.users", "_t1"] {
+            assert!(check_table(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "users; DROP TABLE x",
+            "a.b.c",
+            "1users",
+            "us-ers",
+            "\"users\"",
+        ] {
+            assert!(check_table(bad).is_err(), "{bad}");
+        }
+    }
+}

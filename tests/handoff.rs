@@ -1,0 +1,295 @@
+//! Warm handoff with real node processes on PostgreSQL: after a ring change, a new owner asks
+//! a moved key's previous owner before the source, and takes only values as fresh as a load.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raft::{Raft, converged};
+use common::{NodeProc, Pg, Proxy, TEST_SECRET, get};
+use geecache::ring::{Member, Ring, RingHash};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn ring(raft: &Raft, ids: &[u64]) -> Ring {
+    Ring::new(
+        RingHash::Crc32,
+        150,
+        ids.iter().map(|&id| Member::new(&raft.peer(id))),
+    )
+}
+
+/// Product keys 1..=rows whose owner is `to` under `after` and `from` under `before`.
+fn moved(raft: &Raft, before: &[u64], after: &[u64], from: u64, to: u64, rows: u64) -> Vec<String> {
+    let (b, a) = (ring(raft, before), ring(raft, after));
+    (1..=rows)
+        .map(|i| i.to_string())
+        .filter(|k| {
+            *b.owner(k).unwrap().name == *raft.peer(from)
+                && *a.owner(k).unwrap().name == *raft.peer(to)
+        })
+        .collect()
+}
+
+/// GETs `url` until it is a HIT.
+async fn warm(c: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = c.get(url).send().await.unwrap();
+        if r.headers().get("x-cache").is_some_and(|v| v == "HIT") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metric(c: &reqwest::Client, api: &str, series: &str) -> f64 {
+    let text = c
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn products_queries(pg: &Pg) -> i64 {
+    pg.calls("%FROM products%")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(2000);
+    let url = pg.url();
+    let args = ["--source", "postgres", "--database-url", &url];
+    let raft = Raft::new(3, "30s");
+    let nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, &args)).collect();
+    for n in &nodes {
+        n.wait_ready();
+    }
+    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    // Keys that will move from node 1 to node 4, cached on node 1.
+    let keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
+    assert!(keys.len() >= 20, "{} keys move", keys.len());
+    let keys = &keys[..20];
+    for k in keys {
+        warm(&c, &format!("{}/api/products/{k}", raft.api(1))).await;
+    }
+    let four = raft.start_with(4, &args);
+    four.wait_ready();
+    converged(
+        &c,
+        &raft,
+        &[1, 2, 3, 4],
+        &[1, 2, 3, 4],
+        Duration::from_secs(15),
+    )
+    .await;
+    let before = products_queries(&pg);
+    for k in keys {
+        let (s, body) = get(&c, &format!("{}/api/products/{k}", four.api)).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            body,
+            geecache::source::demo::product_value(k.parse().unwrap()).into_bytes()
+        );
+    }
+    assert_eq!(
+        products_queries(&pg),
+        before,
+        "no query: node 4 took them from node 1"
+    );
+    let accepted = metric(
+        &c,
+        &four.api,
+        "geecache_handoff_peeks_total{group=\"products\",outcome=\"accepted\"}",
+    )
+    .await;
+    assert_eq!(accepted, 20.0);
+    assert!(
+        metric(
+            &c,
+            &four.api,
+            "geecache_handoff_bytes_total{group=\"products\"}"
+        )
+        .await
+            > 0.0
+    );
+    // Now node 4's own: a HIT there.
+    let r = c
+        .get(format!("{}/api/products/{}", four.api, keys[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(2000);
+    let url = pg.url();
+    // Node 1 reads PostgreSQL (and its feed) through a proxy that can cut it off: it will
+    // still hold the old value when node 4 asks.
+    let proxy = Proxy::to(pg.port);
+    let proxied = pg.url_via(proxy.port);
+    let raft = Raft::new(3, "30s");
+    let slow = [
+        "--source",
+        "postgres",
+        "--database-url",
+        &proxied,
+        "--max-staleness",
+        "60s",
+    ];
+    let args = ["--source", "postgres", "--database-url", &url];
+    let mut nodes = vec![raft.start_with(1, &slow)];
+    nodes.extend((2..=3).map(|id| raft.start_with(id, &args)));
+    for n in &nodes {
+        n.wait_ready();
+    }
+    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    let keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
+    let key = &keys[0];
+    warm(&c, &format!("{}/api/products/{key}", raft.api(1))).await;
+    proxy.cut(true);
+    pg.psql(
+        "geecache",
+        &format!("UPDATE products SET value = 'changed' WHERE id = {key}"),
+    );
+    let four = raft.start_with(4, &args);
+    four.wait_ready();
+    converged(
+        &c,
+        &raft,
+        &[1, 2, 3, 4],
+        &[1, 2, 3, 4],
+        Duration::from_secs(15),
+    )
+    .await;
+    // Node 4 follows the feed and has seen the change; node 1 has not, and still holds the
+    // old value: node 4 refuses it and loads the new row.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, body) = get(&c, &format!("{}/api/products/{key}", four.api)).await;
+        assert_eq!(s, 200);
+        if body == b"changed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 served {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = metric(
+        &c,
+        &four.api,
+        "geecache_handoff_peeks_total{group=\"products\",outcome=\"refused_stale\"}",
+    )
+    .await;
+    assert!(refused >= 1.0, "the old value was refused");
+    proxy.cut(false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_hands_its_keys_to_its_successors() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(2000);
+    let url = pg.url();
+    let args = ["--source", "postgres", "--database-url", &url];
+    let raft = Raft::new(3, "30s");
+    let mut nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, &args)).collect();
+    for n in &nodes {
+        n.wait_ready();
+    }
+    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    // Node 3's hot keys, requested through the others.
+    let r3 = ring(&raft, &[1, 2, 3]);
+    let keys: Vec<String> = (1..=2000)
+        .map(|i: u64| i.to_string())
+        .filter(|k| *r3.owner(k).unwrap().name == *raft.peer(3))
+        .take(30)
+        .collect();
+    for k in &keys {
+        warm(&c, &format!("{}/api/products/{k}", raft.api(3))).await;
+    }
+    let before = products_queries(&pg);
+    // Under load on the survivors while node 3 leaves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (c, stop, keys) = (c.clone(), stop.clone(), keys.clone());
+        let apis = [raft.api(1), raft.api(2)];
+        async move {
+            let mut failed = 0;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let url = format!("{}/api/products/{}", apis[i % 2], keys[i % keys.len()]);
+                if get(&c, &url).await.0 != 200 {
+                    failed += 1;
+                }
+            }
+            failed
+        }
+    });
+    nodes[2].signal("TERM");
+    converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(load.await.unwrap(), 0, "no request failed");
+    let status = nodes[2].child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(
+        products_queries(&pg),
+        before,
+        "the successors served them without a query"
+    );
+    let log = nodes[2].log_text();
+    assert!(log.contains("handoff drain over"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peek_never_loads_and_never_forwards() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(100);
+    let node = NodeProc::spawn(&["--source", "postgres", "--database-url", &pg.url()]);
+    let peer = format!("http://127.0.0.1:{}", node.peer_port);
+    let peek = |key: &str| {
+        c.get(format!("{peer}/_geecache/products/{key}"))
+            .bearer_auth(TEST_SECRET)
+            .header("x-geecache-peek", "1")
+            .send()
+    };
+    let before = products_queries(&pg);
+    let r = peek("5").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("not_held"));
+    assert_eq!(
+        products_queries(&pg),
+        before,
+        "a peek of a key not held loads nothing"
+    );
+    warm(&c, &format!("{}/api/products/5", node.api)).await;
+    let r = peek("5").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    let answer = <geecache::peer::wire::Response as prost::Message>::decode(body).unwrap();
+    assert_eq!(answer.value, geecache::source::demo::product_value(5));
+}
