@@ -98,25 +98,38 @@ def pgbench_tps(pg, secs, script):
     raise SystemExit(f"pgbench printed no tps:\n{out}")
 
 
-def writers_cost(m, pg, rows):
-    """pgbench UPDATEs of products, with and without the feed, interleaved (medians)."""
+def writers_cost(m, pg, rows, consumers):
+    """pgbench UPDATEs of products, with and without the feed, interleaved (medians).
+
+    The writers' cost of the feed is measured with the nodes paused (SIGSTOP): on this 2-core
+    machine PostgreSQL, pgbench and the nodes share the cores, and the nodes' polls would be
+    counted against the triggers. The same run with the nodes following the feed is reported
+    beside it."""
     script = tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False)
     script.write(f"\\set id random(1, {rows})\n"
                  "UPDATE products SET value = 'w' || :id WHERE id = :id;\n")
     script.close()
     os.chmod(script.name, 0o644)
-    with_feed, without = [], []
+    pause = lambda sig: [p.send_signal(sig) for p in consumers]
+    with_feed, without, followed = [], [], []
     try:
         for _ in range(m["pgbench_rounds"]):
-            with_feed.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
-            subprocess.run([BIN, "db", "feed", "uninstall", "--database-url", pg.url],
-                           check=True, stdout=subprocess.DEVNULL)
-            without.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
-            subprocess.run([BIN, "db", "feed", "install", "--database-url", pg.url],
-                           check=True, stdout=subprocess.DEVNULL)
+            followed.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
+            pause(signal.SIGSTOP)
+            try:
+                with_feed.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
+                subprocess.run([BIN, "db", "feed", "uninstall", "--database-url", pg.url],
+                               check=True, stdout=subprocess.DEVNULL)
+                without.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
+                subprocess.run([BIN, "db", "feed", "install", "--database-url", pg.url],
+                               check=True, stdout=subprocess.DEVNULL)
+            finally:
+                pause(signal.SIGCONT)
     finally:
         os.unlink(script.name)
-    w, wo = statistics.median(with_feed), statistics.median(without)
+    w, wo, f = statistics.median(with_feed), statistics.median(without), statistics.median(followed)
     return {"tps_with_feed": w, "tps_without_feed": wo, "ratio": w / wo,
+            "tps_with_feed_and_nodes_following": f, "ratio_with_nodes_following": f / wo,
+            "nodes_following": len(consumers),
             "rounds": m["pgbench_rounds"], "seconds_each": m["pgbench_secs"],
             "clients": 4, "statement": "UPDATE products SET value = ... WHERE id = random"}

@@ -608,7 +608,8 @@ def main():
             "killed and restarted)")
         report["consistency"] = scenario_consistency(m, cl, [1, 2, 3], work, a.mode == "full")
         log("scenario 7: the writers' cost of the feed (pgbench, with and without)")
-        report["writers"] = writers_cost(m, pg, m["products"])
+        report["writers"] = writers_cost(m, pg, m["products"], list(cl.procs.values()))
+        wait(lambda: cl.agreed([1, 2, 3]), 30, "3 nodes agreed again after the pause")
 
         log("seed: observability, inter-node latency, discovery")
         obs = observability(cl, 1)
@@ -677,7 +678,7 @@ def gates(r):
          c["staleness_window_ms"]["p99"] <= 100),
         ("consistency.hot_loads_per_write", round(c["hot_key"]["loads_per_write"], 3), "<= 1.5",
          c["hot_key"]["loads_per_write"] <= 1.5),
-        ("writers.ratio", round(r["writers"]["ratio"], 3), ">= 0.5", r["writers"]["ratio"] >= 0.5),
+        ("writers.ratio", round(r["writers"]["ratio"], 3), ">= 0.6", r["writers"]["ratio"] >= 0.6),
         # The target is < 2 points; the gate leaves half a point for noise (quick runs
         # measured 1.5-1.6; counting a miss twice in moka's sketch made it 2.9).
         ("zipf.loss_points", round(z["loss_points"], 2), "< 2.5", z["loss_points"] < 2.5),
@@ -728,7 +729,9 @@ def print_summary(r):
         ("consistency: hot key loads per write", f"{r['consistency']['hot_key']['loads_per_write']:.2f}",
          f"{r['consistency']['hot_key']['loads']:.0f} loads for {r['consistency']['hot_key']['writes']} writes"),
         ("writers: tps with / without the feed", f"{r['writers']['ratio']:.2f}x",
-         f"{r['writers']['tps_with_feed']:,.0f} vs {r['writers']['tps_without_feed']:,.0f} tps (pgbench)"),
+         f"{r['writers']['tps_with_feed']:,.0f} vs {r['writers']['tps_without_feed']:,.0f} tps "
+         f"(pgbench); {r['writers']['ratio_with_nodes_following']:.2f}x with "
+         f"{r['writers']['nodes_following']} nodes following on the same cores"),
         ("seed: deploy", f"{s['deploy_ms']:,.0f} ms", s["deploy_source"]),
         ("seed: discovery", f"{s['discovery_ms']:.2f} ms", s["discovery_source"]),
         ("seed: metric series per node", f"{s['observability']['metric_series_per_node']}",

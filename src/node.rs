@@ -464,6 +464,7 @@ fn start_feed(config: &Config, state: &AppState) {
         consumer: format!("{} ({})", consumer, config.role.as_str()),
         connect_timeout: config.source.connect_timeout,
         retention: config.feed_retention,
+        poll_every: config.feed_poll,
     };
     if crate::source::feed::enable(&state.cache.core) {
         actix_rt::spawn(crate::source::feed::follow(

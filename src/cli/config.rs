@@ -172,6 +172,11 @@ pub struct Config {
     #[arg(long, env = "GEECACHE_MAX_STALENESS", value_parser = parse_duration, default_value = "5s")]
     #[serde(with = "duration")]
     pub max_staleness: Duration,
+    /// How often a node polls the change feed: its latency, and its load on PostgreSQL (a
+    /// small index probe per poll).
+    #[arg(long, env = "GEECACHE_FEED_POLL", value_parser = parse_duration, default_value = "5ms")]
+    #[serde(with = "duration")]
+    pub feed_poll: Duration,
     /// Rows of the change feed older than this are pruned even if a node has not read them
     /// (that node then drops its feed-backed groups).
     #[arg(long, env = "GEECACHE_FEED_RETENTION", value_parser = parse_duration, default_value = "1h")]
@@ -513,6 +518,9 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.source.embedded_error_rate) {
             anyhow::bail!("embedded_error_rate must be within 0.0..=1.0");
+        }
+        if self.feed_poll < Duration::from_millis(1) {
+            anyhow::bail!("--feed-poll must be at least 1ms");
         }
         if self.loader_mailbox == 0 || self.max_in_flight == 0 {
             anyhow::bail!("loader_mailbox and max_in_flight must be at least 1");

@@ -2,21 +2,21 @@
 //! way that loses nothing.
 //!
 //! **In the database** (`geecache db feed install`): for every `invalidate = [{ table, key }]`
-//! entry of a group, statement-level triggers on the table (insert, update, delete) write the
-//! changed rows' keys, computed by the entry's SQL expression over the old and the new rows, to
-//! `geecache.changes (xid, grp, key, at)`, and `NOTIFY geecache_changes`. The row carries the
-//! writing transaction's id (`pg_current_xact_id()`), and becomes visible when that transaction
-//! commits.
+//! entry of a group, row triggers on the table (insert, update, delete) write the changed row's
+//! key, computed by the entry's SQL expression over the old and the new row, to
+//! `geecache.changes (xid, grp, key, at)`. The row carries the writing transaction's id
+//! (`pg_current_xact_id()`), and becomes visible when that transaction commits. No NOTIFY: its
+//! commit-time lock cost the writers a fifth of their throughput (measured with pgbench, see
+//! the README), and a notification sent while a node is disconnected is lost anyway.
 //!
-//! **On a node** ([`follow`]): a connection of its own LISTENs (a wake-up only: a notification
-//! sent while disconnected is lost) and polls, at every notification and at least every
-//! `POLL_EVERY`. A poll reads, in one statement (one snapshot), the current snapshot and every
-//! row of a transaction that the previous poll's snapshot did not see as committed: its xid is
-//! at or past the previous `xmax`, or in the previous in-progress list. That is exactly the set
-//! of rows that became visible since the previous poll, whatever order their transactions
-//! committed in; so a poll after a disconnect replays everything missed, and nothing is read
-//! twice. Invalidations commute (each only drops a key and moves its version forward), so they
-//! need no order among themselves.
+//! **On a node** ([`follow`]): a connection of its own polls every `feed_poll` (5 ms). A poll
+//! reads, in one statement (one snapshot), the current snapshot and every row of a transaction
+//! that the previous poll's snapshot did not see as committed: its xid is at or past the
+//! previous `xmax`, or in the previous in-progress list. That is exactly the set of rows that
+//! became visible since the previous poll, whatever order their transactions committed in; so a
+//! poll after a disconnect replays everything missed, and nothing is read twice. Invalidations
+//! commute (each only drops a key and moves its version forward), so they need no order among
+//! themselves.
 //!
 //! **What can go wrong, and what the node does**: the connection is killed, PostgreSQL
 //! restarts, the network is cut: the node reconnects and its next poll replays what it missed
@@ -37,17 +37,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::NoTls;
 
 use crate::cache::Core;
 use crate::cache::clock;
 use crate::cache::group::{Group, Groups};
 
-/// The channel nodes LISTEN on.
-pub const CHANNEL: &str = "geecache_changes";
-/// A poll at least this often, notification or not (the feed's heartbeat).
-pub const POLL_EVERY: Duration = Duration::from_millis(250);
 /// A poll that takes longer than this counts as a lost connection.
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a node records its position (and one of them prunes).
@@ -136,19 +131,21 @@ pub struct FeedSettings {
     pub connect_timeout: Duration,
     /// Rows older than this are pruned even if a consumer has not read them.
     pub retention: Duration,
+    /// How often it polls (the feed's heartbeat, and its latency).
+    pub poll_every: Duration,
 }
 
-/// One change: a key of a group.
-#[derive(Debug, serde::Deserialize)]
-struct Change(String, String, String, f64);
+/// One change: a key of a group, its transaction, how long ago it was written.
+#[derive(Debug)]
+struct Change(String, String, u64, f64);
 
-/// The poll: the snapshot, the rows it made visible, and the prune bound, in one statement.
-const POLL: &str = "SELECT pg_current_snapshot()::text, \
-    (SELECT coalesce(json_agg(json_build_array(grp, key, xid::text, \
-        extract(epoch FROM clock_timestamp() - at))), '[]')::text \
-     FROM (SELECT grp, key, xid, at FROM geecache.changes \
-           WHERE xid >= $1::text::xid8 OR xid::text = ANY($2::text[]) LIMIT 100001) c), \
-    (SELECT pruned_below::text FROM geecache.feed_state)";
+/// The poll, in one statement so that it reads one snapshot: a first row with the snapshot and
+/// the prune bound, then the rows that became visible since the previous poll.
+const POLL: &str = "SELECT pg_current_snapshot()::text, (SELECT pruned_below::text FROM geecache.feed_state), \
+        NULL::text, NULL::text, NULL::float8 \
+    UNION ALL (SELECT NULL, NULL, grp, key || chr(1) || xid::text, \
+        extract(epoch FROM clock_timestamp() - at)::float8 FROM geecache.changes \
+        WHERE xid >= $1::text::xid8 OR xid = ANY($2::text[]::xid8[]) LIMIT 100001)";
 
 struct Follower {
     core: Arc<Core>,
@@ -185,13 +182,24 @@ impl Follower {
             // The first poll only learns where it stands.
             None => (u64::MAX.to_string(), Vec::<String>::new()),
         };
-        let row = client.query_one(POLL, &[&from, &xip]).await?;
-        let snap = Snapshot::parse(row.get::<_, &str>(0)).unwrap_or_default();
-        let changes: Vec<Change> = serde_json::from_str(row.get::<_, &str>(1)).unwrap_or_default();
-        let pruned_below: u64 = row
-            .get::<_, Option<&str>>(2)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let rows = client.query(POLL, &[&from, &xip]).await?;
+        let (mut snap, mut pruned_below, mut changes) = (Snapshot::default(), 0u64, Vec::new());
+        for row in &rows {
+            if let Some(s) = row.get::<_, Option<&str>>(0) {
+                snap = Snapshot::parse(s).unwrap_or_default();
+                pruned_below = row
+                    .get::<_, Option<&str>>(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                continue;
+            }
+            let (grp, key_xid): (String, String) = (row.get(2), row.get(3));
+            let Some((key, xid)) = key_xid.rsplit_once('\u{1}') else {
+                continue;
+            };
+            let age: f64 = row.get::<_, Option<f64>>(4).unwrap_or(0.0);
+            changes.push(Change(grp, key.to_owned(), xid.parse().unwrap_or(0), age));
+        }
         match &self.prev {
             // The first read: from here on, no change can be missed, and the groups may cache
             // (a load that began before this point is not kept, see `Loader::populate`).
@@ -218,8 +226,7 @@ impl Follower {
             let Some(group) = self.groups.get(grp.as_str()) else {
                 continue; // another node's group
             };
-            let xid = xid.parse().unwrap_or(0);
-            self.core.invalidate_from_feed(*group, key, xid);
+            self.core.invalidate_from_feed(*group, key, *xid);
             metrics::histogram!("geecache_feed_delay_seconds").record(*delay);
         }
     }
@@ -297,8 +304,7 @@ pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
     }
 }
 
-/// One connection's life: LISTEN, then poll at every notification and every `POLL_EVERY`;
-/// returns why it ended.
+/// One connection's life: poll every `poll_every`; returns why it ended.
 async fn session(f: &mut Follower, first: bool) -> &'static str {
     let mut pg: tokio_postgres::Config = match f.settings.database_url.parse() {
         Ok(pg) => pg,
@@ -306,7 +312,7 @@ async fn session(f: &mut Follower, first: bool) -> &'static str {
     };
     pg.application_name("geecache-feed");
     pg.connect_timeout(f.settings.connect_timeout);
-    let (client, mut connection) = match pg.connect(NoTls).await {
+    let (client, connection) = match pg.connect(NoTls).await {
         Ok(c) => c,
         Err(e) => {
             if first {
@@ -315,59 +321,29 @@ async fn session(f: &mut Follower, first: bool) -> &'static str {
             return "connect";
         }
     };
-    // The connection task forwards notifications: each one only wakes the poll loop.
-    let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
-    let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
-    let conn = actix_rt::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = wake_tx.try_send(());
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
+    let mut conn = actix_rt::spawn(connection);
+    let mut tick = tokio::time::interval(f.settings.poll_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cause = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut conn => break "connection_closed",
         }
-        let _ = gone_tx.send(());
-    });
-    let end = async {
-        if client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .is_err()
-        {
-            return "listen";
-        }
-        loop {
-            match tokio::time::timeout(POLL_TIMEOUT, f.poll(&client)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    let missing =
-                        e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE);
-                    if missing {
-                        tracing::error!(
-                            "feed: not installed in this database (geecache db feed install); values of feed-backed groups are not answered as fresh"
-                        );
-                        return "not_installed";
-                    }
-                    return "poll_failed";
-                }
-                Err(_) => return "poll_timeout",
+        match tokio::time::timeout(POLL_TIMEOUT, f.poll(&client)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                tracing::error!(
+                    "feed: not installed in this database (geecache db feed install); values of feed-backed groups are not answered as fresh"
+                );
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                break "not_installed";
             }
-            f.record(&client).await;
-            tokio::select! {
-                _ = wake.recv() => {}
-                _ = tokio::time::sleep(POLL_EVERY) => {}
-                _ = &mut gone => return "connection_closed",
-            }
+            Ok(Err(_)) => break "poll_failed",
+            Err(_) => break "poll_timeout",
         }
+        f.record(&client).await;
     };
-    let cause = end.await;
     conn.abort();
-    if cause == "not_installed" {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
     cause
 }
 
@@ -381,32 +357,42 @@ pub fn install_sql(groups: Groups) -> Result<String, String> {
             let alias = table.rsplit('.').next().unwrap_or(table);
             let name = format!("geecache_{}_{n}", group.name().replace('-', "_"));
             let lit = group.name().replace('\'', "''");
-            let keys = |rows: &str| {
+            // The key of a row, as `key` computes it over the row (aliased as the table, so
+            // that qualified column names work too); an UPDATE that changes it writes both.
+            let key_of = |row: &str, into: &str| {
+                format!("SELECT ({key})::text INTO {into} FROM (SELECT {row}.*) AS {alias};")
+            };
+            let put = |var: &str| {
                 format!(
-                    "INSERT INTO geecache.changes (grp, key) SELECT DISTINCT '{lit}', k FROM \
-                     (SELECT ({key})::text AS k FROM {rows} AS {alias}) s WHERE k IS NOT NULL;"
+                    "IF {var} IS NOT NULL THEN INSERT INTO geecache.changes (grp, key) \
+                     VALUES ('{lit}', {var}); END IF;"
                 )
             };
+            let ins = format!("{} {}", key_of("NEW", "n"), put("n"));
+            let del = format!("{} {}", key_of("OLD", "o"), put("o"));
+            let upd = format!(
+                "{} {} {} IF n IS DISTINCT FROM o THEN {} END IF;",
+                key_of("OLD", "o"),
+                key_of("NEW", "n"),
+                put("o"),
+                put("n")
+            );
             sql.push_str(&format!(
                 "CREATE OR REPLACE FUNCTION geecache.{name}_ins() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-                 BEGIN {} PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $f$;\n\
+                 DECLARE n text; BEGIN {ins} RETURN NULL; END $f$;\n\
                  CREATE OR REPLACE FUNCTION geecache.{name}_upd() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-                 BEGIN {} {} PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $f$;\n\
+                 DECLARE o text; n text; BEGIN {upd} RETURN NULL; END $f$;\n\
                  CREATE OR REPLACE FUNCTION geecache.{name}_del() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-                 BEGIN {} PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $f$;\n\
+                 DECLARE o text; BEGIN {del} RETURN NULL; END $f$;\n\
                  DROP TRIGGER IF EXISTS {name}_ins ON {table};\n\
                  DROP TRIGGER IF EXISTS {name}_upd ON {table};\n\
                  DROP TRIGGER IF EXISTS {name}_del ON {table};\n\
-                 CREATE TRIGGER {name}_ins AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows \
-                 FOR EACH STATEMENT EXECUTE FUNCTION geecache.{name}_ins();\n\
-                 CREATE TRIGGER {name}_upd AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows \
-                 FOR EACH STATEMENT EXECUTE FUNCTION geecache.{name}_upd();\n\
-                 CREATE TRIGGER {name}_del AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows \
-                 FOR EACH STATEMENT EXECUTE FUNCTION geecache.{name}_del();\n",
-                keys("new_rows"),
-                keys("old_rows"),
-                keys("new_rows"),
-                keys("old_rows"),
+                 CREATE TRIGGER {name}_ins AFTER INSERT ON {table} FOR EACH ROW \
+                 EXECUTE FUNCTION geecache.{name}_ins();\n\
+                 CREATE TRIGGER {name}_upd AFTER UPDATE ON {table} FOR EACH ROW \
+                 EXECUTE FUNCTION geecache.{name}_upd();\n\
+                 CREATE TRIGGER {name}_del AFTER DELETE ON {table} FOR EACH ROW \
+                 EXECUTE FUNCTION geecache.{name}_del();\n"
             ));
             wanted.push(format!("'{name}_ins', '{name}_upd', '{name}_del'"));
         }
