@@ -46,6 +46,7 @@ pub fn build_source(config: &Config, groups: Groups) -> anyhow::Result<Arc<dyn S
             &PostgresConfig {
                 url: s.database_url.clone().unwrap_or_default(),
                 pool_size: s.pool_size,
+                lanes: worker_count(config),
                 connect_timeout: s.connect_timeout,
                 statement_timeout: s.statement_timeout,
             },
@@ -100,19 +101,20 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
     Arc::new(core)
 }
 
-/// Starts the cache's actors on the current actix system: the stores' maintenance, the source,
-/// and one loader per core, each on an arbiter (thread) of its own with its own peer client,
-/// keys split by hash: a key's flights all live in one loader, and peer I/O spreads over the
-/// cores instead of queueing on one thread (measured by load/bench-remote.sh).
+/// Starts the cache's actors on the current actix system: the stores' maintenance, the source's
+/// owner, and one loader per core, each on an arbiter (thread) of its own with its own peer
+/// client and its own lane of the source, keys split by hash: a key's flights all live in one
+/// loader, and a miss is polled on one thread from the flight to the row (load/bench-miss.sh).
 fn start_cache(config: &Config, core: Arc<Core>, source: Arc<dyn Source>) -> anyhow::Result<Cache> {
     ShardActor::start(core.stores.all());
-    let db = DbActor::new(source, config.loader_mailbox).start_bounded();
+    DbActor::new(Arc::clone(&source)).start();
     let settings = peer_settings(config);
     let loaders = (0..worker_count(config))
-        .map(|_| {
+        .map(|lane| {
             let loader = Loader {
                 core: Arc::clone(&core),
-                db: db.clone(),
+                source: Arc::clone(&source),
+                lane,
                 peers: Arc::new(PeerClient::new(&settings)?),
                 max_value_bytes: config.max_value_bytes,
             };
@@ -257,12 +259,20 @@ fn serve(
     let workers = worker_count(config);
     let shutdown = config.shutdown_timeout.as_secs().max(1);
     let api_state = state.clone();
+    // `geecache_http_connections_total{listener}`: connections accepted. A peer that opened
+    // one per request (no keep-alive) shows here, as load/bench-remote.sh checks.
+    let counted = |listener: &'static str| {
+        let accepted = metrics::counter!("geecache_http_connections_total", "listener" => listener);
+        move |_: &dyn std::any::Any, _: &mut actix_web::dev::Extensions| accepted.increment(1)
+    };
     let api = HttpServer::new(move || api_app(api_state.clone()))
+        .on_connect(counted("api"))
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(shutdown)
         .listen(listeners.0)?;
     let peer = HttpServer::new(move || peer_app(state.clone()))
+        .on_connect(counted("peer"))
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(shutdown)

@@ -239,6 +239,74 @@ async fn a_busy_remote_key_is_served_from_the_hot_cache() {
     assert!(peer_loads < 20.0, "peer loads {peer_loads}");
 }
 
+/// The peer client keeps its connections alive: 300 remote misses from one node open a
+/// connection per loader at the owner, not one per request (`geecache_http_connections_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_loads_reuse_the_peer_connections() {
+    let c = start_cluster(
+        None,
+        &["--embedded-latency", "0ms", "--hot-min-qps", "1e12"],
+    );
+    let client = client();
+    let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
+    let owned_by_1: Vec<String> = (1..5000)
+        .map(|i: u64| i.to_string())
+        .filter(|k| *ring.owner(k).unwrap().name == *c.peers[1])
+        .take(300)
+        .collect();
+    let series = "geecache_http_connections_total{listener=\"peer\"}";
+    let before = c.nodes[1].metric(&client, series).await;
+    for key in &owned_by_1 {
+        let url = format!("{}/api/products/{key}", c.nodes[0].api);
+        assert_eq!(get(&client, &url).await.0, 200, "{key}");
+    }
+    let opened = c.nodes[1].metric(&client, series).await - before;
+    let peer_loads = c.nodes[0]
+        .metric(&client, "geecache_peer_loads_total{group=\"products\"}")
+        .await;
+    assert_eq!(peer_loads, 300.0);
+    assert!(opened <= 4.0, "{opened} connections for 300 peer loads");
+}
+
+/// HEAD is GET without the body, on the data paths and the operational ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_like_get_without_a_body() {
+    let node = NodeProc::spawn(&["--embedded-latency", "0ms"]);
+    let client = client();
+    for path in [
+        "/api/products/7",
+        "/api?key=Tom",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/cluster",
+    ] {
+        let url = format!("{}{path}", node.api);
+        let got = client.get(&url).send().await.unwrap();
+        let (status, length) = (got.status(), got.bytes().await.unwrap().len());
+        let head = client.head(&url).send().await.unwrap();
+        assert_eq!(head.status(), status, "HEAD {path}");
+        if path.starts_with("/api") {
+            let declared = head.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(declared, length.to_string(), "HEAD {path}");
+        }
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "HEAD {path} sent a body"
+        );
+    }
+    let post = client
+        .post(format!("{}/api/products/7", node.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD, DELETE");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_local_cluster_behind_a_frontend() {
     // All eight ports from one run below the ephemeral range: nothing else in the tests can

@@ -128,7 +128,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::actors::DbActor;
     use crate::actors::ask;
     use crate::cache::error::SourceError;
     use crate::cache::group::Groups;
@@ -146,7 +145,7 @@ mod tests {
     }
 
     impl Source for Arc<SlowCounting> {
-        fn fetch(&self, _: Group, key: &str) -> SourceFuture {
+        fn fetch(&self, _: usize, _: Group, key: &str) -> SourceFuture {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             let (delay, key) = (self.delay, key.to_owned());
             Box::pin(async move {
@@ -171,7 +170,6 @@ mod tests {
             fetches: AtomicUsize::new(0),
             delay,
         });
-        let db = DbActor::new(Arc::new(source.clone()), 1024).start_bounded();
         let groups = Groups::demo();
         let core = Arc::new(Core::new(
             groups,
@@ -194,7 +192,8 @@ mod tests {
         };
         let loader = Loader {
             core: Arc::clone(&core),
-            db,
+            source: Arc::new(source.clone()),
+            lane: 0,
             peers: Arc::new(PeerClient::new(&settings).unwrap()),
             max_value_bytes: 1 << 20,
         };

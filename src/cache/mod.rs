@@ -9,10 +9,11 @@
 //!               stale, within stale-if-error  -> kept as the fallback of the load below
 //!   hot store: fresh (owned elsewhere, hot)   -> HIT
 //!   Cache::load: LoaderActor (singleflight)   one flight per key; the others wait on it
-//!     Loader::load, detached from every caller
+//!     Loader::load, detached from every caller, on the loader's thread
 //!       Loader::get_from_peer  owner is another member -> its peer port; keep a copy if hot;
 //!                              its ring is newer -> catch up, retry once; fails -> locally
-//!       Loader::locally        owner is me -> DbActor -> the source; populate the store,
+//!       Loader::locally        owner is me -> the source, on the loader's own lane of it
+//!                              (its connections live on that thread); populate the store,
 //!                              unless the key was invalidated or purged while it loaded
 //!   the load failed, a fallback is kept       -> STALE (stale-if-error)
 //! Cache::get_for_peer(group, key, epoch)      a peer's get: the same on the main store, then
@@ -42,10 +43,10 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 
 use crate::actors::ask;
-use crate::actors::db::{DbActor, Fetch};
 use crate::actors::loader::{Load, LoaderActor};
 use crate::peer::{PeerClient, PeerError};
 use crate::ring::{Cluster, Route};
+use crate::source::Source;
 use crate::source::feed::FeedState;
 use crate::telemetry::metrics::Counters;
 use error::{LoadError, SourceError};
@@ -603,7 +604,9 @@ impl Cache {
 #[derive(Clone)]
 pub struct Loader {
     pub core: Arc<Core>,
-    pub db: Addr<DbActor>,
+    /// The source, and this loader's lane of it (its own connections).
+    pub source: Arc<dyn Source>,
+    pub lane: usize,
     pub peers: Arc<PeerClient>,
     /// Values larger than this are refused (and not cached), as peers refuse them.
     pub max_value_bytes: usize,
@@ -811,18 +814,27 @@ impl Loader {
         }
     }
 
-    /// Fetches from the source through `DbActor` and fills `into` (a "no such row" too, when
-    /// the group remembers those).
+    /// Fetches from the source on this loader's lane, on this thread, and fills `into` (a "no
+    /// such row" too, when the group remembers those).
     async fn locally(&self, group: Group, key: &str, into: &Store, lease: Lease) -> LoadResult {
         let counters = self.core.counters.group(group);
         counters.loads.increment(1);
         let f = group.def().freshness;
-        let rx = ask(&self.db, "source", |reply| Fetch {
-            group,
-            key: key.to_owned(),
-            reply,
-        })?;
-        let fetched = rx.await.map_err(|_| LoadError::Stopped)?;
+        let started = std::time::Instant::now();
+        let fetched = self.source.fetch(self.lane, group, key).await;
+        let outcome = match &fetched {
+            Ok(Some(_)) => "found",
+            Ok(None) => "not_found",
+            Err(SourceError::Timeout(_)) => "timeout",
+            Err(SourceError::Unavailable(_)) => "unavailable",
+            Err(SourceError::Query(_)) => "error",
+        };
+        metrics::histogram!("geecache_source_duration_seconds",
+            "group" => group.name(), "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+        if let Err(e) = &fetched {
+            tracing::warn!(group = %group, key, error = %e, "source fetch failed");
+        }
         let now = clock::now_ms();
         match fetched {
             Ok(Some(value)) if value.len() > self.max_value_bytes => {

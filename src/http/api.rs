@@ -1,23 +1,19 @@
 //! The client API: `GET /api?key=K[&group=G]` and `GET /api/{group}/{key}`, and `DELETE` on
 //! both (with the admin token).
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 
 use super::decode::{DecodeError, decode, query_pairs};
 use super::error::ApiError;
-use super::{AppState, get_delete_resource, reply_response};
+use super::{AppState, get_delete_resource, method_not_allowed_response, reply_response, subtree};
 use crate::cache::group::Group;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_delete_resource("/api", get_by_query, delete_by_query))
-        .service(get_delete_resource(
-            "/api/{group}/{key:.*}",
-            get_by_path,
-            delete_by_path,
-        ));
+        .service(subtree("/api", "/api/{group}/{key}", by_path));
 }
 
 fn bad_query(message: String) -> ApiError {
@@ -79,10 +75,6 @@ async fn get_by_query(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     get(&state, from_query(&req, &state)).await
 }
 
-async fn get_by_path(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    get(&state, from_path(&req, &state)).await
-}
-
 /// DELETE needs the admin token: the client API is public behind the load balancer.
 fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
@@ -135,8 +127,13 @@ async fn delete_by_query(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
     delete(&req, &state, || from_query(&req, &state)).await
 }
 
-async fn delete_by_path(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    delete(&req, &state, || from_path(&req, &state)).await
+/// `/api/{group}/{key}`, every method.
+async fn by_path(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    match *req.method() {
+        Method::GET | Method::HEAD => get(&state, from_path(&req, &state)).await,
+        Method::DELETE => delete(&req, &state, || from_path(&req, &state)).await,
+        _ => method_not_allowed_response(&req, "GET, HEAD, DELETE"),
+    }
 }
 
 #[cfg(test)]

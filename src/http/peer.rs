@@ -6,25 +6,32 @@
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use prost::Message;
 
 use super::decode::{DecodeError, decode};
 use super::error::ApiError;
-use super::{AppState, get_delete_resource};
+use super::{AppState, method_not_allowed_response, subtree};
 use crate::cache::error::LoadError;
 use crate::cache::group::Group;
 use crate::peer::wire::{DATA_PREFIX, EPOCH_HEADER, PEEK_HEADER, Response};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(get_delete_resource(
-        "/_geecache/{group}/{key:.*}",
-        get,
-        invalidate,
-    ));
+    cfg.service(subtree("/_geecache", "/_geecache/{group}/{key}", by_path));
+}
+
+/// `/_geecache/{group}/{key}`, every method.
+async fn by_path(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    use actix_web::ResponseError;
+    let answer = match *req.method() {
+        Method::GET | Method::HEAD => get(req, state).await,
+        Method::DELETE => invalidate(req, state).await,
+        _ => return method_not_allowed_response(&req, "GET, HEAD, DELETE"),
+    };
+    answer.unwrap_or_else(|e| e.error_response())
 }
 
 /// The secrets the peer port accepts: the one nodes send, and during a rotation the others

@@ -3,14 +3,23 @@
 //! answer sizes are set here once.
 //!
 //! Each loader arbiter, the Raft actor and the boot loop build their own `PeerClient` from the
-//! same [`PeerSettings`]: reqwest's connections live on the runtime that opened them, so a
+//! same [`PeerSettings`]: a client's connections live on the runtime that opened them, so a
 //! client per arbiter keeps a request and its connection on one thread.
+//!
+//! The data path (fetch, peek, invalidate) is hyper's pooled HTTP/1 client, keep-alive, with
+//! the request's URI parsed by `http`; the membership and Raft calls go through reqwest. The
+//! data path used to be reqwest too, whose URL parsing (twice per request, with its redirect
+//! policy) and middleware were 40 % of a remote hit's instructions (load/instr.py).
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use prost::Message;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::Value;
 
 use super::wire::{
@@ -78,9 +87,10 @@ pub enum Changed {
     Failed(u16, Value),
 }
 
-/// reqwest with a keep-alive pool per peer, the peer secret and the node's deadlines.
+/// A keep-alive pool per peer, the peer secret and the node's deadlines.
 pub struct PeerClient {
     http: reqwest::Client,
+    data: HyperClient<HttpConnector, Empty<Bytes>>,
     auth: Option<HeaderValue>,
     timeout: Duration,
     /// Largest answer body read from a peer: the largest value plus the protobuf's framing.
@@ -95,7 +105,14 @@ impl PeerClient {
             v.set_sensitive(true);
             v
         });
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.timeout.min(Duration::from_millis(500))));
+        let data = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .build(connector);
         Ok(PeerClient {
+            data,
             http: reqwest::Client::builder()
                 .connect_timeout(settings.timeout.min(Duration::from_millis(500)))
                 .pool_max_idle_per_host(64)
@@ -115,6 +132,64 @@ impl PeerClient {
         }
     }
 
+    /// One request of the data path: the status, the answer's epoch header and its body
+    /// (at most `max_body` bytes), all within the fetch deadline.
+    async fn data(
+        &self,
+        method: http::Method,
+        peer: &str,
+        group: Group,
+        key: &str,
+        header: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<(u16, Option<u64>, Bytes), PeerError> {
+        let uri: http::Uri = format!("{peer}{}", data_path(group, key))
+            .parse()
+            .map_err(|e| PeerError::Transport(format!("bad peer URL {peer:?}: {e}")))?;
+        let mut req = http::Request::new(Empty::new());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        if let Some(auth) = &self.auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        if let Some((name, value)) = header {
+            headers.insert(name, value);
+        }
+        let exchange = async {
+            let res = self
+                .data
+                .request(req)
+                .await
+                .map_err(|e| PeerError::Transport(transport_error(&e)))?;
+            let status = res.status().as_u16();
+            let epoch = res
+                .headers()
+                .get(EPOCH_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let declared = res
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.max_body as u64) {
+                return Err(PeerError::TooLarge(self.max_body));
+            }
+            let body = Limited::new(res.into_body(), self.max_body)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => PeerError::TooLarge(self.max_body),
+                    Err(e) => PeerError::Transport(e.to_string()),
+                })?
+                .to_bytes();
+            Ok((status, epoch, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                PeerError::Transport(format!("no answer within {} ms", self.timeout.as_millis()))
+            })?
+    }
+
     /// `GET {peer}/_geecache/{group}/{key}` with this node's ring epoch.
     pub async fn fetch(
         &self,
@@ -123,22 +198,13 @@ impl PeerClient {
         key: &str,
         epoch: u64,
     ) -> Result<PeerAnswer, PeerError> {
-        let res = self
-            .request(
-                reqwest::Method::GET,
-                format!("{peer}{}", data_path(group, key)),
-            )
-            .header(EPOCH_HEADER, epoch)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| PeerError::Transport(e.to_string()))?;
-        let status = res.status().as_u16();
-        let their_epoch = res
-            .headers()
-            .get(EPOCH_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let body = read_bounded(res, self.max_body).await?;
+        let epoch_header = (
+            HeaderName::from_static(EPOCH_HEADER),
+            HeaderValue::from(epoch),
+        );
+        let (status, their_epoch, body) = self
+            .data(http::Method::GET, peer, group, key, Some(epoch_header))
+            .await?;
         match status {
             200 => answer(body),
             421 if their_epoch.is_some() => Err(PeerError::StaleEpoch(their_epoch.unwrap_or(0))),
@@ -160,18 +226,13 @@ impl PeerClient {
         group: Group,
         key: &str,
     ) -> Result<Option<PeerAnswer>, PeerError> {
-        let res = self
-            .request(
-                reqwest::Method::GET,
-                format!("{peer}{}", data_path(group, key)),
-            )
-            .header(PEEK_HEADER, "1")
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| PeerError::Transport(e.to_string()))?;
-        let status = res.status().as_u16();
-        let body = read_bounded(res, self.max_body).await?;
+        let peek = (
+            HeaderName::from_static(PEEK_HEADER),
+            HeaderValue::from_static("1"),
+        );
+        let (status, _, body) = self
+            .data(http::Method::GET, peer, group, key, Some(peek))
+            .await?;
         match status {
             200 => answer(body).map(Some),
             404 => Ok(None),
@@ -181,18 +242,12 @@ impl PeerClient {
 
     /// `DELETE {peer}/_geecache/{group}/{key}`: the peer drops the key from its stores.
     pub async fn invalidate(&self, peer: &str, group: Group, key: &str) -> Result<(), PeerError> {
-        let res = self
-            .request(
-                reqwest::Method::DELETE,
-                format!("{peer}{}", data_path(group, key)),
-            )
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| PeerError::Transport(e.to_string()))?;
-        match res.status().as_u16() {
-            204 => Ok(()),
-            s => Err(PeerError::Status(s, String::new())),
+        match self
+            .data(http::Method::DELETE, peer, group, key, None)
+            .await?
+        {
+            (204, _, _) => Ok(()),
+            (s, _, _) => Err(PeerError::Status(s, String::new())),
         }
     }
 
@@ -281,6 +336,14 @@ impl PeerClient {
             }
         }
         Changed::Failed(421, Value::Null)
+    }
+}
+
+/// hyper's error with its cause ("connection refused" is the cause's text, not the error's).
+fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 

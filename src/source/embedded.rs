@@ -80,7 +80,7 @@ impl Source for Arc<EmbeddedSource> {
         })
     }
 
-    fn fetch(&self, group: Group, key: &str) -> SourceFuture {
+    fn fetch(&self, _lane: usize, group: Group, key: &str) -> SourceFuture {
         let this = Arc::clone(self);
         let key = key.to_owned();
         Box::pin(async move {
@@ -119,22 +119,25 @@ mod tests {
     #[actix_rt::test]
     async fn serves_the_seed_rows() {
         let s = source(0.0);
-        assert_eq!(s.fetch(g("scores"), "Tom").await.unwrap().unwrap(), "630");
-        assert_eq!(s.fetch(g("scores"), "tom").await.unwrap(), None);
-        assert!(s.fetch(g("products"), "100").await.unwrap().is_some());
-        assert_eq!(s.fetch(g("products"), "101").await.unwrap(), None);
-        assert_eq!(s.fetch(g("products"), "0").await.unwrap(), None);
-        assert_eq!(s.fetch(g("products"), "abc").await.unwrap(), None);
+        assert_eq!(
+            s.fetch(0, g("scores"), "Tom").await.unwrap().unwrap(),
+            "630"
+        );
+        assert_eq!(s.fetch(0, g("scores"), "tom").await.unwrap(), None);
+        assert!(s.fetch(0, g("products"), "100").await.unwrap().is_some());
+        assert_eq!(s.fetch(0, g("products"), "101").await.unwrap(), None);
+        assert_eq!(s.fetch(0, g("products"), "0").await.unwrap(), None);
+        assert_eq!(s.fetch(0, g("products"), "abc").await.unwrap(), None);
     }
 
     #[actix_rt::test]
     async fn injects_errors_at_the_configured_rate() {
         let always = source(1.0);
-        assert!(always.fetch(g("scores"), "Tom").await.is_err());
+        assert!(always.fetch(0, g("scores"), "Tom").await.is_err());
         let some = source(0.5);
         let mut failed = 0;
         for _ in 0..1000 {
-            failed += some.fetch(g("scores"), "Tom").await.is_err() as u32;
+            failed += some.fetch(0, g("scores"), "Tom").await.is_err() as u32;
         }
         assert!((300..700).contains(&failed), "{failed} of 1000 failed");
     }

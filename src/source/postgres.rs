@@ -1,6 +1,11 @@
-//! PostgreSQL through a deadpool-postgres pool: each group's query, `$1` = the key as text,
+//! PostgreSQL through deadpool-postgres pools: each group's query, `$1` = the key as text,
 //! prepared once per connection (tokio-postgres's statement cache), its one column read as the
 //! group's value (`source::values`).
+//!
+//! The connections are split into lanes, one pool per loader: a tokio-postgres connection is a
+//! task on the runtime that opened it, so with one shared pool a query sent from one loader's
+//! thread was often written and read by another thread, and every query of the node used to be
+//! polled on the one thread that ran `DbActor` (issue 16, `load/bench-miss.sh`).
 
 use std::time::Duration;
 
@@ -18,20 +23,27 @@ use crate::cache::group::{Group, Groups};
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     pub url: String,
+    /// Connections in all, split over `lanes` pools.
     pub pool_size: usize,
+    /// Pools (one per loader); at most `pool_size`.
+    pub lanes: usize,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
 }
 
 pub struct PostgresSource {
-    pool: Pool,
+    pools: Vec<Pool>,
+    /// What each pool is built from (also the startup check's own connection).
+    pg: tokio_postgres::Config,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
     groups: Groups,
     /// Client-side bound on one fetch: the statement timeout plus the wait for a connection.
     deadline: Duration,
 }
 
 impl PostgresSource {
-    /// Builds the pool. No connection is made until the first fetch (or `prepare`), so a node
+    /// Builds the pools. No connection is made until the first fetch (or `prepare`), so a node
     /// starts while its database is still coming up.
     pub fn new(config: &PostgresConfig, groups: Groups) -> Result<Self, SourceError> {
         let mut pg: tokio_postgres::Config = config
@@ -44,23 +56,24 @@ impl PostgresSource {
             "-c statement_timeout={}",
             config.statement_timeout.as_millis()
         ));
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.statement_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.connect_timeout))
-            .build()
-            .map_err(|e| SourceError::Unavailable(format!("cannot build pool: {e}")))?;
+        let lanes = config.lanes.clamp(1, config.pool_size.max(1));
+        let pools = (0..lanes)
+            // pool_size split as evenly as it goes: 16 over 3 lanes is 6, 5, 5.
+            .map(|i| config.pool_size / lanes + usize::from(i < config.pool_size % lanes))
+            .map(|size| {
+                build_pool(
+                    &pg,
+                    size.max(1),
+                    config.connect_timeout,
+                    config.statement_timeout,
+                )
+            })
+            .collect::<Result<_, _>>()?;
         Ok(PostgresSource {
-            pool,
+            pools,
+            pg,
+            connect_timeout: config.connect_timeout,
+            statement_timeout: config.statement_timeout,
             groups,
             deadline: config.statement_timeout + config.connect_timeout,
         })
@@ -110,6 +123,29 @@ impl PostgresSource {
     }
 }
 
+fn build_pool(
+    pg: &tokio_postgres::Config,
+    size: usize,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+) -> Result<Pool, SourceError> {
+    let manager = Manager::from_config(
+        pg.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(statement_timeout))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(connect_timeout))
+        .build()
+        .map_err(|e| SourceError::Unavailable(format!("cannot build pool: {e}")))
+}
+
 fn pool_error(e: PoolError) -> SourceError {
     match e {
         PoolError::Backend(e) => query_error(e),
@@ -134,8 +170,9 @@ fn query_error(e: tokio_postgres::Error) -> SourceError {
 }
 
 impl Source for PostgresSource {
-    fn fetch(&self, group: Group, key: &str) -> SourceFuture {
-        let fut = Self::query(self.pool.clone(), group, key.to_owned());
+    fn fetch(&self, lane: usize, group: Group, key: &str) -> SourceFuture {
+        let pool = self.pools[lane % self.pools.len()].clone();
+        let fut = Self::query(pool, group, key.to_owned());
         let deadline = self.deadline;
         Box::pin(async move {
             tokio::time::timeout(deadline, fut)
@@ -153,9 +190,14 @@ impl Source for PostgresSource {
     /// result is not one column of a value type, stops the node with the group's name. A
     /// database that cannot be reached does not: the node starts, and its misses answer 503
     /// until the database is back.
+    ///
+    /// It uses a connection of its own, closed after: one opened here would stay on this
+    /// thread's runtime, and a lane's queries would hop to it.
     fn prepare(&self) -> PrepareFuture {
-        let (pool, groups) = (self.pool.clone(), self.groups);
+        let pool = build_pool(&self.pg, 1, self.connect_timeout, self.statement_timeout);
+        let groups = self.groups;
         Box::pin(async move {
+            let pool = pool.map_err(|e| e.to_string())?;
             let client = match pool.get().await {
                 Ok(client) => client,
                 Err(e) => {
@@ -181,5 +223,47 @@ impl Source for PostgresSource {
             }
             Ok(())
         })
+    }
+
+    fn pools(&self) -> Vec<super::PoolStatus> {
+        self.pools
+            .iter()
+            .enumerate()
+            .map(|(lane, pool)| {
+                let s = pool.status();
+                super::PoolStatus {
+                    lane,
+                    max: s.max_size,
+                    size: s.size,
+                    idle: s.available,
+                    waiting: s.waiting,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_split_into_lanes_that_add_up_to_its_size() {
+        let lanes = |pool_size, lanes| {
+            let config = PostgresConfig {
+                url: "postgres://u@127.0.0.1:1/db".into(),
+                pool_size,
+                lanes,
+                connect_timeout: Duration::from_secs(1),
+                statement_timeout: Duration::from_secs(1),
+            };
+            let source = PostgresSource::new(&config, Groups::demo()).unwrap();
+            source.pools().iter().map(|p| p.max).collect::<Vec<_>>()
+        };
+        assert_eq!(lanes(16, 2), [8, 8]);
+        assert_eq!(lanes(16, 3), [6, 5, 5]);
+        // Fewer connections than loaders: loaders share lanes (lane % pools).
+        assert_eq!(lanes(2, 4), [1, 1]);
+        assert_eq!(lanes(5, 0), [5]);
     }
 }
