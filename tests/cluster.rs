@@ -200,8 +200,10 @@ async fn the_peer_port_is_guarded_and_strict() {
         ("/_geecache/scores/%zz".to_owned(), 400),
         ("/_geecache/nope/Tom".to_owned(), 404),
         ("/_geecache/scores/Nobody".to_owned(), 404),
-        ("/_geecache/scores".to_owned(), 404),
-        ("/_geecache".to_owned(), 404),
+        // Under the data prefix but not /{group}/{key}: malformed, said so.
+        ("/_geecache/scores".to_owned(), 400),
+        ("/_geecache".to_owned(), 400),
+        ("/_geecachex/scores/Tom".to_owned(), 404),
     ];
     for (path, status) in cases {
         let r = client
