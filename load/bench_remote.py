@@ -29,13 +29,8 @@ def owned_keys(owner, peers, vnodes=150, count=10_000):
     return keys
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    a = ap.parse_args()
-
+def run(duration, rounds, connections):
+    """Interleaved wrk rounds over the three paths; medians, ratios, peer connections."""
     ports = {n: (b.free_port(), b.free_port()) for n in ("A", "H", "B")}
     peer = {n: f"http://127.0.0.1:{p[1]}" for n, p in ports.items()}
     # Two rings that share owner B: {A, B} for the plain non-owner, {H, B} for the hot one.
@@ -47,40 +42,68 @@ def main():
         f.write("local keys = {" + ",".join(map(str, keys)) + "}\n")
         f.write("request = function()\n  return wrk.format('GET', '/api?group=products&key=' "
                 ".. keys[math.random(1, #keys)])\nend\n")
-    b.LUA = lua
+    saved, b.LUA = b.LUA, lua
 
     def node(name, peers, extra):
         api, p = ports[name]
         return b.start_node_at(api, p, ["--self", peer[name], "--peers", ",".join(peers), *extra])
 
+    conns = 'geecache_http_connections_total{listener="peer"}'
     nb = node("B", [peer["A"], peer["B"], peer["H"]], [])
     na = node("A", [peer["A"], peer["B"]], ["--hot-min-qps", "1e12"])
     nh = node("H", [peer["H"], peer["B"]], ["--hot-min-qps", "1", "--hot-ttl", "60s"])
     procs = {"local": nb, "remote+hot": nh, "remote": na}
     try:
         for name in procs:  # warm: B's shard, then H's hot cache
-            b.wrk(procs[name][1], procs[name][0].pid, 3, a.connections)
+            b.wrk(procs[name][1], procs[name][0].pid, 3, connections)
         runs = {n: [] for n in procs}
-        for _ in range(a.rounds):
+        opened = []
+        for _ in range(rounds):
             for n, (p, url) in procs.items():
-                runs[n].append(b.wrk(url, p.pid, a.duration, a.connections))
+                before = b.metric(nb[1], conns)
+                runs[n].append(b.wrk(url, p.pid, duration, connections))
+                if n == "remote":
+                    opened.append(b.metric(nb[1], conns) - before)
         peer_loads = b.metric(na[1], 'geecache_peer_loads_total{group="products"}')
         hot_hits = b.metric(nh[1], 'geecache_hot_cache_hits_total{group="products"}')
     finally:
+        b.LUA = saved
         for p, _ in procs.values():
             p.terminate(); p.wait()
+    ratio = lambda n: statistics.median(x["rps"] / y["rps"] for x, y in zip(runs[n], runs["local"]))
+    return {"remote_vs_local_ratio": ratio("remote"), "remote_hot_vs_local_ratio": ratio("remote+hot"),
+            "paths": {n: {"rps": b.med(r, "rps"), "p50_ms": b.med(r, "p50_ms"),
+                          "p99_ms": b.med(r, "p99_ms"), "errors": sum(x["errors"] for x in r),
+                          "cpu_us_per_req": b.med(r, "cpu_us_per_req")} for n, r in runs.items()},
+            "remote_requests": sum(int(x["rps"] * duration) for x in runs["remote"]),
+            "peer_connections_opened": opened, "peer_loads": peer_loads, "hot_hits": hot_hits,
+            "setup": f"10,000 keys owned by B, wrk -t2 -c{connections}, {rounds} interleaved "
+                     f"rounds of {duration}s, medians; connections counted at B's peer listener "
+                     "during each remote round"}
 
-    print(f"\n10,000 keys owned by B, wrk -t2 -c{a.connections}, {a.rounds} interleaved rounds "
-          f"of {a.duration}s, medians")
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    r = run(a.duration, a.rounds, a.connections)
+    print(f"\n{r['setup']}")
     print(f"{'path':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for n, r in runs.items():
-        print(f"{n:<12}{b.med(r,'rps'):>10.0f}{b.med(r,'p50_ms'):>9.3f}{b.med(r,'p99_ms'):>9.3f}"
-              f"{sum(x['errors'] for x in r):>8}")
-    for n, target in (("remote+hot", 0.80), ("remote", 0.45)):
-        ratio = statistics.median(x["rps"] / y["rps"] for x, y in zip(runs[n], runs["local"]))
-        print(f"{n}: {ratio:.3f} x local (target >= {target})")
-    print(f"non-owner without hot cache: {peer_loads:.0f} peer loads; "
-          f"with hot cache: {hot_hits:.0f} hot hits")
+    for n, p in r["paths"].items():
+        print(f"{n:<12}{p['rps']:>10.0f}{p['p50_ms']:>9.3f}{p['p99_ms']:>9.3f}{p['errors']:>8}")
+    print(f"remote+hot: {r['remote_hot_vs_local_ratio']:.3f} x local (goal >= 0.90)")
+    print(f"remote: {r['remote_vs_local_ratio']:.3f} x local (goal >= 0.50)")
+    print(f"peer connections opened at B per remote round: {r['peer_connections_opened']} "
+          f"(of ~{r['remote_requests'] // max(len(r['peer_connections_opened']), 1):,} requests "
+          "each)")
+    print(f"non-owner without hot cache: {r['peer_loads']:.0f} peer loads; "
+          f"with hot cache: {r['hot_hits']:.0f} hot hits")
+    if a.json:
+        import json
+        json.dump(r, open(a.json, "w"), indent=2)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,18 @@ def log(msg):
 
 
 def start_frontend(cl, work):
+    return start_frontend_with(cl, work, [])
+
+
+def start_frontend_with(cl, work, extra):
     api, peer = free_port(), free_port()
     proc = subprocess.Popen(
         [BIN, "node", "--role", "frontend", "--seeds", cl.seeds, "--self",
          f"http://127.0.0.1:{peer}", "--api-addr", f"127.0.0.1:{api}", "--peer-addr",
          f"127.0.0.1:{peer}", "--source", "postgres", "--database-url", cl.pg.url,
-         "--workers", "1", "--statement-timeout", "10s", "--cache-bytes", str(cl.cache_bytes)],
-        stdout=open(f"{work}/frontend.log", "w"), stderr=subprocess.STDOUT)
+         "--workers", "1", "--statement-timeout", "10s", "--cache-bytes", str(cl.cache_bytes),
+         *extra],
+        stdout=open(f"{work}/frontend-{api}.log", "w"), stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{api}"
 
 

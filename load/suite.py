@@ -9,7 +9,12 @@ table on stdout. Scenarios:
   zipf       Zipf 0.99 over the products, total cache 10 % of the data, 3 nodes, against one
              moka cache of the same bytes replaying the same key trace
   herd       1,000 concurrent requests for one cold key over all nodes -> queries at PostgreSQL
-  scale      3 -> 5 nodes under an open-loop load -> database spike, hit-rate recovery
+  miss       load/bench_miss.py: cold misses on one node against pgbench with the same query
+             (throughput, CPU and context switches per miss, p99 at a fixed rate)
+  remote     load/bench_remote.py: remote hits through a non-owner, with and without the hot
+             cache, against local hits; the peer connections opened counted
+  handoff    3 -> 5, 5 -> 3 and a rolling restart under an open-loop Zipf load through a
+             frontend, with the consistency checker: database peak over steady, hit-rate dip
   failover   SIGKILL of the leader under an open-loop load -> failed requests, p99, recovery
   consistency  load/consistency.py: geeload check with faults -> stale reads, stale forever,
              the staleness window, a hot key under write churn; pgbench writers with and
@@ -25,6 +30,8 @@ import threading, time, urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_hit import cpu_seconds, free_port, wrk  # noqa: E402  (the per-feature scripts' helpers)
 from consistency import scenario_consistency, writers_cost  # noqa: E402
+from bench_miss import scenario_miss  # noqa: E402
+import bench_remote  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every node these scripts start shares this peer secret (nodes refuse to run without one).
@@ -36,10 +43,14 @@ BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
 
 MODES = {
     "quick": dict(products=100_000, zipf_requests=300_000, hit_rounds=2, hit_secs=3,
-                  rate=4000, event_run_secs=18, scale_run_secs=18, event_at=6, reps=1,
+                  rate=4000, event_run_secs=18, event_at=6, reps=1, handoff_warm_secs=12,
+                  handoff_phase_secs=12, handoff_restart_secs=10, miss_rows=1_000_000,
+                  miss_secs=3, miss_rounds=2, remote_secs=3, remote_rounds=2,
                   check_secs=8, probes=50, hot_secs=4, pgbench_secs=4, pgbench_rounds=1),
     "full": dict(products=1_000_000, zipf_requests=3_000_000, hit_rounds=3, hit_secs=10,
-                 rate=5000, event_run_secs=40, scale_run_secs=100, event_at=10, reps=5,
+                 rate=5000, event_run_secs=40, event_at=10, reps=5, handoff_warm_secs=40,
+                 handoff_phase_secs=40, handoff_restart_secs=20, miss_rows=3_000_000,
+                 miss_secs=10, miss_rounds=3, remote_secs=10, remote_rounds=3,
                  check_secs=30, probes=200, hot_secs=10, pgbench_secs=15, pgbench_rounds=3),
 }
 HERD = 1000
@@ -375,37 +386,141 @@ def first_event(rep, label_prefix):
     return next(e["t"] for e in rep["events"] if e["label"].startswith(label_prefix))
 
 
-def scenario_scale(m, cl):
-    def act(ev):
-        t0 = ev.mark("start-4,5")
+def smoothed(tl, key, width=3):
+    """A centred moving average over `width` 1-s intervals (a single interval of 4,000
+    requests has about 0.7 points of noise in its hit rate)."""
+    out = []
+    for i in range(len(tl)):
+        part = tl[max(0, i - width // 2): i + width // 2 + 1]
+        out.append({"t": tl[i]["t"], key: statistics.mean(x[key] for x in part)})
+    return out
+
+
+def phase(tl, at, end):
+    """The database and hit-rate figures of the interval (at, end] of a run against the five
+    1-s intervals before `at`: peak database load over the steady one, the dip of the hit
+    rate and the time until it is back within a point."""
+    tl = [i for i in tl if i["hit_rate"] is not None]
+    before = [i for i in tl if i["t"] <= at][-5:]
+    window = [i for i in tl if at < i["t"] <= end]
+    if not before or not window:
+        return None
+    hr = [x for x in smoothed(tl, "hit_rate") if at < x["t"] <= end]
+    db = [x for x in smoothed(tl, "db_qps") if at < x["t"] <= end]
+    base_hr = statistics.mean(i["hit_rate"] for i in before)
+    base_db = statistics.mean(i["db_qps"] for i in before)
+    after_db = statistics.mean(i["db_qps"] for i in window[-3:])
+    low = min(hr, key=lambda x: x["hit_rate"])
+    back = next((x["t"] for x in hr if x["t"] >= low["t"] and x["hit_rate"] >= base_hr - 0.01),
+                None)
+    steady = max(base_db, after_db)
+    peak = max(x["db_qps"] for x in db)
+    return {"hit_rate_before": base_hr, "hit_rate_min": low["hit_rate"],
+            "hit_rate_dip_points": max(0.0, (base_hr - low["hit_rate"]) * 100),
+            "within_1_point_ms": 0.0 if low["hit_rate"] >= base_hr - 0.01 else
+            ((back - at) * 1000 if back is not None else None),
+            "db_qps_before": base_db, "db_qps_after": after_db, "db_qps_peak": peak,
+            "db_peak_over_steady": peak / steady if steady else None,
+            "hit_rate_end": window[-1]["hit_rate"]}
+
+
+def scenario_handoff(m, cl, work):
+    """Issue 15's benchmark: 3 -> 5, 5 -> 3 and a rolling restart of nodes 1-3, one after the
+    other in one open-loop Zipf run through a frontend (its hot cache off, so every request
+    reaches an owner), with the consistency checker writing and reading throughout."""
+    from consistency import start_frontend_with
+    front, front_api = start_frontend_with(cl, work, ["--hot-min-qps", "1e12"])
+    ev = Events(f"{cl.dir}/handoff.events")
+    ph = m["handoff_phase_secs"]
+    secs = m["handoff_warm_secs"] + 2 * ph + 3 * m["handoff_restart_secs"] + 4
+    metrics = [front_api] + [cl.api(i) for i in range(1, 6)]
+    try:
+        wait(lambda: status(f"{front_api}/ready") == 200, 30, "the frontend ready")
+        load, box = in_background(
+            geeload, "run", "--target", front_api, "--metrics", ",".join(metrics),
+            "--keys", f"zipf:0.99:{m['products']}", "--seed", 3, "--rate", m["rate"],
+            "--concurrency", 256, "--duration", f"{secs}s", "--events", ev.path,
+            "--scrape-interval", "1s", "--title", "handoff: 3 -> 5 -> 3, rolling restart",
+            "--plots", f"{OUT}/handoff", json_path=f"{OUT}/handoff.json")
+        out = f"{work}/handoff-check.json"
+        check = subprocess.Popen(
+            [GEELOAD, "check", "--database-url", cl.pg.url, "--target", front_api,
+             "--metrics", ",".join(cl.api(i) for i in (1, 2, 3)), "--keys", "200",
+             "--duration", f"{secs - 4}s", "--probes", str(m["probes"]), "--write-rate", "50",
+             "--hot-duration", "1s", "--json", out], stdout=subprocess.DEVNULL)
+        peeks = {}
+
+        def harvest(i):
+            """Adds node i's handoff peek counters (asked as the new owner) to `peeks`."""
+            try:
+                text = metrics_text(cl.api(i))
+            except Exception:
+                return
+            for line in text.splitlines():
+                if line.startswith("geecache_handoff_peeks_total{"):
+                    outcome = line.split('outcome="')[1].split('"')[0]
+                    peeks[outcome] = peeks.get(outcome, 0) + float(line.split()[-1])
+
+        time.sleep(m["handoff_warm_secs"])
+        facts = {}
+        t0 = ev.mark("scale-up 3->5")
         cl.start(4); cl.start(5)
         wait(lambda: cl.agreed([1, 2, 3, 4, 5]), 30, "5 nodes agreed")
-        ev.mark("5-serving")
-        return {"scale_up_ms": (time.time() - t0) * 1000}
-    rep, facts = scale_or_fail(m, cl, [cl.api(i) for i in (1, 2, 3)],
-                               [cl.api(i) for i in range(1, 6)], "scale",
-                               "scale 3 -> 5 under load", act, m["scale_run_secs"])
-    at = first_event(rep, "start")
-    tl = [i for i in rep["cluster_timeline"] if i["hit_rate"] is not None]
-    before = [i for i in tl if i["t"] <= at][-5:]
-    after = [i for i in tl if i["t"] > at]
-    base_hr = statistics.mean(i["hit_rate"] for i in before) if before else None
-    base_db = statistics.mean(i["db_qps"] for i in before) if before else None
-    peak_db = max((i["db_qps"] for i in after), default=None)
-    dip = min(after, key=lambda i: i["hit_rate"]) if after else None
-    recovered = next((i["t"] for i in after if dip and i["t"] > dip["t"] and base_hr is not None
-                      and i["hit_rate"] >= base_hr - 0.01), None)
-    half = next((i["t"] for i in after if dip and i["t"] > dip["t"] and base_hr is not None
-                 and i["hit_rate"] >= (base_hr + dip["hit_rate"]) / 2), None)
+        facts["scale_up_ms"] = (time.time() - t0) * 1000
+        time.sleep(max(0.0, ph - (time.time() - t0)))
+        t0 = ev.mark("scale-down 5->3")
+        for i in (4, 5):
+            harvest(i)
+            cl.procs[i].send_signal(signal.SIGTERM)
+        for i in (4, 5):
+            cl.procs[i].wait(30)
+        wait(lambda: cl.agreed([1, 2, 3]), 30, "3 nodes agreed")
+        facts["scale_down_ms"] = (time.time() - t0) * 1000
+        time.sleep(max(0.0, ph - (time.time() - t0)))
+        restarts = []
+        for i in (1, 2, 3):
+            t0 = ev.mark(f"restart-{i}")
+            harvest(i)
+            cl.procs[i].send_signal(signal.SIGTERM)
+            cl.procs[i].wait(30)
+            cl.start(i)
+            wait(lambda: cl.agreed([1, 2, 3]), 30, f"node {i} back")
+            restarts.append((time.time() - t0) * 1000)
+            time.sleep(max(0.0, m["handoff_restart_secs"] - (time.time() - t0)))
+        facts["restart_ms"] = restarts
+        load.join()
+        for i in (1, 2, 3):
+            harvest(i)
+        check.wait(60)
+        rep, chk = box["result"], json.load(open(out))
+    finally:
+        front.send_signal(signal.SIGKILL)
+        front.wait()
+    at = {e["label"]: e["t"] for e in rep["events"]}
+    end = rep["timeline"][-1]["t"] + 1 if rep["timeline"] else secs
+    marks = sorted(at.items(), key=lambda kv: kv[1]) + [("end", end)]
+    tl = rep["cluster_timeline"]
+    phases = {}
+    for (label, t), (_, nxt) in zip(marks, marks[1:]):
+        phases[label] = phase(tl, t, nxt)
+    restart_window = (at["restart-1"], end)
+    rolling = phase(tl, *restart_window)
+    worst = lambda key: max((p[key] for p in phases.values() if p and p[key] is not None),
+                            default=None)
     return {**facts, "failed_requests": rep["failed"], "requests": rep["requests"],
-            "hit_rate_before": base_hr, "db_qps_before": base_db, "db_qps_peak": peak_db,
-            "hit_rate_min_after": dip["hit_rate"] if dip else None,
-            "hit_rate_recovery_ms": (recovered - at) * 1000 if recovered is not None else None,
-            "hit_rate_half_recovery_ms": (half - at) * 1000 if half is not None else None,
-            "hit_rate_at_end": tl[-1]["hit_rate"] if tl else None,
-            "run_secs": m["scale_run_secs"], "p99_ms": rep["latency_ms"]["p99"], "rate": m["rate"],
-            "recovery_rule": "end of the first 1-s interval after the lowest one whose hit rate "
-                             "is within 1 point of the mean of the 5 intervals before the start"}
+            "statuses": rep["statuses"], "p99_ms": rep["latency_ms"]["p99"], "rate": m["rate"],
+            "phases": phases, "rolling_restart": rolling,
+            "db_peak_over_steady_worst": worst("db_peak_over_steady"),
+            "hit_rate_dip_points_worst": worst("hit_rate_dip_points"),
+            "stale_reads": chk["stale_reads"], "stale_forever": chk["stale_forever"],
+            "checker_reads": chk["reads"],
+            "peeks": peeks,
+            "rules": "per phase (event to the next): peak of the 3-s moving average of database "
+                     "queries/s over the larger of the mean of the 5 1-s intervals before and "
+                     "the mean of the last 3 of the phase; the dip of the 3-s moving average of "
+                     "the hit rate under the 5-interval mean before; within 1 point: from the "
+                     "event to the first smoothed interval after the lowest one back within a "
+                     "point"}
 
 
 def scenario_failover(m, cl, ids):
@@ -434,8 +549,11 @@ def scenario_failover(m, cl, ids):
     worst = max(window, key=lambda s: s["p99_ms"]) if window else None
     recovered = next((s["t"] + 1 for s in secs if worst and s["t"] > worst["t"]
                       and bound is not None and s["p99_ms"] <= bound), None)
+    # Nothing is handed off from a SIGKILLed node: its keys arrive cold at their new owners.
+    cold = phase(rep["cluster_timeline"], at, secs[-1]["t"] + 1 if secs else at + 10)
     return {**facts, "victim": victim, "was_leader": True, "failed_requests": rep["failed"],
-            "requests": rep["requests"], "statuses": rep["statuses"], "p99_ms_before": base,
+            "cold_start": cold, "requests": rep["requests"], "statuses": rep["statuses"],
+            "p99_ms_before": base,
             "p99_ms_during": max(during) if during else None,
             "latency_recovery_ms": (recovered - at) * 1000 if recovered is not None else None,
             "rate": m["rate"], "targets": "the surviving nodes (as a load balancer's health "
@@ -563,14 +681,22 @@ def main():
     log("scenario 1: hit path against a bare actix-web handler")
     report["hit"] = scenario_hit(m, work)
     report["hit_vs_bare_ratio"] = report["hit"]["ratio"]
+    log("scenario 8: remote hits through a non-owner, with and without the hot cache")
+    report["remote"] = bench_remote.run(m["remote_secs"], m["remote_rounds"], 64)
+    report["remote_vs_local_ratio"] = report["remote"]["remote_vs_local_ratio"]
+    report["remote_hot_vs_local_ratio"] = report["remote"]["remote_hot_vs_local_ratio"]
 
     pg = Pg()
     cl = None
     try:
-        log(f"seeding {m['products'] + 1000:,} products")
-        subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows",
-                        str(m["products"] + 1000)], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        rows = max(m["products"] + 1000, m["miss_rows"])
+        log(f"seeding {rows:,} products")
+        subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows", str(rows)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log("scenario 9: cold misses on one node against pgbench with the same query")
+        report["miss"] = scenario_miss(pg, m["miss_rows"], m["miss_secs"], m["miss_rounds"], work)
+        report["miss_vs_pgbench_ratio"] = report["miss"]["miss_vs_pgbench_ratio"]
+        report["miss_p99_vs_pgbench"] = report["miss"]["miss_p99_vs_pgbench"]
         replay = geeload("replay", "--keys", f"zipf:0.99:{m['products']}", "--seed", 1,
                          "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
         per_node = replay["cache_bytes"] // 3
@@ -616,16 +742,16 @@ def main():
         peer = inter_node(cl, 1)
         disc = discovery(work)
 
-        log("scenario 5: scale 3 -> 5 under load")
-        report["scale"] = scenario_scale(m, cl)
+        log("scenario 5: warm handoff: 3 -> 5, 5 -> 3, rolling restart, under load, checked")
+        report["handoff"] = scenario_handoff(m, cl, work)
 
-        log("scenario 4: failover under load")
-        report["failover"] = scenario_failover(m, cl, [1, 2, 3, 4, 5])
+        log("scenario 4: failover (SIGKILL, nothing handed off) under load")
+        report["failover"] = scenario_failover(m, cl, [1, 2, 3])
 
         cm = disc.get("cloudmap")
         report["seed"] = {
             "deploy_ms": formation_ms, "deploy_source": "3 node processes to one agreed ring",
-            "scale_up_ms": report["scale"]["scale_up_ms"],
+            "scale_up_ms": report["handoff"]["scale_up_ms"],
             "scale_up_source": "2 node processes started -> all 5 agreed and ready, under load",
             "discovery_ms": cm["median_ms"] if cm else disc["dns"]["median_ms"],
             "discovery_source": "Cloud Map DiscoverInstances against moto" if cm else "DNS",
@@ -666,8 +792,18 @@ def gates(r):
         ("herd.failed", r["herd"]["failed"], "== 0", r["herd"]["failed"] == 0),
         ("failover.failed_requests", r["failover"]["failed_requests"], "== 0",
          r["failover"]["failed_requests"] == 0),
-        ("scale.failed_requests", r["scale"]["failed_requests"], "== 0",
-         r["scale"]["failed_requests"] == 0),
+        ("handoff.failed_requests", r["handoff"]["failed_requests"], "== 0",
+         r["handoff"]["failed_requests"] == 0),
+        ("handoff.stale_reads_1s", r["handoff"]["stale_reads"]["1s"], "== 0",
+         r["handoff"]["stale_reads"]["1s"] == 0),
+        ("handoff.stale_forever", r["handoff"]["stale_forever"], "== 0",
+         r["handoff"]["stale_forever"] == 0),
+        # Goals 1.15 and 2 points; the gates catch a handoff that stopped working (a cold
+        # start measured 1.62 and 12.5 points).
+        ("handoff.db_peak_over_steady_worst", round(r["handoff"]["db_peak_over_steady_worst"], 3),
+         "<= 1.4", r["handoff"]["db_peak_over_steady_worst"] <= 1.4),
+        ("handoff.hit_rate_dip_points_worst", round(r["handoff"]["hit_rate_dip_points_worst"], 2),
+         "<= 6", r["handoff"]["hit_rate_dip_points_worst"] <= 6),
         ("zipf.failed", z["failed"], "== 0", z["failed"] == 0),
         ("seed.peer_get_failed", r["seed"]["inter_node_loopback"]["failed"], "== 0",
          r["seed"]["inter_node_loopback"]["failed"] == 0),
@@ -684,12 +820,26 @@ def gates(r):
         ("zipf.loss_points", round(z["loss_points"], 2), "< 2.5", z["loss_points"] < 2.5),
         ("hit_vs_bare_ratio", round(r["hit_vs_bare_ratio"], 3), ">= 0.5",
          r["hit_vs_bare_ratio"] >= 0.5),
+        # Issue 16's goals are 0.60, 2x, 0.50 and 0.90; the gates leave room for this shared
+        # machine and catch a gross regression (before: 0.31, -, 0.40, 0.80).
+        ("miss_vs_pgbench_ratio", round(r["miss_vs_pgbench_ratio"], 3), ">= 0.4",
+         r["miss_vs_pgbench_ratio"] >= 0.4),
+        ("miss_p99_vs_pgbench", round(r["miss_p99_vs_pgbench"], 2), "<= 4",
+         r["miss_p99_vs_pgbench"] <= 4),
+        ("miss.failed", r["miss"]["failed"], "== 0", r["miss"]["failed"] == 0),
+        ("remote_vs_local_ratio", round(r["remote_vs_local_ratio"], 3), ">= 0.35",
+         r["remote_vs_local_ratio"] >= 0.35),
+        ("remote_hot_vs_local_ratio", round(r["remote_hot_vs_local_ratio"], 3), ">= 0.7",
+         r["remote_hot_vs_local_ratio"] >= 0.7),
+        # Keep-alive: 64 client connections spread over the loaders' pools, not one per request.
+        ("remote.peer_connections_opened_max", max(r["remote"]["peer_connections_opened"]),
+         "<= 256", max(r["remote"]["peer_connections_opened"]) <= 256),
     ]
     return [{"name": n, "value": v, "rule": rule, "passed": bool(ok)} for n, v, rule, ok in checks]
 
 
 def print_summary(r):
-    z, h, f, s, sc = r["zipf"], r["herd"], r["failover"], r["seed"], r["scale"]
+    z, h, f, s, sc = r["zipf"], r["herd"], r["failover"], r["seed"], r["handoff"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     pct = lambda v: None if v is None else v * 100
     rows = [
@@ -698,6 +848,16 @@ def print_summary(r):
         ("hit path / bare handler (server CPU)", f"{r['hit']['cpu_per_request_ratio']:.2f}x",
          f"{r['hit']['node_cpu_us_per_request']:.2f} vs {r['hit']['bare_cpu_us_per_request']:.2f} "
          "us per request"),
+        ("cold misses / pgbench selects", f"{r['miss_vs_pgbench_ratio']:.2f}x",
+         f"{r['miss']['node_rps']:,.0f} vs {r['miss']['pgbench_tps']:,.0f} /s; per miss "
+         f"{r['miss']['user_us_per_miss']:.1f} us user, {r['miss']['system_us_per_miss']:.1f} us "
+         f"system, {r['miss']['switches_per_miss']:.2f} switches"),
+        ("miss p99 / pgbench p99 (open loop)", f"{r['miss_p99_vs_pgbench']:.2f}x",
+         f"{r['miss']['node_p99_ms']:.2f} vs {r['miss']['pgbench_p99_ms']:.2f} ms at "
+         f"{r['miss']['open_rate']:,} /s"),
+        ("remote hit / local hit", f"{r['remote_vs_local_ratio']:.2f}x",
+         f"with the hot cache {r['remote_hot_vs_local_ratio']:.2f}x; peer connections opened "
+         f"per round {r['remote']['peer_connections_opened']}"),
         ("Zipf cluster hit rate", f"{z['cluster_hit_rate'] * 100:.2f} %",
          f"single cache {z['single_cache_hit_rate'] * 100:.2f} %, loss {z['loss_points']:.2f} pts"),
         ("Zipf: one live node, same bytes", f"{z['references']['single_live_node'] * 100:.2f} %",
@@ -708,16 +868,25 @@ def print_summary(r):
         ("herd: queries for 1,000 requests", f"{h['db_queries']}",
          f"{h['arrived_before_release']} arrived before the lock was released, "
          f"{h['loads_deduped']} deduped"),
-        ("scale 3 -> 5: serving after", f"{sc['scale_up_ms']:,.0f} ms",
-         f"db {fmt(sc['db_qps_before'], ',.0f')} -> peak {fmt(sc['db_qps_peak'], ',.0f')} q/s, "
-         f"hit rate {fmt(pct(sc['hit_rate_before']), '.1f')} -> "
-         f"{fmt(pct(sc['hit_rate_min_after']), '.1f')} %, half back in "
-         f"{fmt(sc['hit_rate_half_recovery_ms'], ',.0f')} ms, all in "
-         f"{fmt(sc['hit_rate_recovery_ms'], ',.0f')} ms"),
+        *[(f"handoff {name}", fmt(ph and ph["db_peak_over_steady"], ".2f") + "x",
+           f"db peak / steady ({fmt(ph and ph['db_qps_peak'], ',.0f')} vs "
+           f"{fmt(ph and max(ph['db_qps_before'], ph['db_qps_after']), ',.0f')} q/s); hit rate dip "
+           f"{fmt(ph and ph['hit_rate_dip_points'], '.1f')} pts, within 1 pt in "
+           f"{fmt(ph and ph['within_1_point_ms'], ',.0f')} ms")
+          for name, ph in (("3 -> 5", sc["phases"].get("scale-up 3->5")),
+                           ("5 -> 3", sc["phases"].get("scale-down 5->3")),
+                           ("rolling restart", sc["rolling_restart"]))],
+        ("handoff: failed / stale at 1 s", f"{sc['failed_requests']} / {sc['stale_reads']['1s']}",
+         f"of {sc['requests']:,} requests, {sc['checker_reads']:,} checked reads; peeks "
+         + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(sc["peeks"].items()))),
         ("failover: failed requests", f"{f['failed_requests']}",
          f"of {f['requests']:,}; p99 {fmt(f['p99_ms_before'], '.2f')} -> "
          f"{fmt(f['p99_ms_during'], '.2f')} ms; ring in {f['ring_recovery_ms']:,.0f} ms, "
          f"latency in {fmt(f['latency_recovery_ms'], ',.0f')} ms"),
+        ("failover: db peak / steady (cold)", fmt(f["cold_start"] and
+                                                  f["cold_start"]["db_peak_over_steady"], ".2f")
+         + "x", f"hit rate dip {fmt(f['cold_start'] and f['cold_start']['hit_rate_dip_points'], '.1f')}"
+                f" pts: nothing can be handed off from a SIGKILLed node"),
         ("consistency: stale reads at 1 s", f"{r['consistency']['stale_reads']['1s']}",
          f"of {r['consistency']['reads']:,} reads; at 0/10/100 ms: "
          f"{r['consistency']['stale_reads']['0ms']}/{r['consistency']['stale_reads']['10ms']}/"

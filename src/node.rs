@@ -12,6 +12,7 @@ use actix_web::{App, HttpServer, web};
 
 use actix::Actor as _;
 
+use crate::actors::loader::Loaders;
 use crate::actors::raft::RaftSettings;
 use crate::actors::{DbActor, LoaderActor, RaftActor, ShardActor};
 use crate::cache::group::{Groups, GroupsDigest};
@@ -46,6 +47,7 @@ pub fn build_source(config: &Config, groups: Groups) -> anyhow::Result<Arc<dyn S
             &PostgresConfig {
                 url: s.database_url.clone().unwrap_or_default(),
                 pool_size: s.pool_size,
+                pipeline: s.pipeline,
                 lanes: worker_count(config),
                 connect_timeout: s.connect_timeout,
                 statement_timeout: s.statement_timeout,
@@ -103,8 +105,8 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
 
 /// Starts the cache's actors on the current actix system: the stores' maintenance, the source's
 /// owner, and one loader per core, each on an arbiter (thread) of its own with its own peer
-/// client and its own lane of the source, keys split by hash: a key's flights all live in one
-/// loader, and a miss is polled on one thread from the flight to the row (load/bench-miss.sh).
+/// client and its own lane of the source, keys split by hash (see [`Loaders`] for why not on
+/// the HTTP workers' threads).
 fn start_cache(config: &Config, core: Arc<Core>, source: Arc<dyn Source>) -> anyhow::Result<Cache> {
     ShardActor::start(core.stores.all());
     DbActor::new(Arc::clone(&source)).start();
@@ -124,7 +126,7 @@ fn start_cache(config: &Config, core: Arc<Core>, source: Arc<dyn Source>) -> any
         .collect::<anyhow::Result<_>>()?;
     Ok(Cache {
         core,
-        loaders,
+        loaders: Arc::new(Loaders::new(loaders)),
         request_timeout: config.request_timeout,
         peers: Arc::new(PeerClient::new(&settings)?),
         frontends: Arc::new(Frontends::default()),
@@ -194,8 +196,51 @@ fn peer_app(
         .wrap(actix_web::middleware::from_fn(http::peer::require_secret))
 }
 
-fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot bind {what} on {addr}: {e}"))
+/// Binds with `backlog` pending connections (std's `bind` listens with 128: a load balancer's
+/// burst of new connections overflowed it, and a connect then waited for SYN retries).
+fn bind(addr: SocketAddr, what: &str, backlog: u32) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot bind {what} on {addr}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket
+        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+        .map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// Descriptors the node keeps for itself beyond its listeners' connections: PostgreSQL, peers,
+/// Raft, the feed, files, epoll.
+const RESERVED_FDS: u64 = 512;
+
+/// Raises the soft limit on open files to the hard one and returns it. Under the usual soft
+/// limit of 1,024, a burst of connections made `accept` fail with EMFILE, and then the node's
+/// own connections too.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+/// Connections each listener takes at most: `--max-connections`, or what the descriptor limit
+/// leaves after the node's own, split between the two listeners.
+pub fn connection_cap(config: &Config, nofile: u64) -> usize {
+    match config.max_connections {
+        0 => usize::try_from(nofile.saturating_sub(RESERVED_FDS) / 2)
+            .unwrap_or(usize::MAX)
+            .clamp(64, 1_000_000),
+        n => n,
+    }
 }
 
 /// This node as a ring member.
@@ -259,21 +304,39 @@ fn serve(
     let workers = worker_count(config);
     let shutdown = config.shutdown_timeout.as_secs().max(1);
     let api_state = state.clone();
-    // `geecache_http_connections_total{listener}`: connections accepted. A peer that opened
-    // one per request (no keep-alive) shows here, as load/bench-remote.sh checks.
+    let nofile = raise_nofile();
+    let cap = connection_cap(config, nofile);
+    let per_worker = cap.div_ceil(workers).max(1);
+    tracing::info!(
+        open_files = nofile,
+        connections_per_listener = cap,
+        "limits"
+    );
     let counted = |listener: &'static str| {
+        metrics::gauge!("geecache_http_connections_limit", "listener" => listener)
+            .set((per_worker * workers) as f64);
+        let open = metrics::gauge!("geecache_http_connections_open", "listener" => listener);
+        open.set(0.0);
         let accepted = metrics::counter!("geecache_http_connections_total", "listener" => listener);
-        move |_: &dyn std::any::Any, _: &mut actix_web::dev::Extensions| accepted.increment(1)
+        move |_: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions| {
+            accepted.increment(1);
+            ext.insert(OpenConnection::new(open.clone()));
+        }
     };
+    let timeout = config.client_request_timeout;
     let api = HttpServer::new(move || api_app(api_state.clone()))
         .on_connect(counted("api"))
         .workers(workers)
+        .max_connections(per_worker)
+        .client_request_timeout(timeout)
         .disable_signals()
         .shutdown_timeout(shutdown)
         .listen(listeners.0)?;
     let peer = HttpServer::new(move || peer_app(state.clone()))
         .on_connect(counted("peer"))
         .workers(workers)
+        .max_connections(per_worker)
+        .client_request_timeout(timeout)
         .disable_signals()
         .shutdown_timeout(shutdown)
         .listen(listeners.1)?;
@@ -288,6 +351,23 @@ fn serve(
     actix_rt::spawn(api);
     actix_rt::spawn(peer);
     Ok(servers)
+}
+
+/// Counts a connection in `geecache_http_connections_open` while it lives (actix-web keeps a
+/// connection's extensions until it closes).
+struct OpenConnection(metrics::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: metrics::Gauge) -> OpenConnection {
+        gauge.increment(1.0);
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// A running node.
@@ -355,11 +435,12 @@ impl Node {
     /// Starts a node; must run inside an actix system.
     pub async fn start(mut config: Config) -> anyhow::Result<Node> {
         config.resolve_self().await?;
+        raise_nofile();
         // Bind and build everything that can fail before any actor starts: an actix system
         // dropped with actors still starting does not shut down cleanly.
         let listeners = (
-            bind(config.api_addr, "client API")?,
-            bind(config.peer_addr, "peer port")?,
+            bind(config.api_addr, "client API", config.listen_backlog)?,
+            bind(config.peer_addr, "peer port", config.listen_backlog)?,
         );
         let groups = config.build_groups()?;
         let source = build_source(&config, groups)?;
@@ -375,6 +456,21 @@ impl Node {
         let state = web::Data::new(state);
         start_feed(&config, &state);
         let servers = serve(&config, state.clone(), listeners)?;
+        // Feed-backed groups cache nothing before the feed's first poll: not ready until it
+        // has completed, or for at most the connect timeout (a database that is down at
+        // startup does not keep the node out; misses answer 503 until it is back).
+        let deadline = std::time::Instant::now() + config.source.connect_timeout;
+        while state
+            .cache
+            .core
+            .feed
+            .enabled
+            .load(std::sync::atomic::Ordering::Acquire)
+            && state.cache.core.feed.applied_xmin() == 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         state.health.set_ready();
         if config.emf {
             let metrics = state.metrics.clone();

@@ -93,7 +93,8 @@ async fn database_outage_is_a_5xx_then_heals_without_restart() {
     assert!(body.contains("database"), "reason in the body: {body}");
     assert!(took < Duration::from_secs(3), "answered in {took:?}");
     // Hits still come from memory, and the node is alive.
-    assert_eq!(get(&client, &api("1")).await.0, 200);
+    let (status, body) = get(&client, &api("1")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(get(&client, &format!("{}/health", node.api)).await.0, 200);
     // The failure was not cached: the same key again is a fresh try, also failing.
     assert!(get(&client, &api("2")).await.0 >= 500);

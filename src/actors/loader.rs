@@ -1,4 +1,4 @@
-//! `LoaderActor`: singleflight as a mailbox.
+//! `LoaderActor`: singleflight as a mailbox; [`Loaders`]: one per core, keys split by hash.
 //!
 //! The actor owns the in-flight table (key -> waiters). The first miss of a key opens a flight
 //! and starts the load (`cache::Loader::load`) as a task of its own, detached from every
@@ -77,6 +77,36 @@ impl LoaderActor {
 
 impl Actor for LoaderActor {
     type Context = Context<Self>;
+}
+
+/// The node's loaders, keys split by hash: a key's flights all live in one loader.
+///
+/// Each runs on an arbiter (thread) of its own, one per core. They were tried on the client
+/// API's HTTP workers' threads (a miss whose key hashes to its own worker then makes no thread
+/// hop): on a 2-core machine (`load/bench-miss.sh`, pool 16, one query per connection at a
+/// time) that was within noise of arbiters of their own (23,500 against 25,000 cold misses/s),
+/// and it lost flights on SIGTERM, when actix-web stops its idle workers (and with them their
+/// threads' loaders) while the other workers still wait for those flights. What doubled the
+/// miss rate was pipelining the source's connections (`source/postgres.rs`).
+pub struct Loaders {
+    slots: Vec<Addr<LoaderActor>>,
+}
+
+impl Loaders {
+    pub fn new(slots: Vec<Addr<LoaderActor>>) -> Loaders {
+        assert!(!slots.is_empty(), "a node has at least one loader");
+        Loaders { slots }
+    }
+
+    /// The loader of `key`.
+    pub fn of(&self, key: &str) -> Result<Addr<LoaderActor>, LoadError> {
+        let loader = &self.slots[crc32fast::hash(key.as_bytes()) as usize % self.slots.len()];
+        if loader.connected() {
+            Ok(loader.clone())
+        } else {
+            Err(LoadError::Stopped)
+        }
+    }
 }
 
 impl Handler<Load> for LoaderActor {

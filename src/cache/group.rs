@@ -522,13 +522,21 @@ pub enum KeyError {
     Empty,
     #[error("key is {0} bytes, longer than the limit of {MAX_KEY_BYTES}")]
     TooLong(usize),
+    #[error("key contains the control character U+{0:04X}; keys may not contain controls")]
+    Control(u32),
 }
 
+/// A key is 1 to `MAX_KEY_BYTES` bytes of UTF-8 without control characters (Unicode's Cc: NUL
+/// to U+001F, DEL, U+0080 to U+009F). PostgreSQL refuses NUL in text, which turned a client's
+/// `%00` into a source error; the others forge lines in logs and are no one's keys.
 pub fn validate_key(key: &str) -> Result<(), KeyError> {
     match key.len() {
         0 => Err(KeyError::Empty),
         n if n > MAX_KEY_BYTES => Err(KeyError::TooLong(n)),
-        _ => Ok(()),
+        _ => match key.chars().find(|c| c.is_control()) {
+            Some(c) => Err(KeyError::Control(c as u32)),
+            None => Ok(()),
+        },
     }
 }
 

@@ -38,12 +38,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix::Addr;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
 use crate::actors::ask;
-use crate::actors::loader::{Load, LoaderActor};
+use crate::actors::loader::{Load, Loaders};
 use crate::peer::{PeerClient, PeerError};
 use crate::ring::{Cluster, Route};
 use crate::source::Source;
@@ -360,7 +359,7 @@ pub struct Deleted {
 pub struct Cache {
     pub core: Arc<Core>,
     /// Loaders, each owning the flights of the keys that hash to it.
-    pub loaders: Vec<Addr<LoaderActor>>,
+    pub loaders: Arc<Loaders>,
     /// Deadline of one client request that misses.
     pub request_timeout: Duration,
     /// Tells other nodes and frontends about a DELETE.
@@ -434,17 +433,15 @@ impl Cache {
     /// Starts the key's reload through singleflight without waiting for it (all the stale
     /// answers meanwhile join the same one flight).
     fn revalidate(&self, group: Group, key: &str, local_only: bool) {
-        let i = self.loader_of(key);
-        let _ = ask(&self.loaders[i], "loader", |reply| Load {
+        let Ok(loader) = self.loaders.of(key) else {
+            return;
+        };
+        let _ = ask(&loader, "loader", |reply| Load {
             group,
             key: key.to_owned(),
             local_only,
             reply,
         });
-    }
-
-    fn loader_of(&self, key: &str) -> usize {
-        crc32fast::hash(key.as_bytes()) as usize % self.loaders.len()
     }
 
     /// A peer's get: this node's main store, then a load from this node's source; never
@@ -541,7 +538,7 @@ impl Cache {
     /// Joins or opens the key's flight at its loader and waits for it, up to the deadline
     /// (the flight goes on for the other waiters).
     async fn load(&self, group: Group, key: &str, local_only: bool) -> LoadResult {
-        let rx = ask(&self.loaders[self.loader_of(key)], "loader", |reply| Load {
+        let rx = ask(&self.loaders.of(key)?, "loader", |reply| Load {
             group,
             key: key.to_owned(),
             local_only,

@@ -25,6 +25,10 @@ pub const MIN_SECRET_BYTES: usize = 16;
 pub const MAX_VALUE_BYTES: usize = 1 << 30;
 /// Most virtual nodes per member (the ring also bounds its total points).
 pub const MAX_VNODES: usize = 10_000;
+/// HTTP workers per listener (and loaders) at most.
+pub const MAX_WORKERS: usize = 256;
+/// Connections to PostgreSQL at most (its own default `max_connections` is 100).
+pub const MAX_POOL_SIZE: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +76,16 @@ impl LogFormat {
             LogFormat::Json => "json",
             LogFormat::Pretty => "pretty",
         }
+    }
+}
+
+/// A rate: a finite number, 0 or more (`NaN`, `inf` and negatives are refused here, by name).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a rate: a number of requests per second, 0 or more"
+        )),
     }
 }
 
@@ -204,7 +218,7 @@ pub struct Config {
     #[serde(with = "duration")]
     pub hot_ttl: Duration,
     /// Requests per second, here or on every member, that make a remote key hot.
-    #[arg(long, env = "GEECACHE_HOT_MIN_QPS", default_value_t = 10.0)]
+    #[arg(long, env = "GEECACHE_HOT_MIN_QPS", value_parser = parse_rate, default_value_t = 10.0)]
     pub hot_min_qps: f64,
     /// Deadline of a client request that misses the cache.
     #[arg(long, env = "GEECACHE_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
@@ -219,6 +233,18 @@ pub struct Config {
     /// HTTP worker threads per listener, and loaders; 0: one per core.
     #[arg(long, env = "GEECACHE_WORKERS", default_value_t = 0)]
     pub workers: usize,
+    /// Pending connections the kernel queues per listener (capped by net.core.somaxconn).
+    #[arg(long, env = "GEECACHE_LISTEN_BACKLOG", default_value_t = 2048)]
+    pub listen_backlog: u32,
+    /// Open connections per listener before it stops accepting (the rest wait in the
+    /// backlog); 0: from the descriptor limit, leaving room for the node's own connections.
+    #[arg(long, env = "GEECACHE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head this long after it opened (or
+    /// between keep-alive requests) is closed: the bound on a slowloris.
+    #[arg(long, env = "GEECACHE_CLIENT_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    #[serde(with = "duration")]
+    pub client_request_timeout: Duration,
     /// After SIGTERM: how long /ready answers 503 before the listeners stop accepting.
     #[arg(long, env = "GEECACHE_DRAIN_DELAY", value_parser = parse_duration, default_value = "0s")]
     #[serde(with = "duration")]
@@ -255,9 +281,13 @@ pub struct SourceConfig {
     /// PostgreSQL connection URL (postgres://user@host:port/db).
     #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Connections to PostgreSQL.
+    /// Connections to PostgreSQL at most (a node opens more only when those it has are full).
     #[arg(long, env = "GEECACHE_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
+    /// Queries one PostgreSQL connection takes at once, pipelined, before the node opens
+    /// another; a slow query delays those queued behind it on its connection.
+    #[arg(long, env = "GEECACHE_PIPELINE", default_value_t = 32)]
+    pub pipeline: usize,
     /// Deadline of a new PostgreSQL connection.
     #[arg(long, env = "GEECACHE_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
     #[serde(with = "duration")]
@@ -525,6 +555,46 @@ impl Config {
         if self.loader_mailbox == 0 || self.max_in_flight == 0 {
             anyhow::bail!("loader_mailbox and max_in_flight must be at least 1");
         }
+        self.validate_limits()
+    }
+
+    /// Numbers that parse but make no node: zero deadlines, a thread per descriptor.
+    fn validate_limits(&self) -> anyhow::Result<()> {
+        if self.workers > MAX_WORKERS {
+            anyhow::bail!(
+                "--workers {} is more than {MAX_WORKERS} (each is a thread per listener, with \
+                 its own loader and connections); 0 means one per core",
+                self.workers
+            );
+        }
+        let s = &self.source;
+        if s.pool_size == 0 || s.pool_size > MAX_POOL_SIZE {
+            anyhow::bail!("--pool-size must be within 1..={MAX_POOL_SIZE}");
+        }
+        if s.pipeline == 0 || s.pipeline > 1024 {
+            anyhow::bail!("--pipeline must be within 1..=1024");
+        }
+        let positive = [
+            ("--request-timeout", self.request_timeout),
+            ("--peer-timeout", self.peer_timeout),
+            ("--dead-after", self.dead_after),
+            ("--connect-timeout", s.connect_timeout),
+            ("--statement-timeout", s.statement_timeout),
+            ("--shutdown-timeout", self.shutdown_timeout),
+            ("--emf-interval", self.emf_interval),
+            ("--max-staleness", self.max_staleness),
+            ("--hot-ttl", self.hot_ttl),
+            ("--client-request-timeout", self.client_request_timeout),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            anyhow::bail!("{flag} must be more than 0s");
+        }
+        if self.listen_backlog == 0 || self.listen_backlog > 65_535 {
+            anyhow::bail!("--listen-backlog must be within 1..=65535");
+        }
+        if !self.hot_min_qps.is_finite() || self.hot_min_qps < 0.0 {
+            anyhow::bail!("--hot-min-qps must be a number of requests per second, 0 or more");
+        }
         Ok(())
     }
 
@@ -711,6 +781,23 @@ mod tests {
         assert_eq!(c.source.embedded_latency, Duration::ZERO);
         assert_eq!(c.request_timeout, Duration::from_secs(5), "a default");
         assert_eq!(c.peer_secret.as_deref(), Some("from-the-file-0123456789"));
+    }
+
+    #[test]
+    fn numbers_that_make_no_node_are_refused_with_the_flag_named() {
+        let refused = |args: &[&str]| {
+            let mut all = vec!["--insecure-open-peer-port"];
+            all.extend_from_slice(args);
+            node_config(all).unwrap_err().to_string()
+        };
+        assert!(refused(&["--workers", "10000"]).contains("--workers 10000"));
+        assert!(refused(&["--request-timeout", "0s"]).contains("--request-timeout"));
+        assert!(refused(&["--statement-timeout", "0ms"]).contains("--statement-timeout"));
+        assert!(refused(&["--pool-size", "0"]).contains("--pool-size"));
+        assert!(refused(&["--hot-min-qps=-1"]).contains("--hot-min-qps"));
+        assert!(refused(&["--hot-min-qps", "NaN"]).contains("--hot-min-qps"));
+        let ok = node_config(["--insecure-open-peer-port", "--workers", "256"]);
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     #[test]

@@ -54,8 +54,11 @@ async fn owner(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     let mut key = None;
     for pair in query_pairs(req.query_string()) {
         let (name, value) = pair.map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
-        if name == "key" {
-            key = Some(value);
+        let bad = |m: String| ApiError::bad_request("bad_query", m);
+        match &*name {
+            "key" if key.is_some() => return Err(bad("parameter \"key\" given twice".into())),
+            "key" => key = Some(value),
+            other => return Err(bad(format!("unknown parameter {other:?}"))),
         }
     }
     let key = key.ok_or_else(|| ApiError::bad_request("bad_query", "missing parameter \"key\""))?;
@@ -97,8 +100,24 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         let lag = crate::cache::clock::now_ms().saturating_sub(at) as f64 / 1000.0;
         metrics::gauge!("geecache_feed_lag_seconds").set(lag);
     }
+    if let Some(n) = listen_overflows() {
+        metrics::counter!("geecache_tcp_listen_overflows_total").absolute(n);
+    }
     state.metrics.run_upkeep();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
+}
+
+/// The kernel's count of connections dropped because a listener's backlog was full
+/// (`TcpExt: ListenOverflows` in /proc/net/netstat): what a connection cap or a short backlog
+/// costs, for the node's network namespace (its container's, on ECS).
+fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
