@@ -80,21 +80,22 @@ def geeload(api, start, secs, concurrency=64, rate=None):
         return json.load(open(out.name))
 
 
-def start_node(pg, work):
+def start_node(pg, work, extra=()):
     api, peer = free_port(), free_port()
     proc = subprocess.Popen(
         [BIN, "node", "--api-addr", f"127.0.0.1:{api}", "--peer-addr", f"127.0.0.1:{peer}",
          "--source", "postgres", "--database-url", pg.url, "--pool-size", "16",
-         "--cache-bytes", str(512 << 20), "--statement-timeout", "10s"],
+         "--cache-bytes", str(512 << 20), "--statement-timeout", "10s", *extra],
         stdout=open(os.path.join(work, "miss-node.log"), "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{api}"
     wait_http(url + "/ready")
     return proc, url
 
 
-def scenario_miss(pg, rows, secs, rounds, work):
-    """The figures; `rows` products must be seeded, enough for every round's fresh keys."""
-    proc, api = start_node(pg, work)
+def scenario_miss(pg, rows, secs, rounds, work, extra=()):
+    """The figures; `rows` products must be seeded, enough for every round's fresh keys.
+    `extra`: more flags for the node (e.g. `--pipeline 8`)."""
+    proc, api = start_node(pg, work, extra)
     closed, opened = [], []
     nxt = 1
     try:
@@ -165,13 +166,14 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("node_args", nargs="*", help="more flags for the node, after --")
     a = ap.parse_args()
     pg = Pg()
     work = tempfile.mkdtemp(prefix="geecache-miss-")
     try:
         subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows", str(a.rows)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        r = scenario_miss(pg, a.rows, a.duration, a.rounds, work)
+        r = scenario_miss(pg, a.rows, a.duration, a.rounds, work, a.node_args)
     finally:
         pg.stop()
     print(f"\ncold misses, one node, {a.rounds} interleaved rounds of {a.duration}s (medians)")

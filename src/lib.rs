@@ -31,6 +31,8 @@
 mod actors;
 pub mod cache;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod node;
 pub mod peer;

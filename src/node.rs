@@ -431,9 +431,28 @@ fn start_membership(
     }))
 }
 
+/// A node started by `geecache up` (`GEECACHE_PARENT_PID`) gets SIGTERM when `up` dies,
+/// even by SIGKILL (Linux's parent-death signal, which follows the thread that forked it: a
+/// thread of `up`'s runtime, alive as long as `up`), and exits at once if `up` is already gone.
+fn die_with_parent() -> anyhow::Result<()> {
+    let Some(parent) = std::env::var(crate::cli::up::PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+    anyhow::ensure!(
+        nix::unistd::getppid().as_raw() == parent,
+        "the `geecache up` that started this node (pid {parent}) is gone"
+    );
+    Ok(())
+}
+
 impl Node {
     /// Starts a node; must run inside an actix system.
     pub async fn start(mut config: Config) -> anyhow::Result<Node> {
+        die_with_parent()?;
         config.resolve_self().await?;
         raise_nofile();
         // Bind and build everything that can fail before any actor starts: an actix system

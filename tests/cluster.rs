@@ -103,7 +103,15 @@ async fn six_hundred_misses_over_three_nodes_cost_one_query() {
     pg.seed(1000);
     let c = start_cluster(
         Some(&pg),
-        &["--request-timeout", "20s", "--peer-timeout", "20s"],
+        // The table stays locked until all 600 have arrived: the one query waits that long.
+        &[
+            "--request-timeout",
+            "30s",
+            "--peer-timeout",
+            "30s",
+            "--statement-timeout",
+            "30s",
+        ],
     );
     let client = client();
     let db = common::lock_products(&pg).await;
@@ -392,14 +400,144 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
         let v: serde_json::Value = serde_json::from_slice(&cluster).unwrap();
         assert_eq!(v["role"], "frontend");
         if v["members"].as_array().unwrap().len() == 3 {
+            // The documented fields, as the members published them.
+            for m in v["members"].as_array().unwrap() {
+                assert!(
+                    m["id"].as_u64().is_some_and(|id| (1..=3).contains(&id)),
+                    "{v}"
+                );
+                assert!(
+                    m["peer_url"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("http://127.0.0.1:"),
+                    "{v}"
+                );
+                assert!(
+                    m["api_url"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("http://127.0.0.1:"),
+                    "{v}"
+                );
+                assert_eq!(m["state"], "followed", "{v}");
+            }
             break;
         }
         assert!(Instant::now() < deadline, "the frontend's ring: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    let status = tokio::task::spawn_blocking(move || up.stop())
-        .await
+    // `cluster status` against the frontend prints a table of them, not of `-`.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
+        .args(["cluster", "status", "--addr", &format!("127.0.0.1:{port}")])
+        .output()
         .unwrap();
-    assert!(status.success(), "{status:?}");
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status:?}");
+    for i in 0..3 {
+        let row = table
+            .lines()
+            .find(|l| l.contains(&format!("http://127.0.0.1:{} ", peer_port + i)))
+            .unwrap_or_else(|| panic!("no row for peer {i}: {table}"));
+        assert!(row.starts_with(&(i + 1).to_string()), "{table}");
+        assert!(
+            row.contains(&format!("http://127.0.0.1:{}", api_port + i)),
+            "{table}"
+        );
+    }
+
+    // A node that dies leaves the others running: up says which, and how to start it again.
+    let up_pid = up.0.id();
+    let node2 = children(up_pid)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(" --node-id 2 "))
+        .expect("up's node2");
+    let pid = |p: i32| nix::unistd::Pid::from_raw(p);
+    nix::sys::signal::kill(pid(node2.0), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let out = std::fs::read_to_string(&log_path).unwrap();
+        if out.contains("Start it again with: ") {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up said nothing of node2:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(said.contains("node2 exited (signal: 9"), "{said}");
+    assert!(said.contains(" --node-id 2 "), "the restart line: {said}");
+    assert!(
+        up.0.try_wait().unwrap().is_none(),
+        "up stopped with one node gone"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&client, &format!("{front}/api?key=Tom")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the frontend stopped answering");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // up SIGKILLed: its nodes die with it instead of keeping the next cluster's ports.
+    let left: Vec<i32> = children(up_pid).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(left.len(), 3, "node1, node3 and the frontend");
+    up.0.kill().unwrap();
+    up.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while left
+        .iter()
+        .any(|&p| nix::sys::signal::kill(pid(p), None).is_ok() && !zombie(p))
+    {
+        assert!(Instant::now() < deadline, "up's nodes outlived it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The processes whose parent is `parent`, with their command lines (arguments space-joined).
+fn children(parent: u32) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (ppid == parent).then(|| (pid, cmd.replace('\0', " ")))
+        })
+        .collect()
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn up_refuses_ports_that_are_taken() {
+    let base = common::free_port_run(8);
+    let taken = std::net::TcpListener::bind(("127.0.0.1", base + 4)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
+        .args(["up", "--nodes", "3"])
+        .args(["--port", &(base + 6).to_string()])
+        .args(["--frontend-peer-port", &(base + 7).to_string()])
+        .args(["--peer-port", &base.to_string()])
+        .args(["--api-port", &(base + 3).to_string()])
+        .output()
+        .unwrap();
+    drop(taken);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains(&format!("port 127.0.0.1:{} is not free", base + 4)),
+        "{err}"
+    );
 }

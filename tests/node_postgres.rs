@@ -214,3 +214,46 @@ async fn sigterm_drains_and_exits_cleanly() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_has_help_and_the_gauges_exist_at_the_first_scrape() {
+    let pg = Pg::start();
+    pg.seed(10);
+    let node = pg_node(&pg, &[]);
+    let client = reqwest::Client::new();
+    let text = |client: reqwest::Client| {
+        let url = format!("{}/metrics", node.api);
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    // The first scrape, before any request: the stores' gauges are there.
+    let first = text(client.clone()).await;
+    assert!(
+        first.contains("geecache_cache_bytes{cache=\"main\"}"),
+        "{first}"
+    );
+    assert_eq!(
+        get(&client, &format!("{}/api/products/3", node.api))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&client, &format!("{}/api/products/x", node.api))
+            .await
+            .0,
+        404
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the pool's gauges, every second
+    let body = text(client).await;
+    let typed: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(typed.len() > 20, "{body}");
+    let missing: Vec<&&str> = typed
+        .iter()
+        .filter(|name| !body.contains(&format!("# HELP {name} ")))
+        .collect();
+    assert!(missing.is_empty(), "no HELP for {missing:?}");
+}

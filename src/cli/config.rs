@@ -391,11 +391,15 @@ impl Config {
     /// Reads a config file. Its errors name the file, and for a `[[group]]` the group and
     /// the field.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
-        let file = path.display();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Config::from_toml(&path.display().to_string(), &text)
+    }
+
+    /// Parses a config file's text; `file` names it in the errors.
+    pub fn from_toml(file: &str, text: &str) -> anyhow::Result<Config> {
         let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {file}: {e}"))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("bad config {file}: {e}"))?;
         let groups = table.remove("group");
         let mut config: Config = toml::Value::Table(table)
             .try_into()

@@ -2,7 +2,9 @@
 //!
 //! Each node is this same binary run as `geecache node`, agreeing on the ring by Raft, with a
 //! peer secret made for the cluster; their output is prefixed with their name. Ctrl-C (or
-//! SIGTERM) stops them all gracefully.
+//! SIGTERM) stops them all gracefully. A node that dies leaves the others running (`up` says
+//! which one and how to start it again); the nodes die with `up` (a parent-death signal), and
+//! `up` refuses to start on ports that something else holds.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,20 +20,31 @@ use super::UpArgs;
 use super::config::SourceKind;
 use super::tools::init_secret;
 
+/// The variable through which `up` asks its nodes to die with it.
+pub const PARENT_ENV: &str = "GEECACHE_PARENT_PID";
+
 struct Proc {
     name: String,
     api: String,
     child: Child,
+    /// Its command line after `geecache node`, to say how to start it again.
+    args: Vec<String>,
+    /// Whether `up` already said that it exited.
+    reported: bool,
 }
 
 fn spawn(name: &str, args: Vec<String>, api: String) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe().context("cannot find my own executable")?;
-    let mut child = Command::new(exe)
-        .arg("node")
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // If `up` dies (even by SIGKILL), its nodes get SIGTERM and drain instead of keeping
+    // every port of the next `up` (`node::die_with_parent`).
+    cmd.env(PARENT_ENV, std::process::id().to_string());
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
     for stream in [
@@ -59,7 +72,23 @@ fn spawn(name: &str, args: Vec<String>, api: String) -> anyhow::Result<Proc> {
         name: name.to_owned(),
         api,
         child,
+        args,
+        reported: false,
     })
+}
+
+/// Fails, naming it, if a port `up` would use is taken (a previous cluster's node, say).
+fn check_ports_free(ports: &[u16]) -> anyhow::Result<()> {
+    for &port in ports {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            anyhow::bail!(
+                "port 127.0.0.1:{port} is not free ({e}): another cluster may still be running \
+                 (`ss -ltnp 'sport = :{port}'` shows who holds it); stop it or choose other \
+                 ports (--port, --api-port, --peer-port, --frontend-peer-port)"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn wait_ready(procs: &mut [Proc]) -> anyhow::Result<()> {
@@ -253,7 +282,8 @@ impl Plan {
     }
 }
 
-/// Waits for Ctrl-C, SIGTERM or a process that exits; says which.
+/// Waits for Ctrl-C or SIGTERM, or until every process has exited. A process that exits
+/// leaves the others running: `up` says which one, and how to start it again.
 async fn wait_for_stop(procs: &mut [Proc]) -> anyhow::Result<String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     Ok(tokio::select! {
@@ -262,14 +292,43 @@ async fn wait_for_stop(procs: &mut [Proc]) -> anyhow::Result<String> {
         name = async {
             loop {
                 for p in procs.iter_mut() {
-                    if let Ok(Some(status)) = p.child.try_wait() {
-                        return format!("{} exited ({status})", p.name);
+                    if p.reported {
+                        continue;
                     }
+                    if let Ok(Some(status)) = p.child.try_wait() {
+                        p.reported = true;
+                        println!("\n{} exited ({status}); the others keep running.", p.name);
+                        println!("Start it again with: {}\n", restart_line(&p.args));
+                    }
+                }
+                if procs.iter().all(|p| p.reported) {
+                    return "every process exited".to_owned();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         } => name,
     })
+}
+
+/// `geecache node ARGS`, quoted for a shell where needed.
+fn restart_line(args: &[String]) -> String {
+    let quote = |a: &String| {
+        if a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c))
+        {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    let exe = std::env::current_exe()
+        .map(|e| e.display().to_string())
+        .unwrap_or_else(|_| "geecache".into());
+    std::iter::once(exe)
+        .chain(std::iter::once("node".to_owned()))
+        .chain(args.iter().map(quote))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -287,6 +346,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| temp.as_ref().map(|t| t.path().to_owned()))
         .unwrap_or_default();
+    let mut ports: Vec<u16> = (0..args.nodes)
+        .flat_map(|i| [args.api_port + i, args.peer_port + i])
+        .collect();
+    ports.extend([args.port, args.frontend_peer_port]);
+    check_ports_free(&ports)?;
     let plan = Plan::new(&args, data_root)?;
     let started = Instant::now();
     let mut procs = Vec::new();
@@ -306,5 +370,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("\n{reason}: stopping the cluster");
     stop_all(&mut procs).await;
     drop(temp);
+    anyhow::ensure!(
+        reason != "every process exited",
+        "every process of the cluster exited"
+    );
     Ok(())
 }

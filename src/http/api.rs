@@ -8,8 +8,11 @@ use serde_json::json;
 
 use super::decode::{DecodeError, decode, query_pairs};
 use super::error::ApiError;
-use super::{AppState, get_delete_resource, method_not_allowed_response, reply_response, subtree};
-use crate::cache::group::Group;
+use super::{
+    AppState, get_delete_resource, group_named, method_not_allowed_response, reply_response,
+    subtree,
+};
+use crate::cache::group::{Group, Groups};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_delete_resource("/api", get_by_query, delete_by_query))
@@ -30,10 +33,18 @@ fn refused(e: ApiError) -> HttpResponse {
     res
 }
 
-/// `?key=K[&group=G]`; the group defaults to the first configured (`scores` for the demo).
 fn from_query(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
+    parse_query(req.query_string(), state.cache.core.groups)
+}
+
+fn from_path(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
+    parse_path(req.uri().path(), state.cache.core.groups)
+}
+
+/// `?key=K[&group=G]`; the group defaults to the first configured (`scores` for the demo).
+pub fn parse_query(query: &str, groups: Groups) -> Result<(Group, String), ApiError> {
     let (mut key, mut group) = (None, None);
-    for pair in query_pairs(req.query_string()) {
+    for pair in query_pairs(query) {
         let (name, value) = pair.map_err(|e| bad_query(e.to_string()))?;
         let slot = match &*name {
             "key" => &mut key,
@@ -46,21 +57,21 @@ fn from_query(req: &HttpRequest, state: &AppState) -> Result<(Group, String), Ap
     }
     let key = key.ok_or_else(|| bad_query("missing parameter \"key\"".into()))?;
     let group = match group {
-        Some(name) => state.group(&name)?,
-        None => state.cache.core.groups.default_group(),
+        Some(name) => group_named(groups, &name)?,
+        None => groups.default_group(),
     };
     Ok((group, key.into_owned()))
 }
 
 /// `/api/{group}/{key}`: the key is the rest of the raw path, percent-decoded strictly (so
 /// `%2F` and `/` both reach the key as `/`).
-fn from_path(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
-    let rest = req.uri().path().strip_prefix("/api/").unwrap_or_default();
+pub fn parse_path(path: &str, groups: Groups) -> Result<(Group, String), ApiError> {
+    let rest = path.strip_prefix("/api/").unwrap_or_default();
     let (group, key) = rest
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request("bad_path", "expected /api/{group}/{key}"))?;
     let bad = |e: DecodeError| ApiError::bad_request("bad_path", e.to_string());
-    let group = state.group(&decode(group, false).map_err(bad)?)?;
+    let group = group_named(groups, &decode(group, false).map_err(bad)?)?;
     Ok((group, decode(key, false).map_err(bad)?.into_owned()))
 }
 

@@ -222,21 +222,26 @@ enum CommandBody {
     PurgeGroup(String),
 }
 
+/// `POST /_raft/command`'s body as the command it proposes.
+pub fn command_from_json(bytes: &[u8]) -> Result<RingCommand, ApiError> {
+    let op = match body(bytes)? {
+        CommandBody::SetWeight { id, weight } => command::Op::SetWeight(SetWeight { id, weight }),
+        CommandBody::PurgeGroup(group) => command::Op::PurgeGroup(PurgeGroup { group }),
+    };
+    Ok(RingCommand { op: Some(op) })
+}
+
 async fn command(
     req: HttpRequest,
     bytes: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let raft = raft(&state)?;
-    let op = match body(&bytes)? {
-        CommandBody::SetWeight { id, weight } => command::Op::SetWeight(SetWeight { id, weight }),
-        CommandBody::PurgeGroup(group) => {
-            // The log checks the name; only this node's config knows which groups exist.
-            state.group(&group)?;
-            command::Op::PurgeGroup(PurgeGroup { group })
-        }
-    };
-    let command = RingCommand { op: Some(op) };
+    let command = command_from_json(&bytes)?;
+    if let Some(command::Op::PurgeGroup(PurgeGroup { group })) = &command.op {
+        // The log checks the name; only this node's config knows which groups exist.
+        state.group(group)?;
+    }
     let cluster_id = caller_cluster(&req);
     change(move |reply| {
         raft.try_send(Propose {

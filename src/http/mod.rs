@@ -28,7 +28,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use actix_web::http::header::{HeaderName, HeaderValue};
 
 use crate::actors::RaftActor;
-use crate::cache::group::{Group, GroupsDigest};
+use crate::cache::group::{Group, Groups, GroupsDigest};
 use crate::cache::{Cache, Reply};
 use crate::cli::config::Role;
 use error::ApiError;
@@ -105,15 +105,19 @@ impl AppState {
 impl AppState {
     /// Parses a group name, 404 when this node does not serve it.
     pub fn group(&self, name: &str) -> Result<Group, ApiError> {
-        let groups = self.cache.core.groups;
-        groups.get(name).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_group",
-                format!("unknown group {name:?} (known: {})", groups.names()),
-            )
-        })
+        group_named(self.cache.core.groups, name)
     }
+}
+
+/// A group of `groups` by name, 404 when there is none.
+pub fn group_named(groups: Groups, name: &str) -> Result<Group, ApiError> {
+    groups.get(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_group",
+            format!("unknown group {name:?} (known: {})", groups.names()),
+        )
+    })
 }
 
 /// A client API answer: 200 with the value bytes and the group's `Content-Type`, or the

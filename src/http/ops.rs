@@ -28,7 +28,16 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
         "membership": if state.raft.is_some() || state.membership_required { "raft" } else { "static" },
         "epoch": view.epoch,
         "vnodes": view.ring.vnodes(),
-        "members": view.ring.members(),
+        "members": if view.members.is_empty() {
+            json!(view.ring.members())
+        } else {
+            // A frontend: the ring it follows, as its members published it. It takes no part
+            // in Raft, so it knows no roles; `state` says where the list comes from.
+            json!(view.members.iter().map(|m| json!({
+                "id": m.id, "peer_url": m.peer_url, "api_url": m.api_url, "weight": m.weight,
+                "role": "member", "state": "followed",
+            })).collect::<Vec<_>>())
+        },
         "node_id": null,
         "leader_id": null,
         "term": null,

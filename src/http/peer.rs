@@ -14,9 +14,9 @@ use prost::Message;
 
 use super::decode::{DecodeError, decode};
 use super::error::ApiError;
-use super::{AppState, method_not_allowed_response, subtree};
+use super::{AppState, group_named, method_not_allowed_response, subtree};
 use crate::cache::error::LoadError;
-use crate::cache::group::Group;
+use crate::cache::group::{Group, Groups};
 use crate::peer::wire::{DATA_PREFIX, EPOCH_HEADER, PEEK_HEADER, Response};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -89,16 +89,17 @@ pub async fn require_secret(
 /// The group and key of a data path, `+` read as a space (GeeCache's Go client escapes keys
 /// with `url.QueryEscape`).
 fn group_and_key(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
-    let rest = req
-        .uri()
-        .path()
-        .strip_prefix(DATA_PREFIX)
-        .unwrap_or_default();
+    parse_data_path(req.uri().path(), state.cache.core.groups)
+}
+
+/// `/_geecache/{group}/{key}`, as `peer::wire::data_path` writes it.
+pub fn parse_data_path(path: &str, groups: Groups) -> Result<(Group, String), ApiError> {
+    let rest = path.strip_prefix(DATA_PREFIX).unwrap_or_default();
     let (group, key) = rest
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request("bad_path", "expected /_geecache/{group}/{key}"))?;
     let bad = |e: DecodeError| ApiError::bad_request("bad_path", e.to_string());
-    let group = state.group(&decode(group, true).map_err(bad)?)?;
+    let group = group_named(groups, &decode(group, true).map_err(bad)?)?;
     Ok((group, decode(key, true).map_err(bad)?.into_owned()))
 }
 

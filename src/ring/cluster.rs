@@ -26,6 +26,9 @@ pub struct RingView {
     /// new owner asks a moved key's previous owner before the source (warm handoff).
     pub previous: Option<Arc<Ring>>,
     pub changed_ms: u64,
+    /// The members as the ring's publisher gave them (ids and URLs; empty for a static ring):
+    /// what a frontend's `/cluster` lists.
+    pub members: Arc<[MemberInfo]>,
 }
 
 /// Where a key is served from.
@@ -64,6 +67,7 @@ impl Cluster {
                 epoch: 0,
                 previous: None,
                 changed_ms: 0,
+                members: Arc::new([]),
             }),
             groups,
             generations: groups.all().map(|_| AtomicU64::new(0)).collect(),
@@ -114,10 +118,11 @@ impl Cluster {
         if epoch <= self.epoch() && epoch != 0 {
             return false;
         }
+        let members: Arc<[MemberInfo]> = members.into_iter().cloned().collect();
         let ring = Ring::new(
             self.hash,
             self.vnodes,
-            members.into_iter().map(|m| Member {
+            members.iter().map(|m| Member {
                 name: m.peer_url.as_str().into(),
                 weight: m.weight,
             }),
@@ -159,6 +164,7 @@ impl Cluster {
                 } else {
                     current.changed_ms
                 },
+                members: Arc::clone(&members),
             })
         });
         published

@@ -30,10 +30,172 @@ pub fn install() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (tests); then ours only renders.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe();
+            }
             handle
         })
         .clone()
+}
+
+/// Every metric's HELP text (and unit), so that `promtool check metrics` finds none without.
+/// `tests/cluster.rs` checks that each family a node exports has one.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    let counters: &[(&'static str, &'static str)] = &[
+        (
+            "geecache_gets_total",
+            "Requests for a key, by clients and peers (groupcache Gets)",
+        ),
+        (
+            "geecache_cache_hits_total",
+            "Gets answered from this node's main shard",
+        ),
+        (
+            "geecache_hot_cache_hits_total",
+            "Gets answered from the hot cache (copies of keys owned elsewhere)",
+        ),
+        (
+            "geecache_loads_total",
+            "Gets that missed both caches and started or joined a load",
+        ),
+        (
+            "geecache_loads_deduped_total",
+            "Loads that joined a flight already under way (singleflight)",
+        ),
+        (
+            "geecache_local_load_errors_total",
+            "Loads from the source that failed",
+        ),
+        (
+            "geecache_peer_loads_total",
+            "Loads answered by the key's owner over the peer port",
+        ),
+        (
+            "geecache_peer_errors_total",
+            "Peer fetches that failed (not counting stale-epoch retries)",
+        ),
+        (
+            "geecache_server_requests_total",
+            "Peer requests this node served as a key's owner",
+        ),
+        (
+            "geecache_stale_epoch_retries_total",
+            "Peer fetches retried once after the owner's newer ring",
+        ),
+        (
+            "geecache_stale_served_total",
+            "Values answered past their TTL (stale-while-revalidate or stale-if-error)",
+        ),
+        (
+            "geecache_invalidations_total",
+            "Keys invalidated (DELETE or the change feed), by group",
+        ),
+        (
+            "geecache_fills_discarded_total",
+            "Loaded values not cached because the key changed while they loaded",
+        ),
+        (
+            "geecache_cache_evictions_total",
+            "Entries evicted to keep a store within its bytes",
+        ),
+        (
+            "geecache_feed_replays_total",
+            "Feed reconnections after which missed changes were replayed, by cause",
+        ),
+        (
+            "geecache_feed_drops_total",
+            "Feed-backed groups dropped because changes could not be replayed, by cause",
+        ),
+        (
+            "geecache_handoff_peeks_total",
+            "Peeks asked of a moved key's previous owner, by outcome",
+        ),
+        (
+            "geecache_handoff_peeks_served_total",
+            "Peeks this node answered as a previous owner, by outcome",
+        ),
+        (
+            "geecache_raft_entries_skipped_total",
+            "Committed Raft entries skipped because they fail validation",
+        ),
+        (
+            "geecache_raft_messages_dropped_total",
+            "Raft messages dropped as inadmissible, by reason",
+        ),
+        (
+            "geecache_http_connections_total",
+            "TCP connections accepted, by listener",
+        ),
+        (
+            "geecache_tcp_listen_overflows_total",
+            "The kernel's listen queue overflows (TcpExtListenOverflows of this network namespace)",
+        ),
+    ];
+    for &(name, help) in counters {
+        describe_counter!(name, help);
+    }
+    describe_counter!(
+        "geecache_handoff_bytes_total",
+        Unit::Bytes,
+        "Value bytes accepted from peeks"
+    );
+    let gauges: &[(&'static str, &'static str)] = &[
+        (
+            "geecache_cache_items",
+            "Entries in a store (main shard, hot cache, a group's own budget)",
+        ),
+        (
+            "geecache_groups_mismatch",
+            "1 when a member's group definitions differ from this node's",
+        ),
+        (
+            "geecache_feed_position",
+            "The change feed's applied position (the last poll's snapshot xmin)",
+        ),
+        (
+            "geecache_http_connections_open",
+            "Open client connections, by listener",
+        ),
+        (
+            "geecache_http_connections_limit",
+            "Connections a listener accepts at most (per worker times workers)",
+        ),
+        (
+            "geecache_source_pool_connections",
+            "The source's connections, by lane and state",
+        ),
+        (
+            "geecache_source_pool_waiting",
+            "Queries waiting for a connection of the source, by lane",
+        ),
+    ];
+    for &(name, help) in gauges {
+        describe_gauge!(name, help);
+    }
+    describe_gauge!("geecache_cache_bytes", Unit::Bytes, "Bytes held by a store");
+    describe_gauge!(
+        "geecache_feed_lag_seconds",
+        Unit::Seconds,
+        "Time since the feed's last completed poll"
+    );
+    let histograms: &[(&'static str, &'static str)] = &[
+        (
+            "geecache_http_request_duration_seconds",
+            "Time to answer a request, by route and status",
+        ),
+        (
+            "geecache_source_duration_seconds",
+            "Time of one query at the source, by group",
+        ),
+        (
+            "geecache_feed_delay_seconds",
+            "Time from a change's commit to its invalidation here",
+        ),
+    ];
+    for &(name, help) in histograms {
+        describe_histogram!(name, Unit::Seconds, help);
+    }
 }
 
 /// The counters of one group, registered once so that the request path does no lookups.
