@@ -33,6 +33,8 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(12);
 /// Raft messages and status polls: a peer that does not answer this fast counts as unreachable.
 const RAFT_TIMEOUT: Duration = Duration::from_secs(2);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a new owner waits for a moved key's previous owner to say what it holds.
+pub const PEEK_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// What every peer client of a node shares.
 #[derive(Debug, Clone)]
@@ -219,7 +221,9 @@ impl PeerClient {
     }
 
     /// A peek (`x-geecache-peek`): what `peer` holds of the key, without making it load;
-    /// `None` when it holds nothing.
+    /// `None` when it holds nothing. Bounded by [`PEEK_TIMEOUT`], not the peer timeout: a peek
+    /// only saves a query, and one that waits on an overloaded or leaving owner would cost
+    /// the miss more than the query does.
     pub async fn peek(
         &self,
         peer: &str,
@@ -230,9 +234,13 @@ impl PeerClient {
             HeaderName::from_static(PEEK_HEADER),
             HeaderValue::from_static("1"),
         );
-        let (status, _, body) = self
-            .data(http::Method::GET, peer, group, key, Some(peek))
-            .await?;
+        let asked = self.data(http::Method::GET, peer, group, key, Some(peek));
+        let (status, _, body) =
+            tokio::time::timeout(PEEK_TIMEOUT, asked)
+                .await
+                .map_err(|_| {
+                    PeerError::Transport(format!("no answer to a peek within {PEEK_TIMEOUT:?}"))
+                })??;
         match status {
             200 => answer(body).map(Some),
             404 => Ok(None),
@@ -379,4 +387,39 @@ async fn read_bounded(mut res: reqwest::Response, max: usize) -> Result<Bytes, P
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::group::Groups;
+
+    /// A previous owner that accepts the peek and never answers costs the miss at most
+    /// PEEK_TIMEOUT, not the peer timeout.
+    #[tokio::test]
+    async fn a_peek_gives_up_after_its_own_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let client = PeerClient::new(&PeerSettings {
+            timeout: Duration::from_secs(20),
+            secret: None,
+            max_value_bytes: 1 << 20,
+        })
+        .unwrap();
+        let group = Groups::demo().default_group();
+        let started = std::time::Instant::now();
+        let peeked = client.peek(&format!("http://{addr}"), group, "Tom").await;
+        let took = started.elapsed();
+        assert!(peeked.is_err(), "{peeked:?}");
+        assert!(
+            took >= PEEK_TIMEOUT && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        held.abort();
+    }
 }
