@@ -146,6 +146,13 @@ impl Groups {
         Ok(Groups(Vec::leak(defs)))
     }
 
+    /// Checks a configuration's groups as [`Groups::new`] does, without building (and leaking)
+    /// them.
+    pub fn check(configs: &[GroupConfig]) -> Result<(), GroupError> {
+        check_groups(configs)?;
+        configs.iter().try_for_each(|c| c.compile().map(drop))
+    }
+
     /// The demo groups, `scores` and `products`, with these queries.
     pub fn demo_with(scores: &str, products: &str) -> Groups {
         let mut scores = GroupConfig::demo("scores", scores);

@@ -769,7 +769,11 @@ impl Loader {
                     // As groupcache: a failing owner does not fail the request; load here. The
                     // value goes to the hot cache, whose TTL bounds how long this copy can live.
                     counters.peer_errors.increment(1);
-                    tracing::warn!(%peer, group = %group, key, error = %e, "peer load failed; loading locally");
+                    static WARN: crate::telemetry::limit::Every =
+                        crate::telemetry::limit::Every::second();
+                    if let Some(held_back) = WARN.admit(clock::now_ms()) {
+                        tracing::warn!(%peer, group = %group, key, error = %e, held_back, "peer load failed; loading locally");
+                    }
                     let hot = core.stores.hot(group);
                     return self.locally(group, key, hot, lease).await;
                 }
@@ -830,7 +834,12 @@ impl Loader {
             "group" => group.name(), "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
         if let Err(e) = &fetched {
-            tracing::warn!(group = %group, key, error = %e, "source fetch failed");
+            // One line a second at most, with how many were held back: a client asking for
+            // keys that fail (or a database that is down) must not flood the log.
+            static WARN: crate::telemetry::limit::Every = crate::telemetry::limit::Every::second();
+            if let Some(held_back) = WARN.admit(clock::now_ms()) {
+                tracing::warn!(group = %group, key, error = %e, held_back, "source fetch failed");
+            }
         }
         let now = clock::now_ms();
         match fetched {

@@ -2,6 +2,7 @@
 //! Metric Format lines ([`emf`]).
 
 pub mod emf;
+pub mod limit;
 pub mod metrics;
 
 use std::time::Duration;
