@@ -800,6 +800,10 @@ mod tests {
         assert!(refused(&["--pool-size", "0"]).contains("--pool-size"));
         assert!(refused(&["--hot-min-qps=-1"]).contains("--hot-min-qps"));
         assert!(refused(&["--hot-min-qps", "NaN"]).contains("--hot-min-qps"));
+        assert!(refused(&["--pipeline", "0"]).contains("--pipeline"));
+        assert!(refused(&["--pipeline", "5000"]).contains("--pipeline"));
+        assert!(refused(&["--listen-backlog", "0"]).contains("--listen-backlog"));
+        assert!(refused(&["--client-request-timeout", "0s"]).contains("--client-request-timeout"));
         let ok = node_config(["--insecure-open-peer-port", "--workers", "256"]);
         assert!(ok.is_ok(), "{:?}", ok.err());
     }
