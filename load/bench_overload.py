@@ -60,7 +60,7 @@ def main():
     log = tempfile.NamedTemporaryFile(prefix="geecache-overload-", suffix=".log", delete=False)
     node = subprocess.Popen(
         [BIN, "node", "--api-addr", f"127.0.0.1:{port}", "--peer-addr",
-         f"127.0.0.1:{free_port()}", "--insecure-open-peer-port", "--embedded-latency",
+         f"127.0.0.1:{free_port()}", "--embedded-latency",
          "100ms", "--max-in-flight", "50", "--cache-bytes", str(256 << 20)],
         stdout=log, stderr=subprocess.STDOUT)
     try:
