@@ -106,14 +106,7 @@ async fn a_slowloris_at_the_descriptor_limit_leaves_the_node_serving() {
     assert_eq!(r.status(), 200);
     assert!(t.elapsed() < Duration::from_secs(15));
 
-    let text = client
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&client, &api).await;
     let limit = text
         .lines()
         .find(|l| l.starts_with("geecache_http_connections_limit{listener=\"api\"}"))

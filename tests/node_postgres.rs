@@ -221,12 +221,8 @@ async fn every_metric_has_help_and_the_gauges_exist_at_the_first_scrape() {
     pg.seed(10);
     let node = pg_node(&pg, &[]);
     let client = reqwest::Client::new();
-    let text = |client: reqwest::Client| {
-        let url = format!("{}/metrics", node.api);
-        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
-    };
     // The first scrape, before any request: the stores' gauges are there.
-    let first = text(client.clone()).await;
+    let first = common::metrics_text(&client, &node.api).await;
     assert!(
         first.contains("geecache_cache_bytes{cache=\"main\"}"),
         "{first}"
@@ -244,7 +240,7 @@ async fn every_metric_has_help_and_the_gauges_exist_at_the_first_scrape() {
         404
     );
     tokio::time::sleep(Duration::from_millis(1100)).await; // the pool's gauges, every second
-    let body = text(client).await;
+    let body = common::metrics_text(&client, &node.api).await;
     let typed: Vec<&str> = body
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

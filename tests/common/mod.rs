@@ -324,15 +324,9 @@ impl NodeProc {
 
     /// The value of one metric series from `/metrics` (0 when absent).
     pub async fn metric(&self, client: &reqwest::Client, series: &str) -> f64 {
-        let text = client
-            .get(format!("{}/metrics", self.api))
-            .send()
+        metrics_text(client, &self.api)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
     }
@@ -460,4 +454,17 @@ impl Proxy {
     pub fn cut(&self, on: bool) {
         self.cut.store(on, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The Prometheus text of the node whose client API is at `api`.
+#[allow(dead_code)] // not every test binary scrapes
+pub async fn metrics_text(client: &reqwest::Client, api: &str) -> String {
+    client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
