@@ -70,6 +70,7 @@ fn peer_settings(config: &Config) -> PeerSettings {
         timeout: config.peer_timeout,
         secret: config.peer_secret.clone(),
         max_value_bytes: config.max_value_bytes,
+        idle_timeout: config.keep_alive / 2,
     }
 }
 
@@ -324,11 +325,13 @@ fn serve(
         }
     };
     let timeout = config.client_request_timeout;
+    let keep_alive = config.keep_alive;
     let api = HttpServer::new(move || api_app(api_state.clone()))
         .on_connect(counted("api"))
         .workers(workers)
         .max_connections(per_worker)
         .client_request_timeout(timeout)
+        .keep_alive(keep_alive)
         .disable_signals()
         .shutdown_timeout(shutdown)
         .listen(listeners.0)?;
@@ -337,6 +340,7 @@ fn serve(
         .workers(workers)
         .max_connections(per_worker)
         .client_request_timeout(timeout)
+        .keep_alive(keep_alive)
         .disable_signals()
         .shutdown_timeout(shutdown)
         .listen(listeners.1)?;
@@ -606,5 +610,29 @@ fn warn_if_open(config: &Config) {
             "the peer port is OPEN (--insecure-open-peer-port): anyone who reaches it can read \
              and poison the cache and change the ring; use it only to mix with GeeCache (Go) nodes"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node closes idle connections after `--keep-alive`; its peer client must let its own
+    /// go first, or a remote load can go out on a connection the peer is closing.
+    #[test]
+    fn the_peer_client_lets_idle_connections_go_before_the_peers_do() {
+        for keep_alive in ["75s", "1s"] {
+            let config = crate::cli::config::node_config([
+                "--keep-alive",
+                keep_alive,
+                "--insecure-open-peer-port",
+            ])
+            .unwrap();
+            let idle = peer_settings(&config).idle_timeout;
+            assert!(
+                !idle.is_zero() && idle < config.keep_alive,
+                "{idle:?} against --keep-alive {keep_alive}"
+            );
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! A node at its descriptor limit: a slowloris of 2,000 connections under `RLIMIT_NOFILE`
 //! 1,024 (soft and hard, so the node cannot raise it) must not make `accept` fail with EMFILE,
 //! nor slow a client's keep-alive connection; a new connection is served once the slow ones
-//! time out (`--client-request-timeout`). Bounded to about 30 s.
+//! time out (`--client-request-timeout`). Bounded to about 30 s. And idle keep-alive
+//! connections stay open as long as `--keep-alive` says.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{blocking_status, free_port};
+use common::{NodeProc, blocking_status, free_port};
 use tokio::io::AsyncWriteExt;
 
 struct Killed(std::process::Child);
@@ -117,5 +118,60 @@ async fn a_slowloris_at_the_descriptor_limit_leaves_the_node_serving() {
     assert!(
         !log.contains("Too many open files") && !log.contains("\"level\":\"ERROR\""),
         "{log}"
+    );
+}
+
+/// One `GET /health` on a kept-alive connection: its status, or `None` if the node closed it.
+fn health_on(s: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::{Read, Write};
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + length {
+                return text.get(9..12)?.parse().ok();
+            }
+        }
+    }
+}
+
+/// A load balancer pools its connections to a node (an ALB for 60 s): if the node closed an
+/// idle one sooner (actix's default is 5 s), a request sent as it closes fails (a client's
+/// `IncompleteMessage`, an ALB's 502). By default an idle connection outlives 5 s; with
+/// `--keep-alive 1s` it is closed after a second.
+#[test]
+fn idle_connections_stay_open_for_the_keep_alive() {
+    let default = NodeProc::spawn(&[]);
+    let short = NodeProc::spawn(&["--keep-alive", "1s"]);
+    let connect = |n: &NodeProc| {
+        let s = std::net::TcpStream::connect(n.api.trim_start_matches("http://")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let (mut long_lived, mut short_lived) = (connect(&default), connect(&short));
+    assert_eq!(health_on(&mut long_lived), Some(200));
+    assert_eq!(health_on(&mut short_lived), Some(200));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        health_on(&mut long_lived),
+        Some(200),
+        "idle for 6 s under the default --keep-alive"
+    );
+    assert_eq!(
+        health_on(&mut short_lived),
+        None,
+        "idle for 6 s under --keep-alive 1s: closed"
     );
 }

@@ -219,6 +219,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             secret: None,
             max_value_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(30),
         };
         let loader = Loader {
             core: Arc::clone(&core),

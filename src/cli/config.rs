@@ -240,11 +240,19 @@ pub struct Config {
     /// backlog); 0: from the descriptor limit, leaving room for the node's own connections.
     #[arg(long, env = "GEECACHE_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
-    /// A connection that has not sent a whole request head this long after it opened (or
-    /// between keep-alive requests) is closed: the bound on a slowloris.
+    /// A connection that has not sent its first whole request head this long after it opened
+    /// is closed (408): the bound on a slowloris.
     #[arg(long, env = "GEECACHE_CLIENT_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
     #[serde(with = "duration")]
     pub client_request_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long. Longer than the idle timeout
+    /// of whatever pools connections to the node (an ALB's is 60 s), so that the node never
+    /// closes a connection a client is about to send on: that race is a client's
+    /// `IncompleteMessage` or an ALB's 502. The peer client keeps its own idle connections
+    /// half as long.
+    #[arg(long, env = "GEECACHE_KEEP_ALIVE", value_parser = parse_duration, default_value = "75s")]
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
     /// After SIGTERM: how long /ready answers 503 before the listeners stop accepting.
     #[arg(long, env = "GEECACHE_DRAIN_DELAY", value_parser = parse_duration, default_value = "0s")]
     #[serde(with = "duration")]
@@ -589,6 +597,7 @@ impl Config {
             ("--max-staleness", self.max_staleness),
             ("--hot-ttl", self.hot_ttl),
             ("--client-request-timeout", self.client_request_timeout),
+            ("--keep-alive", self.keep_alive),
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             anyhow::bail!("{flag} must be more than 0s");
@@ -804,6 +813,7 @@ mod tests {
         assert!(refused(&["--pipeline", "5000"]).contains("--pipeline"));
         assert!(refused(&["--listen-backlog", "0"]).contains("--listen-backlog"));
         assert!(refused(&["--client-request-timeout", "0s"]).contains("--client-request-timeout"));
+        assert!(refused(&["--keep-alive", "0s"]).contains("--keep-alive"));
         let ok = node_config(["--insecure-open-peer-port", "--workers", "256"]);
         assert!(ok.is_ok(), "{:?}", ok.err());
     }

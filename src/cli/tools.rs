@@ -102,6 +102,7 @@ pub async fn cluster_purge(group: &str, addr: &str, auth: &SecretArgs) -> anyhow
         timeout: Duration::from_secs(5),
         secret: secret(auth)?,
         max_value_bytes: 1 << 20,
+        idle_timeout: Duration::from_secs(30),
     })?;
     let body = serde_json::json!({ "purge_group": group });
     let mut last = String::new();

@@ -45,6 +45,9 @@ pub struct PeerSettings {
     pub secret: Option<String>,
     /// Largest value a peer may answer with.
     pub max_value_bytes: usize,
+    /// How long an idle connection to a peer is kept: shorter than the peers' `--keep-alive`,
+    /// so that a request never goes out on a connection the peer is closing.
+    pub idle_timeout: Duration,
 }
 
 /// A data fetch's answer.
@@ -112,12 +115,14 @@ impl PeerClient {
         connector.set_connect_timeout(Some(settings.timeout.min(Duration::from_millis(500))));
         let data = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(64)
+            .pool_idle_timeout(settings.idle_timeout)
             .build(connector);
         Ok(PeerClient {
             data,
             http: reqwest::Client::builder()
                 .connect_timeout(settings.timeout.min(Duration::from_millis(500)))
                 .pool_max_idle_per_host(64)
+                .pool_idle_timeout(settings.idle_timeout)
                 .tcp_nodelay(true)
                 .build()?,
             auth,
@@ -409,6 +414,7 @@ mod tests {
             timeout: Duration::from_secs(20),
             secret: None,
             max_value_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(30),
         })
         .unwrap();
         let group = Groups::demo().default_group();

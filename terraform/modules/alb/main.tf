@@ -18,6 +18,11 @@ variable "deletion_protection" {
   type    = bool
   default = true
 }
+variable "idle_timeout" {
+  type        = number
+  default     = 60
+  description = "Seconds the ALB keeps an idle connection to a task. The tasks keep theirs longer (the ecs module's alb_idle_timeout + 15 s), so that the ALB never sends on a connection a task is closing (a 502)."
+}
 variable "access_logs_bucket" {
   type    = string
   default = null
@@ -68,6 +73,7 @@ resource "aws_lb" "this" {
   security_groups            = [aws_security_group.alb.id]
   subnets                    = var.subnet_ids
   drop_invalid_header_fields = true
+  idle_timeout               = var.idle_timeout
   enable_deletion_protection = var.deletion_protection
   dynamic "access_logs" {
     for_each = var.access_logs_bucket == null ? [] : [1]
@@ -133,5 +139,6 @@ resource "aws_lb_listener" "http" {
 output "security_group_id" { value = aws_security_group.alb.id }
 output "target_group_arn" { value = aws_lb_target_group.api.arn }
 output "dns_name" { value = aws_lb.this.dns_name }
+output "idle_timeout" { value = var.idle_timeout }
 output "arn_suffix" { value = aws_lb.this.arn_suffix }
 output "target_group_arn_suffix" { value = aws_lb_target_group.api.arn_suffix }

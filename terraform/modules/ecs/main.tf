@@ -53,6 +53,11 @@ variable "cache_bytes" {
   type    = number
   default = 536870912
 }
+variable "alb_idle_timeout" {
+  type        = number
+  default     = 60
+  description = "The ALB's idle timeout in seconds: the tasks' GEECACHE_KEEP_ALIVE is 15 s longer."
+}
 variable "tags" {
   type    = map(string)
   default = {}
@@ -265,6 +270,8 @@ locals {
     { name = "GEECACHE_CACHE_BYTES", value = tostring(var.cache_bytes) },
     { name = "GEECACHE_DRAIN_DELAY", value = "5s" },
     { name = "GEECACHE_LOG_FORMAT", value = "json" },
+    # Idle connections outlive the ALB's, or the ALB can send on one as the task closes it.
+    { name = "GEECACHE_KEEP_ALIVE", value = "${var.alb_idle_timeout + 15}s" },
   ]
   secrets = [
     { name = "GEECACHE_DATABASE_URL", valueFrom = var.database_url_secret_arn },

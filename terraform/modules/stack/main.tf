@@ -105,6 +105,7 @@ module "ecs" {
   nodes_dns               = module.discovery.nodes_dns
   database_url_secret_arn = module.rds.database_url_secret_arn
   log_group_name          = module.observability.log_group_name
+  alb_idle_timeout        = module.alb.idle_timeout
   desired_count           = var.desired_count
   frontend_count          = var.frontend_count
   tags                    = var.tags

@@ -119,6 +119,10 @@ run "nodes_service" {
     error_message = "the peer secret reaches the tasks from Secrets Manager, never as plain text in the task definition"
   }
   assert {
+    condition     = strcontains(aws_ecs_task_definition.node.container_definitions, "\"GEECACHE_KEEP_ALIVE\",\"value\":\"75s\"")
+    error_message = "the tasks keep idle connections 75 s, longer than the ALB's 60 s"
+  }
+  assert {
     condition     = aws_vpc_security_group_ingress_rule.api_from_alb.referenced_security_group_id == "sg-alb" && aws_vpc_security_group_ingress_rule.api_from_alb.from_port == 9999
     error_message = "only the ALB reaches the client port"
   }
@@ -218,6 +222,10 @@ run "alb" {
     certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/test"
   }
 
+  assert {
+    condition     = aws_lb.this.idle_timeout == 60 && output.idle_timeout == 60
+    error_message = "the ALB's idle timeout is set (60 s), and handed to the tasks' keep-alive"
+  }
   assert {
     condition     = one(aws_lb_listener.http.default_action).type == "redirect"
     error_message = "HTTP redirects to HTTPS"
