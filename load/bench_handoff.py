@@ -6,7 +6,9 @@ default `--handoff-grace 60s`) and without it (`--handoff-grace 0s`: a new owner
 to PostgreSQL, as before issue 15). Prints database peak over steady and the hit-rate dip per
 phase for both.
 
-  load/bench-handoff.sh [quick|full] [--rounds N]
+  load/bench-handoff.sh [quick|full] [--rounds N] [--variants handoff,cold,drain15,...]
+
+More variants (`--variants`) compare the handoff's own settings in the same run.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile
 
@@ -14,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402
 from suite import BIN, CACHE_FRACTION, MODES, Cluster, Pg, geeload, wait  # noqa: E402
 
-VARIANTS = {"handoff": [], "cold": ["--handoff-grace", "0s"]}
+VARIANTS = {"handoff": [], "cold": ["--handoff-grace", "0s"],
+            "drain15": ["--handoff-drain", "15s"], "drain1": ["--handoff-drain", "1s"]}
 PHASES = (("3 -> 5", "scale-up 3->5"), ("5 -> 3", "scale-down 5->3"))
 
 
@@ -35,11 +38,17 @@ def main():
     ap.add_argument("mode", nargs="?", default="quick", choices=MODES)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json")
+    ap.add_argument("--variants", default="handoff,cold",
+                    help="comma-separated, of: " + ", ".join(VARIANTS))
     a = ap.parse_args()
+    chosen = a.variants.split(",")
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}: choose from {list(VARIANTS)}")
     m = MODES[a.mode]
     os.makedirs(suite.OUT, exist_ok=True)
     pg = Pg()
-    runs = {v: [] for v in VARIANTS}
+    runs = {v: [] for v in chosen}
     try:
         subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows",
                         str(m["products"] + 1000)], check=True, stdout=subprocess.DEVNULL,
@@ -48,7 +57,8 @@ def main():
                          "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
         per_node = replay["cache_bytes"] // 3
         for _ in range(a.rounds):
-            for name, extra in VARIANTS.items():
+            for name in chosen:
+                extra = VARIANTS[name]
                 suite.log(f"handoff scenario, {name} ({' '.join(extra) or 'default flags'})")
                 runs[name].append(one(m, pg, per_node, extra))
     finally:
@@ -59,19 +69,21 @@ def main():
     print(f"\nwarm handoff against a cold start ({a.mode}: {m['products']:,} products, "
           f"{m['handoff_rate']:,} req/s, {a.rounds} round(s), medians)")
     print(f"  {'phase':<16} {'variant':<8} {'db peak/steady':>15} {'hit-rate dip':>13} "
-          f"{'within 1 pt':>12}")
+          f"{'(under before)':>15} {'within 1 pt':>12}")
     for label, key in PHASES + (("rolling restart", None),):
-        for name in VARIANTS:
+        for name in chosen:
             ph = [r["rolling_restart"] if key is None else r["phases"].get(key)
                   for r in runs[name]]
             ph = [p for p in ph if p]
             row = {k: med([p[k] for p in ph if p[k] is not None])
-                   for k in ("db_peak_over_steady", "hit_rate_dip_points", "within_1_point_ms")}
+                   for k in ("db_peak_over_steady", "hit_rate_dip_points",
+                             "hit_rate_dip_under_before_points", "within_1_point_ms")}
             out.setdefault(label, {})[name] = row
             print(f"  {label:<16} {name:<8} {fmt(row['db_peak_over_steady'], '.2f'):>14}x "
                   f"{fmt(row['hit_rate_dip_points'], '.1f'):>10} pts "
+                  f"{fmt(row['hit_rate_dip_under_before_points'], '.1f'):>11} pts "
                   f"{fmt(row['within_1_point_ms'], ',.0f'):>9} ms")
-    for name in VARIANTS:
+    for name in chosen:
         fails = sum(r["failed_requests"] for r in runs[name])
         stale = sum(r["stale_reads"]["1s"] for r in runs[name])
         peeks = runs[name][-1]["peeks"]

@@ -833,3 +833,93 @@ async fn a_member_with_other_groups_is_flagged_and_keeps_serving() {
         200
     );
 }
+
+/// A node that left keeps answering its successors' peeks while it drains (warm handoff): a
+/// DELETE made meanwhile reaches it too, or a successor would take the deleted value from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_reaches_a_node_that_left_and_still_drains() {
+    use geecache::ring::{Member, Ring, RingHash};
+    let pg = Pg::start();
+    tables(&pg);
+    let file = config(GROUPS);
+    let c = client();
+    let url = pg.url();
+    let base = [
+        "--config",
+        file.path.to_str().unwrap(),
+        "--source",
+        "postgres",
+        "--database-url",
+        &url,
+        "--admin-token",
+        ADMIN,
+    ];
+    let raft = Raft::new(3, "30s");
+    let mut nodes: Vec<NodeProc> = (1..=3)
+        .map(|id| {
+            let drain: &[&str] = if id == 3 {
+                &["--handoff-drain", "30s"]
+            } else {
+                &[]
+            };
+            raft.start_with(id, &[&base[..], drain].concat())
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_ready();
+    }
+    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    let ring = Ring::new(
+        RingHash::Crc32,
+        150,
+        (1..=3).map(|id| Member::new(&raft.peer(id))),
+    );
+    let of_three: Vec<String> = (1..=1000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| *ring.owner(k).unwrap().name == *raft.peer(3))
+        .collect();
+    let (target, others) = of_three.split_first().unwrap();
+    let on_three = format!("{}/api/text/{target}", raft.api(3));
+    assert_eq!(fetch(&c, &on_three).await.3, "v1");
+    assert_eq!(fetch(&c, &on_three).await.1, "HIT", "node 3 holds it");
+
+    nodes[2].signal("TERM");
+    converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
+    // Node 3's other keys, asked through node 1 one every 50 ms: each a peek at node 3, which
+    // keeps it draining.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = tokio::spawn({
+        let (c, stop, api) = (c.clone(), stop.clone(), raft.api(1));
+        let others = others.to_vec();
+        async move {
+            for k in others.iter().cycle() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                fetch(&c, &format!("{api}/api/text/{k}")).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.psql(
+        "geecache",
+        &format!("UPDATE notes SET body = 'v2' WHERE id = '{target}'"),
+    );
+    let r = delete(
+        &c,
+        &raft.api(1),
+        &format!("/api/text/{target}"),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let (s, _, _, body) = fetch(&c, &format!("{}/api/text/{target}", raft.api(1))).await;
+    assert_eq!((s, body.as_str()), (200, "v2"), "not the value node 3 held");
+    assert!(
+        nodes[2].child.try_wait().unwrap().is_none(),
+        "node 3 was still draining: the peek could have reached it"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    asking.await.unwrap();
+}

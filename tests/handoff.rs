@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::raft::{Raft, converged};
-use common::{NodeProc, Pg, Proxy, TEST_SECRET, get};
+use common::{NodeProc, Pg, Proxy, TEST_SECRET, get, metrics_text};
 use geecache::ring::{Member, Ring, RingHash};
 
 fn client() -> reqwest::Client {
@@ -67,9 +67,17 @@ fn products_queries(pg: &Pg) -> i64 {
     pg.calls("%FROM products%")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
-    let c = client();
+/// A warm 3-node cluster, 20 keys cached on node 1 that move to node 4, then node 4 (started
+/// with `four_args`) joined.
+struct Joined {
+    four: NodeProc,
+    _nodes: Vec<NodeProc>,
+    _raft: Raft,
+    pg: Pg,
+    keys: Vec<String>,
+}
+
+async fn node_four_joins(c: &reqwest::Client, four_args: &[&str]) -> Joined {
     let pg = Pg::start();
     pg.seed(2000);
     let url = pg.url();
@@ -79,25 +87,39 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
     for n in &nodes {
         n.wait_ready();
     }
-    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    converged(c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
     // Keys that will move from node 1 to node 4, cached on node 1.
-    let keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
+    let mut keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
     assert!(keys.len() >= 20, "{} keys move", keys.len());
-    let keys = &keys[..20];
-    for k in keys {
-        warm(&c, &format!("{}/api/products/{k}", raft.api(1))).await;
+    keys.truncate(20);
+    for k in &keys {
+        warm(c, &format!("{}/api/products/{k}", raft.api(1))).await;
     }
-    let four = raft.start_with(4, &args);
+    let four = raft.start_with(4, &[&args[..], four_args].concat());
     four.wait_ready();
     converged(
-        &c,
+        c,
         &raft,
         &[1, 2, 3, 4],
         &[1, 2, 3, 4],
         Duration::from_secs(15),
     )
     .await;
-    let before = products_queries(&pg);
+    Joined {
+        four,
+        _nodes: nodes,
+        _raft: raft,
+        pg,
+        keys,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
+    let c = client();
+    let joined = node_four_joins(&c, &[]).await;
+    let (pg, four, keys) = (&joined.pg, &joined.four, &joined.keys[..]);
+    let before = products_queries(pg);
     for k in keys {
         let (s, body) = get(&c, &format!("{}/api/products/{k}", four.api)).await;
         assert_eq!(s, 200);
@@ -107,7 +129,7 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
         );
     }
     assert_eq!(
-        products_queries(&pg),
+        products_queries(pg),
         before,
         "no query: node 4 took them from node 1"
     );
@@ -134,6 +156,27 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
+}
+
+/// `--handoff-grace 0s`: the new owner never peeks; every moved key is a load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_grace_window_a_new_owner_loads_moved_keys() {
+    let c = client();
+    let joined = node_four_joins(&c, &["--handoff-grace", "0s"]).await;
+    let (pg, four) = (&joined.pg, &joined.four);
+    let before = products_queries(pg);
+    for k in &joined.keys {
+        assert_eq!(
+            get(&c, &format!("{}/api/products/{k}", four.api)).await.0,
+            200
+        );
+    }
+    assert_eq!(products_queries(pg) - before, 20, "one query per moved key");
+    let peeks = metrics_text(&c, &four.api).await;
+    assert!(
+        !peeks.contains("geecache_handoff_peeks_total{"),
+        "no peek asked: {peeks}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -552,7 +552,8 @@ impl Cache {
     }
 
     /// `DELETE`: drops the key here, then at its owner, then on every other member and every
-    /// frontend that follows this member, and says who confirmed. The owner goes before the
+    /// frontend that follows this member (and on members that left within the handoff's grace
+    /// window), and says who confirmed. The owner goes before the
     /// others: a node told first could otherwise reload the old value from an owner not yet
     /// told (a copy the others' versions then cannot refuse, as it is fetched after them).
     pub async fn delete(&self, group: Group, key: &str) -> Result<Deleted, LoadError> {
@@ -590,7 +591,17 @@ impl Cache {
             .map(|m| m.name.to_string())
             .chain(self.frontends.current())
             .filter(|p| *p != me && Some(p) != owner.as_ref());
-        for result in join_all(others.map(tell)).await {
+        // Nodes that left within the handoff's grace window may still answer peeks while they
+        // drain: told too, so that none hands a deleted value to its successor; best effort
+        // (one that has exited is not a failure of this DELETE).
+        let grace = core.handoff_grace_ms.load(Ordering::Relaxed);
+        let departed = core.cluster.departed(grace);
+        let departed = departed
+            .iter()
+            .map(|p| p.to_string())
+            .filter(|p| *p != me && Some(p) != owner.as_ref());
+        let (told, _) = tokio::join!(join_all(others.map(tell)), join_all(departed.map(tell)));
+        for result in told {
             record(result);
         }
         Ok(done)

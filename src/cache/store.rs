@@ -222,6 +222,40 @@ mod tests {
         assert!(items > 0 && items < 10_000, "{items}");
     }
 
+    /// Why a warm handoff pulls rather than pushes (BENCHMARKS.md, issue 15): a full store
+    /// admits a new key only if it was asked for more often than the resident it would evict
+    /// (moka's TinyLFU counts reads, not writes). An entry pushed to a successor that never
+    /// asked for its key is dropped; a key the successor is being asked for gets in.
+    #[test]
+    fn a_full_store_admits_keys_it_is_asked_for_not_pushed_ones() {
+        let p = g("products");
+        let s = store(100 * u64::from(entry_weight(cache_key(p, "r000").len(), 1)));
+        let read_through = |key: &str, reads: usize| {
+            for _ in 0..reads {
+                assert_eq!(s.get(p, key), None);
+            }
+            s.insert(p, key, entry(b"v"));
+            s.maintain();
+        };
+        for i in 0..100 {
+            read_through(&format!("r{i:03}"), 1);
+        }
+        let held = |prefix: &str| {
+            (0..50)
+                .filter(|i| s.recheck(p, &format!("{prefix}{i:03}")).is_some())
+                .count()
+        };
+        assert_eq!(held("r"), 50, "the residents fill the store");
+        for i in 0..50 {
+            read_through(&format!("x{i:03}"), 0);
+        }
+        assert_eq!(held("x"), 0, "pushed, never asked for: none admitted");
+        for i in 0..50 {
+            read_through(&format!("y{i:03}"), 2);
+        }
+        assert_eq!(held("y"), 50, "asked for twice: all admitted");
+    }
+
     #[test]
     fn remove_drops_one_key() {
         let s = store(1 << 20);

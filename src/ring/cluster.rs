@@ -22,14 +22,26 @@ use crate::raft::membership::MemberInfo;
 pub struct RingView {
     pub ring: Ring,
     pub epoch: u64,
-    /// The ring before the last change of members, and when it changed (`clock::now_ms`): a
-    /// new owner asks a moved key's previous owner before the source (warm handoff).
-    pub previous: Option<Arc<Ring>>,
-    pub changed_ms: u64,
+    /// The rings before the last few changes of members, newest first: a new owner asks a
+    /// moved key's previous owner before the source (warm handoff). More than one, because
+    /// nodes leave (and join) in bursts: when two leave together, the ring between the two
+    /// changes already gives the first one's keys to their successors, and only the ring
+    /// before it still names the node that holds them.
+    pub previous: Arc<[Previous]>,
     /// The members as the ring's publisher gave them (ids and URLs; empty for a static ring):
     /// what a frontend's `/cluster` lists.
     pub members: Arc<[MemberInfo]>,
 }
+
+/// A ring that was replaced, and when (`clock::now_ms`).
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub ring: Arc<Ring>,
+    pub replaced_ms: u64,
+}
+
+/// Replaced rings a view keeps.
+const HISTORY: usize = 4;
 
 /// Where a key is served from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +77,7 @@ impl Cluster {
             view: ArcSwap::from_pointee(RingView {
                 ring,
                 epoch: 0,
-                previous: None,
-                changed_ms: 0,
+                previous: Arc::new([]),
                 members: Arc::new([]),
             }),
             groups,
@@ -151,35 +162,62 @@ impl Cluster {
             } else {
                 current.ring.clone()
             };
+            let previous = if moved && !before.is_empty() {
+                let replaced = Previous {
+                    ring: Arc::new(before),
+                    replaced_ms: crate::cache::clock::now_ms(),
+                };
+                std::iter::once(replaced)
+                    .chain(current.previous.iter().take(HISTORY - 1).cloned())
+                    .collect()
+            } else {
+                Arc::clone(&current.previous)
+            };
             Arc::new(RingView {
                 ring: ring.clone(),
                 epoch,
-                previous: if moved && !before.is_empty() {
-                    Some(Arc::new(before))
-                } else {
-                    current.previous.clone()
-                },
-                changed_ms: if moved {
-                    crate::cache::clock::now_ms()
-                } else {
-                    current.changed_ms
-                },
+                previous,
                 members: Arc::clone(&members),
             })
         });
         published
     }
 
-    /// The member that owned `key` before the ring last changed, if that was less than
-    /// `grace_ms` ago and it was another member than this node.
+    /// The member that owned `key` last before this node did, under the rings replaced less
+    /// than `grace_ms` ago: the one member a warm handoff asks. `None` when this node owned it
+    /// under all of them.
     pub fn previous_owner(&self, key: &str, grace_ms: u64) -> Option<Arc<str>> {
         let view = self.view.load();
-        let previous = view.previous.as_ref()?;
-        if crate::cache::clock::now_ms() >= view.changed_ms.saturating_add(grace_ms) {
-            return None;
+        let now = crate::cache::clock::now_ms();
+        previous_owner_in(
+            &view.previous,
+            self.self_name.as_deref(),
+            key,
+            now,
+            grace_ms,
+        )
+    }
+
+    /// Members of the rings replaced less than `grace_ms` ago that the current ring no longer
+    /// has: nodes that left and may still answer a peek while they drain, so a DELETE must
+    /// reach them too.
+    pub fn departed(&self, grace_ms: u64) -> Vec<Arc<str>> {
+        let view = self.view.load();
+        let now = crate::cache::clock::now_ms();
+        let mut gone: Vec<Arc<str>> = Vec::new();
+        for p in view
+            .previous
+            .iter()
+            .take_while(|p| now < p.replaced_ms.saturating_add(grace_ms))
+        {
+            for m in p.ring.members() {
+                let current = view.ring.members().iter().any(|c| c.name == m.name);
+                if !current && !gone.contains(&m.name) {
+                    gone.push(Arc::clone(&m.name));
+                }
+            }
         }
-        let owner = previous.owner(key)?;
-        (Some(&owner.name) != self.self_name.as_ref()).then(|| Arc::clone(&owner.name))
+        gone
     }
 
     pub fn epoch(&self) -> u64 {
@@ -199,6 +237,39 @@ impl Cluster {
             Some(m) => Route::Remote(Arc::clone(&m.name)),
         }
     }
+}
+
+/// A ring that was current for less than this is one of a burst of changes (nodes leaving or
+/// joining together, committed milliseconds apart): nobody had time to take keys under it.
+const BURST_MS: u64 = 1_000;
+
+/// Newest first, the rings replaced less than `grace_ms` before `now`, skipping the rings of a
+/// burst: the first owner of `key` that is not `me`. Without the skip, when two nodes leave
+/// together, a key of the first to leave is asked of the member that owned it for the few
+/// milliseconds between the two changes, which never held it, instead of the leaver, which
+/// does while it drains.
+fn previous_owner_in(
+    previous: &[Previous],
+    me: Option<&str>,
+    key: &str,
+    now: u64,
+    grace_ms: u64,
+) -> Option<Arc<str>> {
+    for (i, p) in previous.iter().enumerate() {
+        if now >= p.replaced_ms.saturating_add(grace_ms) {
+            return None;
+        }
+        // When this ring became current: when the one before it was replaced.
+        let made = previous.get(i + 1).map(|older| older.replaced_ms);
+        if made.is_some_and(|made| p.replaced_ms.saturating_sub(made) < BURST_MS) {
+            continue;
+        }
+        match p.ring.owner(key) {
+            Some(owner) if Some(&*owner.name) != me => return Some(Arc::clone(&owner.name)),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Frontends that follow this member's ring (they say so when they poll it), so that a DELETE
@@ -295,6 +366,131 @@ mod tests {
             150,
         );
         assert_eq!(front.route("x"), Route::Remote("http://a:8001".into()));
+    }
+
+    fn ring_of(urls: &[&str]) -> Arc<Ring> {
+        Arc::new(Ring::new(
+            RingHash::Crc32,
+            50,
+            urls.iter().map(|u| Member::new(u)),
+        ))
+    }
+
+    /// Nodes d and e leave together (two changes a few ms apart), then, a minute later, the
+    /// grace window is over.
+    #[test]
+    fn a_burst_of_leaves_is_asked_of_the_leavers() {
+        let urls = [
+            "http://a:1",
+            "http://b:1",
+            "http://c:1",
+            "http://d:1",
+            "http://e:1",
+        ];
+        let (five, four, three) = (ring_of(&urls), ring_of(&urls[..4]), ring_of(&urls[..3]));
+        let history = [
+            Previous {
+                ring: Arc::clone(&four),
+                replaced_ms: 10_030,
+            }, // d left
+            Previous {
+                ring: Arc::clone(&five),
+                replaced_ms: 10_000,
+            }, // e left
+            Previous {
+                ring: ring_of(&urls[..3]),
+                replaced_ms: 0,
+            }, // d and e joined
+        ];
+        let (me, grace) = (Some(urls[0]), 60_000);
+        let ask = |k: &str, now| previous_owner_in(&history, me, k, now, grace);
+        let mut checked = [0, 0];
+        let mut via_d = 0;
+        for k in (0..5000).map(|i| i.to_string()) {
+            if *three.owner(&k).unwrap().name != *urls[0] {
+                continue;
+            }
+            let held_by = &*five.owner(&k).unwrap().name;
+            match held_by {
+                // The burst's middle ring is skipped: the leaver that holds the key is asked,
+                // also when the middle ring gave it to d for 30 ms.
+                "http://d:1" | "http://e:1" => {
+                    assert_eq!(ask(&k, 20_000).as_deref(), Some(held_by), "{k}");
+                    checked[usize::from(held_by == "http://e:1")] += 1;
+                    via_d += usize::from(
+                        held_by == "http://e:1" && *four.owner(&k).unwrap().name == *urls[3],
+                    );
+                }
+                // a's own before the burst: nobody to ask (a joined ring before that is
+                // past the grace window).
+                _ => assert_eq!(ask(&k, 70_000), None),
+            }
+            assert_eq!(ask(&k, 70_001), None, "past the grace window");
+        }
+        assert!(checked[0] > 0 && checked[1] > 0, "{checked:?}");
+        assert!(via_d > 0, "some of e's keys were d's for the burst's 30 ms");
+    }
+
+    /// A ring that lived a while is not a burst: a restarted node asks the member that owned
+    /// its keys while it was away (rolling restart).
+    #[test]
+    fn a_rejoining_node_asks_who_held_its_keys_while_it_was_away() {
+        let urls = ["http://a:1", "http://b:1", "http://c:1"];
+        let (all, without_a) = (ring_of(&urls), ring_of(&urls[1..]));
+        let history = [
+            Previous {
+                ring: Arc::clone(&without_a),
+                replaced_ms: 18_000,
+            }, // a back
+            Previous {
+                ring: all,
+                replaced_ms: 10_000,
+            }, // a left
+        ];
+        let k = (0..100)
+            .map(|i| i.to_string())
+            .find(|k| *ring_of(&urls).owner(k).unwrap().name == *urls[0])
+            .unwrap();
+        let held_by = without_a.owner(&k).unwrap().name.clone();
+        assert_eq!(
+            previous_owner_in(&history, Some(urls[0]), &k, 19_000, 60_000),
+            Some(held_by)
+        );
+    }
+
+    #[test]
+    fn departed_members_are_told_within_the_grace_window() {
+        let urls = [
+            "http://a:1",
+            "http://b:1",
+            "http://c:1",
+            "http://d:1",
+            "http://e:1",
+        ];
+        let all: Vec<MemberInfo> = (1..).zip(urls).map(|(id, u)| member(id, u)).collect();
+        let c = Cluster::from_static(Some(urls[0]), &[], true, demo(), RingHash::Crc32, 50);
+        let none = BTreeMap::new();
+        assert!(c.publish(1, &all, &none));
+        assert!(c.publish(2, &all[..4], &none), "e leaves");
+        assert!(c.publish(3, &all[..3], &none), "then d");
+        let mut gone: Vec<String> = c.departed(60_000).iter().map(|u| u.to_string()).collect();
+        gone.sort();
+        assert_eq!(gone, ["http://d:1", "http://e:1"]);
+        assert!(c.departed(0).is_empty(), "past the grace window");
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_few_rings() {
+        let c = Cluster::from_static(Some("http://a:1"), &[], true, demo(), RingHash::Crc32, 10);
+        let none = BTreeMap::new();
+        for epoch in 1..=10u64 {
+            let ms: Vec<MemberInfo> = (1..=epoch)
+                .map(|id| member(id, &format!("http://n{id}:1")))
+                .chain([member(100, "http://a:1")])
+                .collect();
+            assert!(c.publish(epoch, &ms, &none));
+        }
+        assert_eq!(c.view().previous.len(), HISTORY);
     }
 
     #[test]
