@@ -72,7 +72,7 @@ fn products_queries(pg: &Pg) -> i64 {
 struct Joined {
     four: NodeProc,
     _nodes: Vec<NodeProc>,
-    _raft: Raft,
+    raft: Raft,
     pg: Pg,
     keys: Vec<String>,
 }
@@ -108,7 +108,7 @@ async fn node_four_joins(c: &reqwest::Client, four_args: &[&str]) -> Joined {
     Joined {
         four,
         _nodes: nodes,
-        _raft: raft,
+        raft,
         pg,
         keys,
     }
@@ -156,6 +156,61 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
+}
+
+/// 50 requests at once for a moved key cost its old owner one peek and PostgreSQL nothing; a
+/// peek at a member that does not hold the key is answered there, never forwarded to the
+/// key's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_on_a_moved_key_costs_one_peek_and_peeks_are_not_forwarded() {
+    let c = client();
+    let joined = node_four_joins(&c, &[]).await;
+    let (pg, four, raft) = (&joined.pg, &joined.four, &joined.raft);
+    let answered = "geecache_handoff_peeks_served_total{outcome=\"answered\"}";
+    let (before_queries, before_peeks) = (
+        products_queries(pg),
+        metric(&c, &raft.api(1), answered).await,
+    );
+    let url = format!("{}/api/products/{}", four.api, joined.keys[0]);
+    let herd = futures_util::future::join_all((0..50).map(|_| get(&c, &url))).await;
+    assert!(herd.iter().all(|(s, _)| *s == 200));
+    assert_eq!(
+        metric(&c, &raft.api(1), answered).await - before_peeks,
+        1.0,
+        "one peek"
+    );
+    assert_eq!(products_queries(pg), before_queries, "no query");
+
+    // Node 2 is asked for a key node 1 holds (and owned before node 4 joined): not held there.
+    let served = "geecache_server_requests_total{group=\"products\"}";
+    let before_served = metric(&c, &raft.api(1), served).await;
+    let peeks_at_one = "geecache_handoff_peeks_served_total{outcome=\"not_held\"}";
+    let before_at_one =
+        metric(&c, &raft.api(1), peeks_at_one).await + metric(&c, &raft.api(1), answered).await;
+    let r = c
+        .get(format!(
+            "{}/_geecache/products/{}",
+            raft.peer(2),
+            joined.keys[1]
+        ))
+        .bearer_auth(TEST_SECRET)
+        .header("x-geecache-peek", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "node 2 does not hold it");
+    assert_eq!(
+        metric(&c, &raft.api(1), served).await,
+        before_served,
+        "not forwarded"
+    );
+    let after_at_one =
+        metric(&c, &raft.api(1), peeks_at_one).await + metric(&c, &raft.api(1), answered).await;
+    assert_eq!(
+        after_at_one, before_at_one,
+        "not forwarded as a peek either"
+    );
+    assert_eq!(products_queries(pg), before_queries, "not loaded");
 }
 
 /// `--handoff-grace 0s`: the new owner never peeks; every moved key is a load.
@@ -335,4 +390,55 @@ async fn a_peek_never_loads_and_never_forwards() {
     let body = r.bytes().await.unwrap();
     let answer = <geecache::peer::wire::Response as prost::Message>::decode(body).unwrap();
     assert_eq!(answer.value, geecache::source::demo::product_value(5));
+}
+
+/// After a node has left and exited, its successors' peeks at it fail; each successor tries
+/// once, then skips it for a while instead of paying a connection attempt per moved key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(2000);
+    let url = pg.url();
+    let args = ["--source", "postgres", "--database-url", &url];
+    let raft = Raft::new(3, "30s");
+    let mut nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, &args)).collect();
+    for n in &nodes {
+        n.wait_ready();
+    }
+    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    // A ring current for under a second is one of a burst of changes, and skipped.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[2].signal("TERM");
+    assert!(nodes[2].child.wait().unwrap().success());
+    converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
+    // Keys node 3 owned, never asked for anywhere: each new owner's miss would peek node 3.
+    let r3 = ring(&raft, &[1, 2, 3]);
+    let keys: Vec<String> = (1..=2000)
+        .map(|i: u64| i.to_string())
+        .filter(|k| *r3.owner(k).unwrap().name == *raft.peer(3))
+        .take(20)
+        .collect();
+    for k in &keys {
+        assert_eq!(
+            get(&c, &format!("{}/api/products/{k}", raft.api(1)))
+                .await
+                .0,
+            200
+        );
+    }
+    let mut outcomes = [0.0; 2];
+    for id in [1, 2] {
+        for (i, outcome) in ["failed", "skipped"].iter().enumerate() {
+            let series =
+                format!("geecache_handoff_peeks_total{{group=\"products\",outcome=\"{outcome}\"}}");
+            outcomes[i] += metric(&c, &raft.api(id), &series).await;
+        }
+    }
+    let [failed, skipped] = outcomes;
+    assert!(
+        (1.0..=2.0).contains(&failed),
+        "one failed peek per new owner: {failed}"
+    );
+    assert_eq!(failed + skipped, 20.0, "the rest skipped");
 }

@@ -209,6 +209,34 @@ pub struct Core {
     pub handoff_grace_ms: AtomicU64,
     /// Peeks this node answered (a leaving node drains while they come).
     pub peeks_served: AtomicU64,
+    /// Previous owners whose last peek failed, not asked again for a while.
+    pub peek_backoff: PeekBackoff,
+}
+
+/// Previous owners whose last peek failed: a node that left and has exited, or one cut off. They
+/// are not asked again for [`PeekBackoff::BACKOFF_MS`], so that after a scale-in the rest of the
+/// grace window does not cost every miss on the leaver's keys a connection attempt (up to the
+/// peek's 250 ms where a gone address drops the SYN, as in a VPC, instead of refusing it).
+#[derive(Default)]
+pub struct PeekBackoff {
+    until_ms: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
+}
+
+impl PeekBackoff {
+    pub const BACKOFF_MS: u64 = 5_000;
+
+    fn skips(&self, peer: &str, now: u64) -> bool {
+        let until = self.until_ms.lock().unwrap_or_else(|e| e.into_inner());
+        until.get(peer).is_some_and(|&u| now < u)
+    }
+
+    fn failed(&self, peer: &Arc<str>, now: u64) {
+        let mut until = self.until_ms.lock().unwrap_or_else(|e| e.into_inner());
+        if until.len() >= 1024 {
+            until.retain(|_, u| *u > now);
+        }
+        until.insert(Arc::clone(peer), now.saturating_add(Self::BACKOFF_MS));
+    }
 }
 
 impl Core {
@@ -234,6 +262,7 @@ impl Core {
             dropped_at_ms: per_group(),
             handoff_grace_ms: AtomicU64::new(0),
             peeks_served: AtomicU64::new(0),
+            peek_backoff: PeekBackoff::default(),
         }
     }
 
@@ -686,6 +715,10 @@ impl Loader {
             metrics::counter!("geecache_handoff_peeks_total", "group" => group.name(), "outcome" => o)
                 .increment(1);
         };
+        if core.peek_backoff.skips(&previous, clock::now_ms()) {
+            outcome("skipped");
+            return None;
+        }
         let answer = match self.peers.peek(&previous, group, key).await {
             Ok(Some(answer)) => answer,
             Ok(None) => {
@@ -694,6 +727,7 @@ impl Loader {
             }
             Err(e) => {
                 tracing::debug!(%previous, error = %e, "handoff peek failed");
+                core.peek_backoff.failed(&previous, clock::now_ms());
                 outcome("failed");
                 return None;
             }
