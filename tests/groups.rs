@@ -883,10 +883,8 @@ async fn a_delete_reaches_a_node_that_left_and_still_drains() {
     assert_eq!(fetch(&c, &on_three).await.3, "v1");
     assert_eq!(fetch(&c, &on_three).await.1, "HIT", "node 3 holds it");
 
-    nodes[2].signal("TERM");
-    converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
-    // Node 3's other keys, asked through node 1 one every 50 ms: each a peek at node 3, which
-    // keeps it draining.
+    // Node 3's other keys, asked through node 1 one every 50 ms, from before node 3 leaves:
+    // once the ring has changed, each is a peek at node 3, which keeps it draining.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let asking = tokio::spawn({
         let (c, stop, api) = (c.clone(), stop.clone(), raft.api(1));
@@ -901,6 +899,8 @@ async fn a_delete_reaches_a_node_that_left_and_still_drains() {
             }
         }
     });
+    nodes[2].signal("TERM");
+    converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.psql(
         "geecache",
