@@ -50,17 +50,21 @@ async fn warm(c: &reqwest::Client, url: &str) {
 }
 
 async fn metric(c: &reqwest::Client, api: &str, series: &str) -> f64 {
-    let text = c
-        .get(format!("{api}/metrics"))
-        .send()
+    metrics_text(c, api)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Nodes 1-3 of `raft` started with `args`, ready and agreed on one ring.
+async fn three_nodes(c: &reqwest::Client, raft: &Raft, args: &[&str]) -> Vec<NodeProc> {
+    let nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, args)).collect();
+    for n in &nodes {
+        n.wait_ready();
+    }
+    converged(c, raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    nodes
 }
 
 fn products_queries(pg: &Pg) -> i64 {
@@ -83,11 +87,7 @@ async fn node_four_joins(c: &reqwest::Client, four_args: &[&str]) -> Joined {
     let url = pg.url();
     let args = ["--source", "postgres", "--database-url", &url];
     let raft = Raft::new(3, "30s");
-    let nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, &args)).collect();
-    for n in &nodes {
-        n.wait_ready();
-    }
-    converged(c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    let nodes = three_nodes(c, &raft, &args).await;
     // Keys that will move from node 1 to node 4, cached on node 1.
     let mut keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
     assert!(keys.len() >= 20, "{} keys move", keys.len());
@@ -312,11 +312,7 @@ async fn a_leaving_node_hands_its_keys_to_its_successors() {
     let url = pg.url();
     let args = ["--source", "postgres", "--database-url", &url];
     let raft = Raft::new(3, "30s");
-    let mut nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, &args)).collect();
-    for n in &nodes {
-        n.wait_ready();
-    }
-    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    let mut nodes = three_nodes(&c, &raft, &args).await;
     // Node 3's hot keys, requested through the others.
     let r3 = ring(&raft, &[1, 2, 3]);
     let keys: Vec<String> = (1..=2000)
@@ -402,11 +398,7 @@ async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
     let url = pg.url();
     let args = ["--source", "postgres", "--database-url", &url];
     let raft = Raft::new(3, "30s");
-    let mut nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, &args)).collect();
-    for n in &nodes {
-        n.wait_ready();
-    }
-    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    let mut nodes = three_nodes(&c, &raft, &args).await;
     // A ring current for under a second is one of a burst of changes, and skipped.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nodes[2].signal("TERM");
