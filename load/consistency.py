@@ -104,7 +104,7 @@ def pgbench_tps(pg, secs, script):
 
 
 def writers_cost(m, pg, rows, consumers):
-    """pgbench UPDATEs of products, with and without the feed, interleaved (medians).
+    """pgbench UPDATEs of products, with and without the feed, interleaved ABBA (medians).
 
     The writers' cost of the feed is measured with the nodes paused (SIGSTOP): on this 2-core
     machine PostgreSQL, pgbench and the nodes share the cores, and the nodes' polls would be
@@ -118,16 +118,24 @@ def writers_cost(m, pg, rows, consumers):
     pause = lambda sig: [p.send_signal(sig) for p in consumers]
     with_feed, without, followed = [], [], []
     try:
-        for _ in range(m["pgbench_rounds"]):
+        feed = lambda verb: subprocess.run([BIN, "db", "feed", verb, "--database-url", pg.url],
+                                           check=True, stdout=subprocess.DEVNULL)
+        for r in range(m["pgbench_rounds"]):
             followed.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
             pause(signal.SIGSTOP)
             try:
-                with_feed.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
-                subprocess.run([BIN, "db", "feed", "uninstall", "--database-url", pg.url],
-                               check=True, stdout=subprocess.DEVNULL)
-                without.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
-                subprocess.run([BIN, "db", "feed", "install", "--database-url", pg.url],
-                               check=True, stdout=subprocess.DEVNULL)
+                # ABBA: the order alternates, so that what one run leaves behind (dead tuples,
+                # a checkpoint under way) is not always charged to the same side.
+                if r % 2 == 0:
+                    with_feed.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
+                    feed("uninstall")
+                    without.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
+                    feed("install")
+                else:
+                    feed("uninstall")
+                    without.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
+                    feed("install")
+                    with_feed.append(pgbench_tps(pg, m["pgbench_secs"], script.name))
             finally:
                 pause(signal.SIGCONT)
     finally:

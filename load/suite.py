@@ -46,7 +46,7 @@ MODES = {
                   rate=4000, event_run_secs=18, event_at=6, reps=1, handoff_warm_secs=20,
                   handoff_rate=2500, handoff_phase_secs=12, handoff_restart_secs=10,
                   miss_rows=1_000_000, miss_secs=3, miss_rounds=2, remote_secs=3, remote_rounds=2,
-                  check_secs=8, probes=50, hot_secs=4, pgbench_secs=4, pgbench_rounds=1),
+                  check_secs=8, probes=50, hot_secs=4, pgbench_secs=3, pgbench_rounds=3),
     "full": dict(products=1_000_000, zipf_requests=3_000_000, hit_rounds=3, hit_secs=10,
                  rate=5000, event_run_secs=40, event_at=10, reps=5, handoff_warm_secs=40,
                  handoff_rate=3000, handoff_phase_secs=40, handoff_restart_secs=20,
@@ -865,10 +865,12 @@ def gates(r):
         ("miss_vs_pgbench_ratio", round(r["miss_vs_pgbench_ratio"], 3), ">= 0.4",
          r["miss_vs_pgbench_ratio"] >= 0.4),
         # p99 of a miss at half pgbench's rate: an HTTP request and a loader's hop on top of
-        # pgbench's bare query, on a machine whose own p99 jumps 30x between rounds; the gate
-        # catches an overloaded node (before pipelining: 2,327 ms, about 1,000x).
-        ("miss_p99_vs_pgbench", round(r["miss_p99_vs_pgbench"], 2), "<= 25",
-         r["miss_p99_vs_pgbench"] <= 25),
+        # pgbench's bare query, on a machine whose own p99 jumps 30x between rounds. The gate
+        # catches an overloaded node (before pipelining: 2,327 ms, about 1,000x) and a store
+        # whose hash table grows under load (a rehash in one go: 19.5x and 43x rounds; with
+        # the table sized at startup, rounds of 0.6x to 2.9x).
+        ("miss_p99_vs_pgbench", round(r["miss_p99_vs_pgbench"], 2), "<= 8",
+         r["miss_p99_vs_pgbench"] <= 8),
         ("miss.failed", r["miss"]["failed"], "== 0", r["miss"]["failed"] == 0),
         ("remote_vs_local_ratio", round(r["remote_vs_local_ratio"], 3), ">= 0.25",
          r["remote_vs_local_ratio"] >= 0.25),
