@@ -197,6 +197,15 @@ mod tests {
     }
 
     #[test]
+    fn the_table_is_sized_for_the_most_entries_the_budget_holds() {
+        // 64 MiB of entries that weigh at least ENTRY_OVERHEAD each: at most 167,772 of them.
+        assert_eq!(table_entries(64 << 20), 167_772);
+        assert_eq!(table_entries(0), 0);
+        // A budget of terabytes does not allocate a table for billions of entries up front.
+        assert_eq!(table_entries(1 << 40), 1 << 26);
+    }
+
+    #[test]
     fn recheck_reads_only_what_is_there() {
         let s = store(1 << 20);
         assert_eq!(s.recheck(g("products"), "1"), None);
