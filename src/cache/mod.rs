@@ -307,6 +307,7 @@ impl Core {
     /// and copies from owners that have not applied `xid` yet are not kept.
     pub fn invalidate_from_feed(&self, group: Group, key: &str, xid: u64) {
         self.versions.bump_at(group, key, xid);
+        std::sync::atomic::fence(Ordering::SeqCst); // the bump before the removal: Core::fill
         self.stores.main(group).remove(group, key);
         self.stores.hot(group).remove(group, key);
         self.counters.group(group).invalidations.increment(1);
@@ -365,6 +366,7 @@ impl Core {
     /// its version forward first, so that no load that began before lands in them after.
     pub fn invalidate(&self, group: Group, key: &str) {
         self.versions.bump(group, key);
+        std::sync::atomic::fence(Ordering::SeqCst); // the bump before the removal: Core::fill
         self.stores.main(group).remove(group, key);
         self.stores.hot(group).remove(group, key);
         self.counters.group(group).invalidations.increment(1);
@@ -669,11 +671,7 @@ impl Loader {
 
     /// The key's lease now.
     pub fn lease(&self, group: Group, key: &str) -> Lease {
-        Lease {
-            generation: self.core.cluster.generation(group),
-            version: self.core.versions.current(group, key),
-            drops: self.core.drops[group.index()].load(Ordering::Acquire),
-        }
+        self.core.lease(group, key)
     }
 
     /// The flight's body: from the owner, or as the owner.
@@ -925,13 +923,137 @@ impl Loader {
     /// Caches what was loaded, unless the key was invalidated or its group purged while it
     /// loaded: a value read before a change must not outlive it (see [`versions`]).
     fn populate(&self, store: &Store, group: Group, key: &str, entry: Entry, lease: Lease) {
+        self.core.fill(store, group, key, entry, lease);
+    }
+}
+
+impl Core {
+    /// The key's lease now.
+    pub fn lease(&self, group: Group, key: &str) -> Lease {
+        Lease {
+            generation: self.cluster.generation(group),
+            version: self.versions.current(group, key),
+            drops: self.drops[group.index()].load(Ordering::Acquire),
+        }
+    }
+
+    /// Caches `entry` if `lease` is still the key's (see [`versions`]); whether it did.
+    pub fn fill(&self, store: &Store, group: Group, key: &str, entry: Entry, lease: Lease) -> bool {
+        self.fill_racing(store, group, key, entry, lease, || {})
+    }
+
+    /// [`Core::fill`], with `between` run after the insert and before the check: the test's
+    /// seam for an invalidation that lands there.
+    ///
+    /// A fill and an invalidation race; each writes, then reads what the other wrote:
+    ///
+    /// ```text
+    /// invalidate:  bump the key's version  ->  remove the entry
+    /// fill:        insert the entry        ->  check the version (changed: remove it)
+    /// ```
+    ///
+    /// If the bump comes before the check, the check sees it and the fill takes its entry
+    /// back out; if after, the removal comes after the insert and takes it out. Checking first
+    /// and inserting after (as this did before) left `check -> bump -> remove -> insert`: a
+    /// value cached past its invalidation, for good in a group without a ttl. The fences keep
+    /// each side's write before its read (the store and the version are different memory).
+    fn fill_racing(
+        &self,
+        store: &Store,
+        group: Group,
+        key: &str,
+        entry: Entry,
+        lease: Lease,
+        between: impl FnOnce(),
+    ) -> bool {
         // A feed-backed group caches nothing until the feed has been read once (`drops` > 0):
         // a load that began before could miss a change committed before that first read.
-        let unfollowed = self.core.follows_feed(group) && lease.drops == 0;
-        if !unfollowed && self.lease(group, key) == lease {
+        let unfollowed = self.follows_feed(group) && lease.drops == 0;
+        let kept = !unfollowed && self.lease(group, key) == lease && {
             store.insert(group, key, entry);
-        } else {
-            self.core.counters.group(group).fills_discarded.increment(1);
+            between();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.lease(group, key) == lease || {
+                store.remove(group, key);
+                false
+            }
+        };
+        if !kept {
+            self.counters.group(group).fills_discarded.increment(1);
         }
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> Core {
+        let groups = Groups::demo();
+        Core::new(
+            groups,
+            Stores::new(groups, 1 << 20, false, Duration::from_secs(10)),
+            HotPolicy::new(10.0),
+            Arc::new(Cluster::from_static(
+                None,
+                &[],
+                true,
+                groups,
+                Default::default(),
+                10,
+            )),
+            Duration::from_secs(10),
+        )
+    }
+
+    fn value(v: &'static str) -> Entry {
+        Entry::loaded(
+            Some(Bytes::from_static(v.as_bytes())),
+            0,
+            clock::now_ms(),
+            None,
+        )
+    }
+
+    /// Each interleaving of a fill with an invalidation of its key, forced in turn: none
+    /// leaves the value read before the invalidation in the store.
+    #[test]
+    fn no_interleaving_of_a_fill_and_an_invalidation_keeps_the_old_value() {
+        let c = core();
+        let g = c.groups.get("products").unwrap();
+        let store = c.stores.main(g);
+        let held = |c: &Core| c.stores.main(g).recheck(g, "k").is_some();
+
+        // The invalidation before the fill: the lease is old, nothing is inserted.
+        let lease = c.lease(g, "k");
+        c.invalidate(g, "k");
+        assert!(!c.fill(store, g, "k", value("v1"), lease));
+        assert!(!held(&c));
+
+        // Between the insert and the check (the window the old check-then-insert left open,
+        // there between the check and the insert): the check sees the bump.
+        let lease = c.lease(g, "k");
+        let kept = c.fill_racing(store, g, "k", value("v1"), lease, || c.invalidate(g, "k"));
+        assert!(!kept);
+        assert!(
+            !held(&c),
+            "the value read before the invalidation stayed cached"
+        );
+
+        // The invalidation after the fill: its removal takes the value out.
+        let lease = c.lease(g, "k");
+        assert!(c.fill(store, g, "k", value("v1"), lease));
+        assert!(held(&c));
+        c.invalidate(g, "k");
+        assert!(!held(&c));
+
+        // A fill whose lease is current stays.
+        let lease = c.lease(g, "k");
+        assert!(c.fill(store, g, "k", value("v2"), lease));
+        assert_eq!(
+            c.stores.main(g).recheck(g, "k").unwrap().value.unwrap(),
+            "v2"
+        );
     }
 }
