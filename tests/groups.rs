@@ -869,6 +869,8 @@ async fn a_delete_reaches_a_node_that_left_and_still_drains() {
         n.wait_ready();
     }
     converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    // Older than a burst of ring changes (`BURST_MS`), so that node 3 is the one peeked.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let ring = Ring::new(
         RingHash::Crc32,
         150,
@@ -882,6 +884,19 @@ async fn a_delete_reaches_a_node_that_left_and_still_drains() {
     let on_three = format!("{}/api/text/{target}", raft.api(3));
     assert_eq!(fetch(&c, &on_three).await.3, "v1");
     assert_eq!(fetch(&c, &on_three).await.1, "HIT", "node 3 holds it");
+    // A second key of node 3's, which no client asks while it drains: the DELETE of it will
+    // reach its new owner only, as when the fan-out to a node that left does not arrive.
+    let two = Ring::new(
+        RingHash::Crc32,
+        150,
+        (1..=2).map(|id| Member::new(&raft.peer(id))),
+    );
+    let (missed, others) = others.split_last().unwrap();
+    let heir = (1..=2)
+        .find(|&id| *two.owner(missed).unwrap().name == *raft.peer(id))
+        .unwrap();
+    let missed_on_three = format!("{}/api/text/{missed}", raft.api(3));
+    assert_eq!(fetch(&c, &missed_on_three).await.3, "v1");
 
     // Node 3's other keys, asked through node 1 one every 50 ms, from before node 3 leaves:
     // once the ring has changed, each is a peek at node 3, which keeps it draining.
@@ -919,6 +934,36 @@ async fn a_delete_reaches_a_node_that_left_and_still_drains() {
     assert!(
         nodes[2].child.try_wait().unwrap().is_none(),
         "node 3 was still draining: the peek could have reached it"
+    );
+
+    // Node 3 still holds v1 of `missed` and is asked for it (a peek) by the new owner, which
+    // alone was told of the change: it refuses a value read before its invalidation.
+    pg.psql(
+        "geecache",
+        &format!("UPDATE notes SET body = 'v2' WHERE id = '{missed}'"),
+    );
+    let told = c
+        .delete(format!("{}/_geecache/text/{missed}", raft.peer(heir)))
+        .bearer_auth(common::TEST_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(told.status(), 204);
+    let refused = "geecache_handoff_peeks_total{group=\"text\",outcome=\"refused_stale\"}";
+    let before = nodes[heir as usize - 1].metric(&c, refused).await;
+    let (s, _, _, body) = fetch(&c, &format!("{}/api/text/{missed}", raft.api(heir))).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "v2"),
+        "not node 3's value from before the DELETE"
+    );
+    assert_eq!(
+        nodes[heir as usize - 1].metric(&c, refused).await,
+        before + 1.0
+    );
+    assert!(
+        nodes[2].child.try_wait().unwrap().is_none(),
+        "node 3 was still draining: the peek reached it"
     );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     asking.await.unwrap();

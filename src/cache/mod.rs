@@ -623,15 +623,25 @@ impl Cache {
             .chain(self.frontends.current())
             .filter(|p| *p != me && Some(p) != owner.as_ref());
         // Nodes that left within the handoff's grace window may still answer peeks while they
-        // drain: told too, so that none hands a deleted value to its successor; best effort
-        // (one that has exited is not a failure of this DELETE).
+        // drain: told too, without waiting (one that has exited may cost a connect timeout,
+        // and is not a failure of this DELETE). A new owner does not depend on it: it takes no
+        // peeked value read before its own invalidation of the key (`handed_off`).
         let grace = core.handoff_grace_ms.load(Ordering::Relaxed);
-        let departed = core.cluster.departed(grace);
-        let departed = departed
+        let departed: Vec<String> = core
+            .cluster
+            .departed(grace)
             .iter()
             .map(|p| p.to_string())
-            .filter(|p| *p != me && Some(p) != owner.as_ref());
-        let (told, _) = tokio::join!(join_all(others.map(tell)), join_all(departed.map(tell)));
+            .filter(|p| *p != me && Some(p) != owner.as_ref())
+            .collect();
+        if !departed.is_empty() {
+            let (peers, key) = (Arc::clone(&self.peers), key.to_owned());
+            tokio::spawn(async move {
+                let tells = departed.iter().map(|p| peers.invalidate(p, group, &key));
+                join_all(tells).await;
+            });
+        }
+        let told = join_all(others.map(tell)).await;
         for result in told {
             record(result);
         }
@@ -717,6 +727,7 @@ impl Loader {
             outcome("skipped");
             return None;
         }
+        let asked_ms = clock::now_ms();
         let answer = match self.peers.peek(&previous, group, key).await {
             Ok(Some(answer)) => answer,
             Ok(None) => {
@@ -730,9 +741,19 @@ impl Loader {
                 return None;
             }
         };
+        // Read from the source after this node's last invalidation of the key: the previous
+        // owner may have missed the DELETE (it left, or was unreachable, and the fan-out to
+        // nodes that left is best effort). Its fill time here is at most `asked - age` (the
+        // age is counted when it answers, after we asked), so this never errs towards old.
+        let bumped = core.versions.bumped_ms(group, key);
+        let read_after_invalidation = bumped == 0
+            || asked_ms
+                .checked_sub(answer.age_ms)
+                .is_some_and(|filled| filled > bumped);
         let current = answer.fresh_ms.is_none_or(|f| f > 0)
             && !answer.stale
             && answer.generation >= lease.generation
+            && read_after_invalidation
             && core.caught_up(group, key, answer.feed_xmin);
         if !current {
             outcome("refused_stale");
@@ -865,6 +886,10 @@ impl Loader {
         counters.loads.increment(1);
         let f = group.def().freshness;
         let started = std::time::Instant::now();
+        // The entry's fill time is when the read began, not when it landed: a warm handoff
+        // compares it with invalidations (`handed_off`), and the row may have changed during
+        // the query.
+        let started_ms = clock::now_ms();
         let fetched = self.source.fetch(self.lane, group, key).await;
         let outcome = match &fetched {
             Ok(Some(_)) => "found",
@@ -884,7 +909,6 @@ impl Loader {
                 tracing::warn!(group = %group, key, error = %e, held_back, "source fetch failed");
             }
         }
-        let now = clock::now_ms();
         match fetched {
             Ok(Some(value)) if value.len() > self.max_value_bytes => {
                 counters.local_load_errors.increment(1);
@@ -896,7 +920,7 @@ impl Loader {
             }
             Ok(Some(value)) => {
                 let ttl = f.ttl.map(|t| clock::jittered(t, f.ttl_jitter));
-                let entry = Entry::loaded(Some(value.clone()), lease.generation, now, ttl);
+                let entry = Entry::loaded(Some(value.clone()), lease.generation, started_ms, ttl);
                 let fresh_ms = ttl.map(clock::ms);
                 self.populate(into, group, key, entry, lease);
                 Ok(Loaded {
@@ -908,7 +932,8 @@ impl Loader {
             }
             Ok(None) => {
                 if !f.negative_ttl.is_zero() {
-                    let entry = Entry::loaded(None, lease.generation, now, Some(f.negative_ttl));
+                    let entry =
+                        Entry::loaded(None, lease.generation, started_ms, Some(f.negative_ttl));
                     self.populate(into, group, key, entry, lease);
                 }
                 Err(LoadError::NotFound)

@@ -12,10 +12,11 @@
 //! lands, and the counter is part of the flight's key, so that a request after the invalidation
 //! never joins the flight that began before it. Two keys sharing a counter only cost an extra
 //! load (a fill refused that need not have been), never a stale value. Memory is fixed
-//! (512 KiB); nothing is evicted that a long load could still need.
+//! (1.5 MiB: versions, feed transactions, times); nothing is evicted that a long load could still need.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::clock;
 use super::group::Group;
 
 const BUCKETS: usize = 1 << 16;
@@ -25,6 +26,9 @@ pub struct Versions {
     /// The newest transaction (xid) of the change feed that invalidated a key of the bucket: a
     /// copy from an owner that has not applied it yet is not kept.
     last_xid: Box<[AtomicU64]>,
+    /// When (the cache's clock) a key of the bucket was last invalidated: a warm handoff takes
+    /// no value its previous owner read before that (one that missed the DELETE holds it).
+    bumped_ms: Box<[AtomicU64]>,
 }
 
 impl Default for Versions {
@@ -33,6 +37,7 @@ impl Default for Versions {
         Versions {
             buckets: counters(),
             last_xid: counters(),
+            bumped_ms: counters(),
         }
     }
 }
@@ -50,14 +55,22 @@ impl Versions {
 
     /// Moves the key's version forward (before its entries are removed).
     pub fn bump(&self, group: Group, key: &str) {
-        self.buckets[self.bucket(group, key)].fetch_add(1, Ordering::AcqRel);
+        let b = self.bucket(group, key);
+        self.bumped_ms[b].fetch_max(clock::now_ms() + 1, Ordering::AcqRel);
+        self.buckets[b].fetch_add(1, Ordering::AcqRel);
     }
 
     /// Moves it forward for a change of transaction `xid` from the feed.
     pub fn bump_at(&self, group: Group, key: &str, xid: u64) {
         let b = self.bucket(group, key);
         self.last_xid[b].fetch_max(xid, Ordering::AcqRel);
+        self.bumped_ms[b].fetch_max(clock::now_ms() + 1, Ordering::AcqRel);
         self.buckets[b].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// When the key (or a key sharing its bucket) was last invalidated, plus 1 ms; 0: never.
+    pub fn bumped_ms(&self, group: Group, key: &str) -> u64 {
+        self.bumped_ms[self.bucket(group, key)].load(Ordering::Acquire)
     }
 
     /// The newest feed transaction that invalidated the key (or a key sharing its bucket).
