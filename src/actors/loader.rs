@@ -159,12 +159,10 @@ mod tests {
 
     use super::*;
     use crate::actors::ask;
+    use crate::cache::Core;
     use crate::cache::error::SourceError;
     use crate::cache::group::Groups;
-    use crate::cache::hot::HotPolicy;
-    use crate::cache::{Core, Stores};
     use crate::peer::{PeerClient, PeerSettings};
-    use crate::ring::Cluster;
     use crate::source::{Source, SourceFuture};
     use bytes::Bytes;
 
@@ -200,21 +198,7 @@ mod tests {
             fetches: AtomicUsize::new(0),
             delay,
         });
-        let groups = Groups::demo();
-        let core = Arc::new(Core::new(
-            groups,
-            Stores::new(groups, 1 << 20, false, Duration::from_secs(10)),
-            HotPolicy::new(10.0),
-            Arc::new(Cluster::from_static(
-                None,
-                &[],
-                true,
-                groups,
-                Default::default(),
-                10,
-            )),
-            Duration::from_secs(10),
-        ));
+        let core = Arc::new(Core::alone());
         let settings = PeerSettings {
             timeout: Duration::from_secs(1),
             secret: None,

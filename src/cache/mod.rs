@@ -1011,10 +1011,9 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn core() -> Core {
+impl Core {
+    /// A node alone (no ring), the demo groups, 1 MiB of stores: for unit tests.
+    pub(crate) fn alone() -> Core {
         let groups = Groups::demo();
         Core::new(
             groups,
@@ -1030,6 +1029,15 @@ mod tests {
             )),
             Duration::from_secs(10),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> Core {
+        Core::alone()
     }
 
     fn value(v: &'static str) -> Entry {
