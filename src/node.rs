@@ -81,7 +81,13 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
     let frontend = config.role == Role::Frontend;
     let core = Core::new(
         groups,
-        Stores::new(groups, config.cache_bytes, frontend, config.hot_ttl),
+        Stores::new(
+            groups,
+            config.cache_bytes,
+            frontend,
+            config.hot_ttl,
+            config.handoff_grace,
+        ),
         HotPolicy::new(config.hot_min_qps),
         Arc::new(Cluster::from_static(
             config.self_url.as_deref(),
@@ -540,6 +546,62 @@ impl Node {
         Ok(())
     }
 
+    /// After leaving the ring: sends this node's fresh values to their new owners (a quarter
+    /// of `--cache-bytes` at most to each, within half of `--handoff-drain`), which keep them
+    /// for `--handoff-grace` in a store of their own: their misses on those keys, and this
+    /// node's peeks if it comes back (a rolling restart), are answered from it.
+    async fn push_handoff(&self, peers: &PeerClient) {
+        let core = &self.core;
+        if core.handoff_grace_ms.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let deadline = started + self.config.handoff_drain / 2;
+        let ring = match core.cluster.self_name() {
+            Some(me) => core.cluster.view().ring.without(me),
+            None => return,
+        };
+        let batches = core.handoff_batches(&ring, self.config.cache_bytes / 4);
+        let sends = batches.iter().map(|(owner, batches)| async move {
+            let (mut sent, mut kept, mut bytes) = (0u64, 0u64, 0u64);
+            for batch in batches {
+                if std::time::Instant::now() >= deadline {
+                    break;
+                }
+                match peers.hand_off(owner, batch).await {
+                    Ok(k) => {
+                        sent += batch.entries.len() as u64;
+                        kept += k;
+                        bytes += batch
+                            .entries
+                            .iter()
+                            .map(|e| e.value.len() as u64)
+                            .sum::<u64>();
+                    }
+                    Err(e) => {
+                        tracing::warn!(%owner, error = %e, "handoff: a batch failed");
+                        break;
+                    }
+                }
+            }
+            (sent, kept, bytes)
+        });
+        let (mut sent, mut kept, mut bytes) = (0, 0, 0);
+        for (s, k, b) in futures_util::future::join_all(sends).await {
+            (sent, kept, bytes) = (sent + s, kept + k, bytes + b);
+        }
+        metrics::counter!("geecache_handoff_pushed_total").increment(sent);
+        metrics::counter!("geecache_handoff_pushed_bytes_total").increment(bytes);
+        tracing::info!(
+            entries = sent,
+            kept,
+            bytes,
+            owners = batches.len(),
+            took = ?started.elapsed(),
+            "handoff: entries sent to their new owners"
+        );
+    }
+
     /// After leaving the ring: the successors now own this node's keys and peek at it for
     /// them; answer while they do (until 1 s passes without a peek), at most `handoff_drain`.
     async fn handoff_drain(&self) {
@@ -566,6 +628,7 @@ impl Node {
             let left = leave(&r.addr, r.id, &r.peers, Duration::from_secs(5)).await;
             tracing::info!(left, "left the ring");
             if left {
+                self.push_handoff(&r.peers).await;
                 self.handoff_drain().await;
             }
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::raft::{Raft, converged};
 use common::{NodeProc, Pg, Proxy, TEST_SECRET, get, metrics_text};
 use geecache::ring::{Member, Ring, RingHash};
+use geecache::source::demo::product_value;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -439,4 +440,101 @@ async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
         "one failed peek per new owner: {failed}"
     );
     assert_eq!(failed + skipped, 20.0, "the rest skipped");
+}
+
+/// The rolling restart: node 3 leaves (SIGTERM) and sends its entries to their new owners,
+/// which serve them while it is away without a query, drop one whose row changes, and hand
+/// the rest back, through its peeks, when node 3 comes back with an empty cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(2000);
+    let url = pg.url();
+    let args = ["--source", "postgres", "--database-url", &url];
+    let raft = Raft::new(3, "30s");
+    let mut nodes = three_nodes(&c, &raft, &args).await;
+    let (r3, r2) = (ring(&raft, &[1, 2, 3]), ring(&raft, &[1, 2]));
+    let keys: Vec<String> = (1..=2000)
+        .map(|i: u64| i.to_string())
+        .filter(|k| *r3.owner(k).unwrap().name == *raft.peer(3))
+        .take(30)
+        .collect();
+    for k in &keys {
+        warm(&c, &format!("{}/api/products/{k}", raft.api(3))).await;
+    }
+    let heir = |k: &str| {
+        let owner = r2.owner(k).unwrap().name.clone();
+        (1..=2).find(|&id| *raft.peer(id) == *owner).unwrap()
+    };
+    // Nobody asks for node 3's keys while it leaves: what it holds can reach its successors
+    // only by being sent.
+    nodes[2].signal("TERM");
+    converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
+    assert!(nodes[2].child.wait().unwrap().success());
+    let log = nodes[2].log_text();
+    assert!(log.contains("handoff: entries sent"), "{log}");
+    let kept: f64 = {
+        let mut n = 0.0;
+        for node in &nodes[..2] {
+            let series = "geecache_handoff_received_total{outcome=\"kept\"}";
+            n += node.metric(&c, series).await;
+        }
+        n
+    };
+    assert_eq!(kept, 30.0, "both successors kept what node 3 sent");
+
+    let before = products_queries(&pg);
+    let (asked, unasked) = keys.split_at(10);
+    let (changed, asked) = asked.split_first().unwrap();
+    for k in asked {
+        let (s, body) = get(&c, &format!("{}/api/products/{k}", raft.api(heir(k)))).await;
+        assert_eq!(s, 200);
+        assert_eq!(body, product_value(k.parse().unwrap()).into_bytes());
+    }
+    assert_eq!(
+        products_queries(&pg),
+        before,
+        "node 3's entries, without a query"
+    );
+
+    // A row that changes after node 3 sent it: once the feed has brought the change, the
+    // sent copy is gone and the new owner loads the new row.
+    let owner = &nodes[heir(changed) as usize - 1];
+    let invalidations = "geecache_invalidations_total{group=\"products\"}";
+    let seen = owner.metric(&c, invalidations).await;
+    pg.psql(
+        "geecache",
+        &format!("UPDATE products SET value = 'changed' WHERE id = {changed}"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while owner.metric(&c, invalidations).await == seen {
+        assert!(
+            Instant::now() < deadline,
+            "the feed did not bring the change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("{}/api/products/{changed}", owner.api);
+    assert_eq!(
+        get(&c, &url).await.1,
+        b"changed",
+        "not the copy node 3 sent"
+    );
+
+    // Node 3 comes back with an empty cache: its misses peek the successors, which answer
+    // from what it sent them, the keys nobody asked for while it was away included.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the 2-node ring is not a burst
+    let back = raft.start_with(3, &args);
+    back.wait_ready();
+    converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
+    let before = products_queries(&pg);
+    for k in asked.iter().chain(unasked) {
+        let (s, body) = get(&c, &format!("{}/api/products/{k}", back.api)).await;
+        assert_eq!(s, 200);
+        assert_eq!(body, product_value(k.parse().unwrap()).into_bytes());
+    }
+    assert_eq!(products_queries(&pg), before, "node 3 got its keys back");
+    let (s, body) = get(&c, &format!("{}/api/products/{changed}", back.api)).await;
+    assert_eq!((s, body.as_slice()), (200, &b"changed"[..]));
 }

@@ -129,17 +129,27 @@ pub struct PeerHit {
     pub generation: u64,
 }
 
-/// The stores: the node's shared pair, and a pair of its own for each group with a budget.
+/// The stores: the node's shared pair, and a pair of its own for each group with a budget;
+/// and the entries handed to this node by neighbours that left.
 pub struct Stores {
     main: Store,
     hot: Store,
     own: Vec<Option<(Store, Store)>>,
+    handoff: Store,
 }
 
 impl Stores {
     /// `cache_bytes` for the shared pair (1/8 of it hot, all of it on a frontend, which owns
-    /// no keys) and each group's own budget split the same way.
-    pub fn new(groups: Groups, cache_bytes: u64, frontend: bool, hot_ttl: Duration) -> Stores {
+    /// no keys) and each group's own budget split the same way. The handoff store, on top:
+    /// up to 1/4 of `cache_bytes` for `handoff_ttl` after a neighbour left (see
+    /// [`Core::receive_handoff`]), empty otherwise.
+    pub fn new(
+        groups: Groups,
+        cache_bytes: u64,
+        frontend: bool,
+        hot_ttl: Duration,
+        handoff_ttl: Duration,
+    ) -> Stores {
         let pair = |bytes: u64, owner: Option<Group>| {
             let hot = if frontend { bytes } else { bytes / 8 };
             let main = Store::new("main", (bytes - hot).max(1024), None, groups, owner);
@@ -153,7 +163,24 @@ impl Stores {
             .all()
             .map(|g| g.def().cache_bytes.map(|b| pair(b, Some(g))))
             .collect();
-        Stores { main, hot, own }
+        let handoff_bytes = if frontend {
+            1024
+        } else {
+            (cache_bytes / 4).max(1024)
+        };
+        let handoff_ttl = handoff_ttl.max(Duration::from_secs(1));
+        let handoff = Store::new("handoff", handoff_bytes, Some(handoff_ttl), groups, None);
+        Stores {
+            main,
+            hot,
+            own,
+            handoff,
+        }
+    }
+
+    /// What neighbours that left handed to this node, every group.
+    pub fn handoff(&self) -> &Store {
+        &self.handoff
     }
 
     pub fn main(&self, group: Group) -> &Store {
@@ -173,7 +200,7 @@ impl Stores {
             .iter()
             .flatten()
             .flat_map(|(m, h)| [m.clone(), h.clone()]);
-        [self.main.clone(), self.hot.clone()]
+        [self.main.clone(), self.hot.clone(), self.handoff.clone()]
             .into_iter()
             .chain(own)
             .collect()
@@ -308,9 +335,14 @@ impl Core {
     pub fn invalidate_from_feed(&self, group: Group, key: &str, xid: u64) {
         self.versions.bump_at(group, key, xid);
         std::sync::atomic::fence(Ordering::SeqCst); // the bump before the removal: Core::fill
+        self.remove_everywhere(group, key);
+        self.counters.group(group).invalidations.increment(1);
+    }
+
+    fn remove_everywhere(&self, group: Group, key: &str) {
         self.stores.main(group).remove(group, key);
         self.stores.hot(group).remove(group, key);
-        self.counters.group(group).invalidations.increment(1);
+        self.stores.handoff().remove(group, key);
     }
 
     /// Whether a value from an owner that has applied the feed up to `owner_xmin` may be kept
@@ -367,9 +399,137 @@ impl Core {
     pub fn invalidate(&self, group: Group, key: &str) {
         self.versions.bump(group, key);
         std::sync::atomic::fence(Ordering::SeqCst); // the bump before the removal: Core::fill
-        self.stores.main(group).remove(group, key);
-        self.stores.hot(group).remove(group, key);
+        self.remove_everywhere(group, key);
         self.counters.group(group).invalidations.increment(1);
+    }
+
+    /// Whether a value this node's previous owner read `age_ms` before `asked_ms` (here) was
+    /// read after this node's last invalidation of the key. `asked_ms` must be no later than
+    /// when the other node counted the age, so that the fill time it gives is no later than
+    /// the real one: this errs towards "no".
+    fn read_after_invalidation(&self, group: Group, key: &str, asked_ms: u64, age_ms: u64) -> bool {
+        let bumped = self.versions.bumped_ms(group, key);
+        bumped == 0
+            || asked_ms
+                .checked_sub(age_ms)
+                .is_some_and(|filled| filled > bumped)
+    }
+
+    /// This node's fresh values, cut into batches for their owners under `ring` (the ring
+    /// without this node, as it leaves), at most `budget` value and key bytes for each owner:
+    /// what `POST /_handoff` sends (see [`Core::receive_handoff`]).
+    pub fn handoff_batches(
+        &self,
+        ring: &crate::ring::Ring,
+        budget: u64,
+    ) -> Vec<(Arc<str>, Vec<crate::peer::wire::HandoffBatch>)> {
+        use crate::peer::wire::{
+            HANDOFF_BATCH_BYTES, HANDOFF_MAX_VALUE, HandoffBatch, HandoffEntry,
+        };
+        let now = clock::now_ms();
+        let feed_xmin = self.feed.applied_xmin();
+        let mut out: Vec<(Arc<str>, Vec<HandoffBatch>, usize, u64)> = Vec::new();
+        let mains = self.groups.all().map(|g| self.stores.main(g));
+        let mut seen: Vec<&Store> = Vec::new();
+        for store in mains {
+            if seen.iter().any(|s| std::ptr::eq(*s, store)) {
+                continue; // groups without a budget of their own share the main store
+            }
+            seen.push(store);
+            for (group, key, _) in store.values(self.groups) {
+                let Found::Fresh(entry) = self.find(store, group, &key, now) else {
+                    continue;
+                };
+                let Some(value) = entry.value.clone() else {
+                    continue;
+                };
+                let Some(owner) = ring.owner(&key) else {
+                    return Vec::new();
+                };
+                if value.len() > HANDOFF_MAX_VALUE {
+                    continue;
+                }
+                let size = value.len() + key.len();
+                let i = match out.iter().position(|o| o.0 == owner.name) {
+                    Some(i) => i,
+                    None => {
+                        out.push((Arc::clone(&owner.name), Vec::new(), 0, 0));
+                        out.len() - 1
+                    }
+                };
+                let o = &mut out[i];
+                if o.3 + size as u64 > budget {
+                    continue;
+                }
+                if o.1.is_empty() || o.2 + size > HANDOFF_BATCH_BYTES {
+                    o.1.push(HandoffBatch {
+                        entries: Vec::new(),
+                        feed_xmin,
+                    });
+                    o.2 = 0;
+                }
+                o.2 += size;
+                o.3 += size as u64;
+                o.1.last_mut().expect("a batch").entries.push(HandoffEntry {
+                    group: group.name().to_owned(),
+                    age_ms: entry.age_ms(now),
+                    fresh_ms: fresh_left(&entry, now),
+                    generation: entry.generation,
+                    key,
+                    value,
+                });
+            }
+        }
+        out.into_iter()
+            .map(|(owner, batches, _, _)| (owner, batches))
+            .collect()
+    }
+
+    /// Entries a neighbour sent as it left (`POST /_handoff`), kept in the handoff store for
+    /// this node's misses and for the peeks of the neighbour if it comes back. An entry is
+    /// kept only if it is as fresh as a load would be, as a peeked value (`handed_off`); the
+    /// batch may have been under way up to `transit_ms`, which counts against its age.
+    /// Returns (kept, refused).
+    pub fn receive_handoff(
+        &self,
+        entries: impl IntoIterator<Item = crate::peer::wire::HandoffEntry>,
+        feed_xmin: u64,
+        transit_ms: u64,
+    ) -> (u64, u64) {
+        let (mut kept, mut refused) = (0, 0);
+        let now = clock::now_ms();
+        for e in entries {
+            let Some(group) = self.groups.get(&e.group) else {
+                refused += 1;
+                continue;
+            };
+            let lease = self.lease(group, &e.key);
+            let fresh = validate_key(&e.key).is_ok()
+                && e.fresh_ms.is_none_or(|f| f > 0)
+                && e.generation >= lease.generation
+                && self.read_after_invalidation(
+                    group,
+                    &e.key,
+                    now.saturating_sub(transit_ms),
+                    e.age_ms,
+                )
+                && self.caught_up(group, &e.key, feed_xmin);
+            let entry = Entry {
+                value: Some(e.value),
+                generation: lease.generation,
+                filled_ms: now.saturating_sub(e.age_ms),
+                fresh_until_ms: e.fresh_ms.map_or(u64::MAX, |f| now.saturating_add(f)),
+            };
+            if fresh && self.fill(self.stores.handoff(), group, &e.key, entry, lease) {
+                kept += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        metrics::counter!("geecache_handoff_received_total", "outcome" => "kept").increment(kept);
+        metrics::counter!("geecache_handoff_received_total", "outcome" => "refused")
+            .increment(refused);
+        (kept, refused)
     }
 }
 
@@ -540,7 +700,13 @@ impl Cache {
         validate_key(key).ok()?;
         let core = &self.core;
         let now = clock::now_ms();
-        let hit = match core.find(core.stores.main(group), group, key, now) {
+        let held = match core.find(core.stores.main(group), group, key, now) {
+            Found::Fresh(entry) => Found::Fresh(entry),
+            // What a neighbour handed this node as it left, for that neighbour when it is
+            // back (a rolling restart) as much as for this node's own misses.
+            _ => core.find(core.stores.handoff(), group, key, now),
+        };
+        let hit = match held {
             Found::Fresh(entry) => {
                 let (age_ms, fresh_ms) = (entry.age_ms(now), fresh_left(&entry, now));
                 entry.value.map(|value| PeerHit {
@@ -701,11 +867,43 @@ impl Loader {
     /// A load of a key this node owns: from its previous owner if the ring just moved it here
     /// and that one still holds it fresh (a warm handoff), else from the source.
     async fn as_owner(&self, group: Group, key: &str, lease: Lease) -> LoadResult {
+        if let Some(loaded) = self.pushed(group, key, lease) {
+            return Ok(loaded);
+        }
         if let Some(loaded) = self.handed_off(group, key, lease).await {
             return Ok(loaded);
         }
         self.locally(group, key, self.core.stores.main(group), lease)
             .await
+    }
+
+    /// The key from the handoff store (a neighbour sent it as it left), moved to the main
+    /// store.
+    fn pushed(&self, group: Group, key: &str, lease: Lease) -> Option<Loaded> {
+        let core = &self.core;
+        let now = clock::now_ms();
+        let Found::Fresh(entry) = core.find(core.stores.handoff(), group, key, now) else {
+            return None;
+        };
+        let value = entry.value.clone()?;
+        let loaded = Loaded {
+            value,
+            age_ms: entry.age_ms(now),
+            fresh_ms: fresh_left(&entry, now),
+            stale: false,
+        };
+        metrics::counter!("geecache_handoff_used_total", "group" => group.name()).increment(1);
+        let entry = Entry {
+            generation: lease.generation,
+            ..entry
+        };
+        if self
+            .core
+            .fill(core.stores.main(group), group, key, entry, lease)
+        {
+            core.stores.handoff().remove(group, key);
+        }
+        Some(loaded)
     }
 
     /// Peeks at the key's previous owner (under the ring before the last change, within the
@@ -745,11 +943,8 @@ impl Loader {
         // owner may have missed the DELETE (it left, or was unreachable, and the fan-out to
         // nodes that left is best effort). Its fill time here is at most `asked - age` (the
         // age is counted when it answers, after we asked), so this never errs towards old.
-        let bumped = core.versions.bumped_ms(group, key);
-        let read_after_invalidation = bumped == 0
-            || asked_ms
-                .checked_sub(answer.age_ms)
-                .is_some_and(|filled| filled > bumped);
+        let read_after_invalidation =
+            core.read_after_invalidation(group, key, asked_ms, answer.age_ms);
         let current = answer.fresh_ms.is_none_or(|f| f > 0)
             && !answer.stale
             && answer.generation >= lease.generation
@@ -1017,7 +1212,13 @@ impl Core {
         let groups = Groups::demo();
         Core::new(
             groups,
-            Stores::new(groups, 1 << 20, false, Duration::from_secs(10)),
+            Stores::new(
+                groups,
+                1 << 20,
+                false,
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            ),
             HotPolicy::new(10.0),
             Arc::new(Cluster::from_static(
                 None,

@@ -45,7 +45,7 @@ pub struct Entry {
     pub value: Option<Bytes>,
     /// The group's purge generation when it was loaded: an entry of an older one is a miss.
     pub generation: u64,
-    /// When the source answered (the owner's fill, for a copy), in `clock::now_ms`.
+    /// When the read from the source began (the owner's, for a copy), in `clock::now_ms`.
     pub filled_ms: u64,
     /// Fresh until then (`u64::MAX`: no ttl); after it, stale within the group's windows.
     pub fresh_until_ms: u64,
@@ -138,7 +138,7 @@ impl Store {
         }
     }
 
-    /// `main` or `hot`.
+    /// `main`, `hot` or `handoff`.
     pub fn name(&self) -> &'static str {
         self.name
     }
@@ -167,6 +167,18 @@ impl Store {
 
     pub fn insert(&self, group: Group, key: &str, entry: Entry) {
         self.cache.insert(cache_key(group, key), entry);
+    }
+
+    /// Every entry that holds a value, with its group and key, in no order (what a leaving
+    /// node hands off).
+    pub fn values(&self, groups: Groups) -> impl Iterator<Item = (Group, String, Entry)> + '_ {
+        self.cache.iter().filter_map(move |(k, entry)| {
+            entry.value.as_ref()?;
+            let mut chars = k.chars();
+            let index = (chars.next()? as u32).checked_sub(0xE000)?;
+            let group = groups.all().nth(index as usize)?;
+            Some((group, chars.as_str().to_owned(), entry))
+        })
     }
 
     pub fn remove(&self, group: Group, key: &str) {

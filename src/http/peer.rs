@@ -17,10 +17,37 @@ use super::error::ApiError;
 use super::{AppState, group_named, method_not_allowed_response, subtree};
 use crate::cache::error::LoadError;
 use crate::cache::group::{Group, Groups};
-use crate::peer::wire::{DATA_PREFIX, EPOCH_HEADER, PEEK_HEADER, Response};
+use crate::peer::client::HANDOFF_TIMEOUT;
+use crate::peer::wire::{
+    DATA_PREFIX, EPOCH_HEADER, HANDOFF, HANDOFF_MAX_BODY, HandoffBatch, PEEK_HEADER, Response,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(subtree("/_geecache", "/_geecache/{group}/{key}", by_path));
+    cfg.service(subtree("/_geecache", "/_geecache/{group}/{key}", by_path))
+        .service(
+            web::resource(HANDOFF)
+                .app_data(web::PayloadConfig::new(HANDOFF_MAX_BODY))
+                .route(web::post().to(receive_handoff))
+                .default_service(web::to(|req: HttpRequest| async move {
+                    method_not_allowed_response(&req, "POST")
+                })),
+        );
+}
+
+/// `POST /_handoff`: a leaving neighbour's entries for keys this node now owns (see
+/// `Core::receive_handoff`); answers `{"kept": N, "refused": M}`.
+async fn receive_handoff(
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let batch = HandoffBatch::decode(body)
+        .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
+    let transit = crate::cache::clock::ms(HANDOFF_TIMEOUT);
+    let (kept, refused) = state
+        .cache
+        .core
+        .receive_handoff(batch.entries, batch.feed_xmin, transit);
+    Ok(HttpResponse::Ok().json(serde_json::json!({"kept": kept, "refused": refused})))
 }
 
 /// `/_geecache/{group}/{key}`, every method.

@@ -23,8 +23,8 @@ use prost::Message;
 use serde_json::Value;
 
 use super::wire::{
-    CLUSTER_HEADER, EPOCH_HEADER, FRONTEND_HEADER, PEEK_HEADER, RAFT_INFO, RAFT_MEMBERS,
-    RAFT_MESSAGES, RaftBatch, RaftStatus, Response, RingMembers, data_path,
+    CLUSTER_HEADER, EPOCH_HEADER, FRONTEND_HEADER, HANDOFF, HandoffBatch, PEEK_HEADER, RAFT_INFO,
+    RAFT_MEMBERS, RAFT_MESSAGES, RaftBatch, RaftStatus, Response, RingMembers, data_path,
 };
 use crate::cache::group::Group;
 
@@ -35,6 +35,9 @@ const RAFT_TIMEOUT: Duration = Duration::from_secs(2);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a new owner waits for a moved key's previous owner to say what it holds.
 pub const PEEK_TIMEOUT: Duration = Duration::from_millis(250);
+/// The longest a leaving node's handoff batch may take; the receiver counts it against the
+/// entries' age.
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every peer client of a node shares.
 #[derive(Debug, Clone)]
@@ -261,6 +264,28 @@ impl PeerClient {
         {
             (204, _, _) => Ok(()),
             (s, _, _) => Err(PeerError::Status(s, String::new())),
+        }
+    }
+
+    /// `POST {peer}/_handoff`: the number of entries the peer kept.
+    pub async fn hand_off(&self, peer: &str, batch: &HandoffBatch) -> Result<u64, PeerError> {
+        let res = self
+            .request(reqwest::Method::POST, format!("{peer}{HANDOFF}"))
+            .header("content-type", "application/x-protobuf")
+            .body(batch.encode_to_vec())
+            .timeout(HANDOFF_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        match res.status().as_u16() {
+            200 => {
+                let v: Value = res
+                    .json()
+                    .await
+                    .map_err(|e| PeerError::Decode(e.to_string()))?;
+                Ok(v["kept"].as_u64().unwrap_or(0))
+            }
+            s => Err(PeerError::Status(s, res.text().await.unwrap_or_default())),
         }
     }
 

@@ -85,6 +85,44 @@ pub struct Response {
     pub feed_xmin: u64,
 }
 
+/// `POST` a [`HandoffBatch`]: entries a leaving node hands to their new owner.
+pub const HANDOFF: &str = "/_handoff";
+/// A handoff batch is cut at this many value and key bytes (one larger entry goes alone)...
+pub const HANDOFF_BATCH_BYTES: usize = 1 << 20;
+/// ... and no entry of a value larger than this is handed off: the receiver reads at most
+/// `HANDOFF_MAX_BODY` of a batch.
+pub const HANDOFF_MAX_VALUE: usize = 2 << 20;
+pub const HANDOFF_MAX_BODY: usize = HANDOFF_BATCH_BYTES + HANDOFF_MAX_VALUE + (64 << 10);
+
+/// One entry a leaving node hands off: what a peek would answer for it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HandoffEntry {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    #[prost(string, tag = "2")]
+    pub key: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub value: Bytes,
+    /// Milliseconds since the value was read from the source, when the batch was sent.
+    #[prost(uint64, tag = "4")]
+    pub age_ms: u64,
+    /// Milliseconds of freshness left; absent: no ttl.
+    #[prost(uint64, optional, tag = "5")]
+    pub fresh_ms: Option<u64>,
+    /// The group's purge generation at the sender.
+    #[prost(uint64, tag = "6")]
+    pub generation: u64,
+}
+
+/// Entries for one new owner, with the sender's change-feed position.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HandoffBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<HandoffEntry>,
+    #[prost(uint64, tag = "2")]
+    pub feed_xmin: u64,
+}
+
 /// A batch of raft messages on the wire: each one a protobuf-encoded `eraftpb::Message`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RaftBatch {

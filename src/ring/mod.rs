@@ -112,6 +112,12 @@ impl Ring {
         &self.members
     }
 
+    /// The same ring without `name` (what a leaving node's keys map to).
+    pub fn without(&self, name: &str) -> Ring {
+        let rest = self.members.iter().filter(|m| &*m.name != name).cloned();
+        Ring::new(self.hash, self.vnodes, rest)
+    }
+
     pub fn vnodes(&self) -> usize {
         self.vnodes
     }

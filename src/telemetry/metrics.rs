@@ -116,6 +116,18 @@ fn describe() {
             "Peeks this node answered as a previous owner, by outcome",
         ),
         (
+            "geecache_handoff_pushed_total",
+            "Entries this node sent to their new owners as it left",
+        ),
+        (
+            "geecache_handoff_received_total",
+            "Entries a leaving neighbour sent, kept or refused (not as fresh as a load)",
+        ),
+        (
+            "geecache_handoff_used_total",
+            "Misses served from what a leaving neighbour sent",
+        ),
+        (
             "geecache_raft_entries_skipped_total",
             "Committed Raft entries skipped because they fail validation",
         ),
@@ -139,6 +151,11 @@ fn describe() {
         "geecache_handoff_bytes_total",
         Unit::Bytes,
         "Value bytes accepted from peeks"
+    );
+    describe_counter!(
+        "geecache_handoff_pushed_bytes_total",
+        Unit::Bytes,
+        "Value bytes this node sent to their new owners as it left"
     );
     let gauges: &[(&'static str, &'static str)] = &[
         (
