@@ -565,10 +565,16 @@ impl Node {
         let sends = batches.iter().map(|(owner, batches)| async move {
             let (mut sent, mut kept, mut bytes) = (0u64, 0u64, 0u64);
             for batch in batches {
-                if std::time::Instant::now() >= deadline {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
                     break;
                 }
-                match peers.hand_off(owner, batch).await {
+                let sent_in_time = tokio::time::timeout(left, peers.hand_off(owner, batch));
+                match sent_in_time.await.unwrap_or_else(|_| {
+                    Err(crate::peer::PeerError::Transport(
+                        "out of drain time".into(),
+                    ))
+                }) {
                     Ok(k) => {
                         sent += batch.entries.len() as u64;
                         kept += k;
@@ -603,10 +609,13 @@ impl Node {
     }
 
     /// After leaving the ring: the successors now own this node's keys and peek at it for
-    /// them; answer while they do (until 1 s passes without a peek), at most `handoff_drain`.
-    async fn handoff_drain(&self) {
-        let started = std::time::Instant::now();
-        let (mut last, mut quiet_since) = (self.core.peeks_served.load(Ordering::Relaxed), started);
+    /// them; answer while they do (until 1 s passes without a peek), until `handoff_drain`
+    /// after `started` (the sending of this node's values came first).
+    async fn handoff_drain(&self, started: std::time::Instant) {
+        let (mut last, mut quiet_since) = (
+            self.core.peeks_served.load(Ordering::Relaxed),
+            std::time::Instant::now(),
+        );
         while started.elapsed() < self.config.handoff_drain {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let now = self.core.peeks_served.load(Ordering::Relaxed);
@@ -628,8 +637,9 @@ impl Node {
             let left = leave(&r.addr, r.id, &r.peers, Duration::from_secs(5)).await;
             tracing::info!(left, "left the ring");
             if left {
+                let started = std::time::Instant::now();
                 self.push_handoff(&r.peers).await;
-                self.handoff_drain().await;
+                self.handoff_drain(started).await;
             }
         }
         self.health.start_draining();

@@ -197,12 +197,14 @@ pub struct Config {
     #[serde(with = "duration")]
     pub feed_retention: Duration,
     /// After a ring change, for this long, a new owner's miss on a key that moved asks its
-    /// previous owner before the source (a warm handoff); 0s: never.
+    /// previous owner before the source (a warm handoff), and what a leaving node sent is
+    /// kept; 0s: never (and a leaving node sends nothing).
     #[arg(long, env = "GEECACHE_HANDOFF_GRACE", value_parser = parse_duration, default_value = "60s")]
     #[serde(with = "duration")]
     pub handoff_grace: Duration,
-    /// After SIGTERM and leaving the ring: answer the successors' peeks until they stop coming
-    /// (1 s without one), at most this long.
+    /// After SIGTERM and leaving the ring: send this node's values to their new owners (for
+    /// half of this at most), then answer their peeks until they stop coming (1 s without
+    /// one), at most this long in all.
     #[arg(long, env = "GEECACHE_HANDOFF_DRAIN", value_parser = parse_duration, default_value = "5s")]
     #[serde(with = "duration")]
     pub handoff_drain: Duration,
