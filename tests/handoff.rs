@@ -534,7 +534,16 @@ async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
         assert_eq!(s, 200);
         assert_eq!(body, product_value(k.parse().unwrap()).into_bytes());
     }
-    assert_eq!(products_queries(&pg), before, "node 3 got its keys back");
+    let peeks = metrics_text(&c, &back.api).await;
+    let peeks: Vec<&str> = peeks
+        .lines()
+        .filter(|l| l.starts_with("geecache_handoff_peeks_total"))
+        .collect();
+    assert_eq!(
+        products_queries(&pg),
+        before,
+        "node 3 got its keys back: {peeks:?}"
+    );
     let (s, body) = get(&c, &format!("{}/api/products/{changed}", back.api)).await;
     assert_eq!((s, body.as_slice()), (200, &b"changed"[..]));
 }
