@@ -17,6 +17,7 @@ import suite  # noqa: E402
 from suite import BIN, CACHE_FRACTION, MODES, Cluster, Pg, geeload, wait  # noqa: E402
 
 VARIANTS = {"handoff": [], "cold": ["--handoff-grace", "0s"],
+            "pull": ["--handoff-send", "false"],
             "drain15": ["--handoff-drain", "15s"], "drain1": ["--handoff-drain", "1s"]}
 PHASES = (("3 -> 5", "scale-up 3->5"), ("5 -> 3", "scale-down 5->3"))
 

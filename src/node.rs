@@ -552,7 +552,7 @@ impl Node {
     /// node's peeks if it comes back (a rolling restart), are answered from it.
     async fn push_handoff(&self, peers: &PeerClient) {
         let core = &self.core;
-        if core.handoff_grace_ms.load(Ordering::Relaxed) == 0 {
+        if core.handoff_grace_ms.load(Ordering::Relaxed) == 0 || !self.config.handoff_send {
             return;
         }
         let started = std::time::Instant::now();

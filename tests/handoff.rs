@@ -317,7 +317,15 @@ async fn a_leaving_node_hands_its_keys_to_its_successors() {
     let pg = Pg::start();
     pg.seed(2000);
     let url = pg.url();
-    let args = ["--source", "postgres", "--database-url", &url];
+    // Pull alone: the leaving node sends nothing, its successors peek at it.
+    let args = [
+        "--source",
+        "postgres",
+        "--database-url",
+        &url,
+        "--handoff-send",
+        "false",
+    ];
     let raft = Raft::new(3, "30s");
     let mut nodes = three_nodes(&c, &raft, &args).await;
     // Node 3's hot keys, requested through the others.
@@ -363,6 +371,10 @@ async fn a_leaving_node_hands_its_keys_to_its_successors() {
     );
     let log = nodes[2].log_text();
     assert!(log.contains("handoff drain over"), "{log}");
+    assert!(
+        !log.contains("handoff: entries sent"),
+        "--handoff-send false: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

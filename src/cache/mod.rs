@@ -416,7 +416,8 @@ impl Core {
     }
 
     /// This node's fresh values, cut into batches for their owners under `ring` (the ring
-    /// without this node, as it leaves), at most `budget` value and key bytes for each owner:
+    /// without this node, as it leaves), at most `budget` bytes (as a store weighs entries)
+    /// for each owner:
     /// what `POST /_handoff` sends (see [`Core::receive_handoff`]).
     pub fn handoff_batches(
         &self,
@@ -449,7 +450,9 @@ impl Core {
                 if value.len() > HANDOFF_MAX_VALUE {
                     continue;
                 }
-                let size = value.len() + key.len();
+                // Counted as the receiver's handoff store weighs it (the group's prefix
+                // character is 3 bytes), so that what is sent fits there.
+                let size = store::entry_weight(key.len() + 3, value.len()) as usize;
                 let i = match out.iter().position(|o| o.0 == owner.name) {
                     Some(i) => i,
                     None => {

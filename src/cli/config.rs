@@ -208,6 +208,10 @@ pub struct Config {
     #[arg(long, env = "GEECACHE_HANDOFF_DRAIN", value_parser = parse_duration, default_value = "5s")]
     #[serde(with = "duration")]
     pub handoff_drain: Duration,
+    /// On leave, send this node's values to their new owners (`false`: only answer their
+    /// peeks, as `load/bench-handoff.sh --variants pull` compares).
+    #[arg(long, env = "GEECACHE_HANDOFF_SEND", default_value_t = true, action = clap::ArgAction::Set)]
+    pub handoff_send: bool,
     /// Deadline of a fetch from a peer.
     #[arg(long, env = "GEECACHE_PEER_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
     #[serde(with = "duration")]
