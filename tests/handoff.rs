@@ -480,10 +480,39 @@ async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
         (1..=2).find(|&id| *raft.peer(id) == *owner).unwrap()
     };
     // Nobody asks for node 3's keys while it leaves: what it holds can reach its successors
-    // only by being sent.
+    // only by being sent. A writer commits all along (another row), so that the successors'
+    // feed positions pass the one node 3 sends its entries with: they are kept all the same,
+    // as none of the changes between is theirs.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let other = (1..=2000)
+        .map(|i: u64| i.to_string())
+        .find(|k| !keys.contains(k))
+        .unwrap();
+    let writer = tokio::spawn({
+        let (writing, url) = (writing.clone(), pg.url());
+        async move {
+            let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let sql = format!("UPDATE products SET value = value WHERE id = {other}");
+            let mut commits = 0;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                db.batch_execute(&sql).await.unwrap();
+                commits += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            commits
+        }
+    });
     nodes[2].signal("TERM");
     converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
     assert!(nodes[2].child.wait().unwrap().success());
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        writer.await.unwrap() > 10,
+        "the writer committed while node 3 left"
+    );
     let log = nodes[2].log_text();
     assert!(log.contains("handoff: entries sent"), "{log}");
     let kept: f64 = {

@@ -346,13 +346,17 @@ impl Core {
     }
 
     /// Whether a value from an owner that has applied the feed up to `owner_xmin` may be kept
-    /// here: for a feed-backed group, the owner must have applied the feed at least as far as
-    /// this node has (a change this node saw, or one committed before it began to follow, may
-    /// be missing from a value of an owner that lags).
+    /// here: for a feed-backed group, every change the owner may not have applied (from
+    /// `owner_xmin` on) must be one this node records (its record is complete from
+    /// `complete_since`: not a change committed before it began to follow, or in a gap it
+    /// dropped the groups for), and none of those it applied may be the key's. An owner
+    /// behind this node is fine when the changes between are not the key's: a value sent
+    /// as a node leaves was read a few milliseconds before a writer's next commit moves this
+    /// node on, and requiring the owner to be as far as this node refused all of them.
     pub fn caught_up(&self, group: Group, key: &str, owner_xmin: u64) -> bool {
         !self.follows_feed(group)
             || (owner_xmin > self.versions.last_xid(group, key)
-                && owner_xmin >= self.feed.applied_xmin())
+                && owner_xmin >= self.feed.complete_since())
     }
 
     /// The feed's first read: from now on the group may cache (loads begun before may not).

@@ -97,6 +97,10 @@ pub struct FeedState {
     pub fresh_as_of_ms: AtomicU64,
     /// Every transaction below it has been applied (the last poll's `xmin`); 0: not following.
     pub applied_xmin: AtomicU64,
+    /// Every change of a transaction from this one on has been (or will be) applied here:
+    /// the first poll's `xmax`, moved forward when the groups were dropped for a gap. A copy
+    /// from an owner at a position at least this far can be checked against `last_xid`.
+    pub complete_since: AtomicU64,
     /// Values of feed-backed groups are not answered as fresh past this long without a poll.
     pub max_staleness_ms: AtomicU64,
 }
@@ -119,6 +123,10 @@ impl FeedState {
 
     pub fn applied_xmin(&self) -> u64 {
         self.applied_xmin.load(Ordering::Acquire)
+    }
+
+    pub fn complete_since(&self) -> u64 {
+        self.complete_since.load(Ordering::Acquire)
     }
 }
 
@@ -200,17 +208,26 @@ impl Follower {
             let age: f64 = row.get::<_, Option<f64>>(4).unwrap_or(0.0);
             changes.push(Change(grp, key.to_owned(), xid.parse().unwrap_or(0), age));
         }
+        let complete_from =
+            |s: &Snapshot| self.state().complete_since.store(s.xmax, Ordering::Release);
         match &self.prev {
             // The first read: from here on, no change can be missed, and the groups may cache
             // (a load that began before this point is not kept, see `Loader::populate`).
             None => {
+                complete_from(&snap);
                 for group in self.groups.values() {
                     self.core.mark_followed(*group);
                 }
                 tracing::info!(position = snap.xmin, "feed: following");
             }
-            Some(prev) if pruned_below > prev.oldest_unseen() => self.drop_all("pruned"),
-            Some(_) if changes.len() > MAX_REPLAY => self.drop_all("too_many"),
+            Some(prev) if pruned_below > prev.oldest_unseen() => {
+                complete_from(&snap);
+                self.drop_all("pruned")
+            }
+            Some(_) if changes.len() > MAX_REPLAY => {
+                complete_from(&snap);
+                self.drop_all("too_many")
+            }
             Some(_) => self.apply(&changes),
         }
         self.prev = Some(snap.clone());
