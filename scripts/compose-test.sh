@@ -17,6 +17,9 @@ fail() { echo "FAIL: $*" >&2; dc logs --tail=30 node >&2 || true; exit 1; }
 now() { date +%s%N; }
 ms() { echo $(( ($(now) - $1) / 1000000 )); }
 
+# The first node container's id. Not `| head -1`: under pipefail, head leaving early can kill
+# `dc ps` with SIGPIPE and the script with status 141 (CI saw it).
+first_node() { local ids; mapfile -t ids < <(dc ps -q node); echo "${ids[0]}"; }
 nodes() { dc ps -q node | xargs -r docker inspect -f '{{.State.Running}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' | awk '$1=="true"{print $2}'; }
 
 # agreed N [IP...]: every listed (default: running) node is ready and reports the same N members,
@@ -112,7 +115,7 @@ wait_for 60 prom_up || fail "Prometheus does not see 3 nodes up"
 echo "prometheus: 3 nodes scraped"
 
 echo "== partition: disconnect one node from the network"
-net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(dc ps -q node | head -1)")
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(first_node)")
 leader_ip=$(curl -s "http://${ips[0]}:9999/cluster" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(next(m["peer_url"] for m in d["members"] if m["id"]==d["leader_id"]).split("//")[1].split(":")[0])')
 victim=""
 for c in $(dc ps -q node); do
@@ -129,7 +132,7 @@ echo "partition: majority served and removed the isolated node; it rejoined afte
 
 echo "== kill one node"
 mapfile -t ips < <(nodes)
-killed=$(dc ps -q node | head -1)
+killed=$(first_node)
 docker kill "$killed" >/dev/null
 mapfile -t rest < <(nodes)
 answers_all "${rest[0]}:9999" "${rest[1]}:9999" "$front" || fail "keys failed after a kill"

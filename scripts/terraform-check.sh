@@ -11,7 +11,7 @@ if [ -d "$mirror/registry.terraform.io/hashicorp/aws" ]; then
   sed "s#/opt/tf-plugins#$mirror#" terraformrc > "$cfg"
   export TF_CLI_CONFIG_FILE=$cfg
 fi
-terraform version | head -1
+terraform version | sed -n 1p
 terraform fmt -check -recursive
 for dir in envs/aws envs/local modules/stack; do
   terraform -chdir="$dir" init -input=false -backend=false >/dev/null
