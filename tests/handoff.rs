@@ -74,6 +74,17 @@ async fn three_nodes(c: &reqwest::Client, raft: &Raft, args: &[&str]) -> Vec<Nod
     nodes
 }
 
+/// PostgreSQL with 2,000 products and three nodes on it (`extra`: more flags for each).
+async fn seeded_three(c: &reqwest::Client, extra: &[&str]) -> (Pg, Raft, Vec<NodeProc>) {
+    let pg = Pg::start();
+    pg.seed(2000);
+    let url = pg.url();
+    let args = [&["--source", "postgres", "--database-url", &url][..], extra].concat();
+    let raft = Raft::new(3, "30s");
+    let nodes = three_nodes(c, &raft, &args).await;
+    (pg, raft, nodes)
+}
+
 fn products_queries(pg: &Pg) -> i64 {
     pg.calls("%FROM products%")
 }
@@ -314,20 +325,8 @@ async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_hands_its_keys_to_its_successors() {
     let c = client();
-    let pg = Pg::start();
-    pg.seed(2000);
-    let url = pg.url();
     // Pull alone: the leaving node sends nothing, its successors peek at it.
-    let args = [
-        "--source",
-        "postgres",
-        "--database-url",
-        &url,
-        "--handoff-send",
-        "false",
-    ];
-    let raft = Raft::new(3, "30s");
-    let mut nodes = three_nodes(&c, &raft, &args).await;
+    let (pg, raft, mut nodes) = seeded_three(&c, &["--handoff-send", "false"]).await;
     // Node 3's hot keys, requested through the others.
     let r3 = ring(&raft, &[1, 2, 3]);
     let keys: Vec<String> = (1..=2000)
@@ -412,12 +411,7 @@ async fn a_peek_never_loads_and_never_forwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
     let c = client();
-    let pg = Pg::start();
-    pg.seed(2000);
-    let url = pg.url();
-    let args = ["--source", "postgres", "--database-url", &url];
-    let raft = Raft::new(3, "30s");
-    let mut nodes = three_nodes(&c, &raft, &args).await;
+    let (_pg, raft, mut nodes) = seeded_three(&c, &[]).await;
     // A ring current for under a second is one of a burst of changes, and skipped.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nodes[2].signal("TERM");
@@ -460,12 +454,7 @@ async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
     let c = client();
-    let pg = Pg::start();
-    pg.seed(2000);
-    let url = pg.url();
-    let args = ["--source", "postgres", "--database-url", &url];
-    let raft = Raft::new(3, "30s");
-    let mut nodes = three_nodes(&c, &raft, &args).await;
+    let (pg, raft, mut nodes) = seeded_three(&c, &[]).await;
     let (r3, r2) = (ring(&raft, &[1, 2, 3]), ring(&raft, &[1, 2]));
     let keys: Vec<String> = (1..=2000)
         .map(|i: u64| i.to_string())
@@ -566,7 +555,8 @@ async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
     // Node 3 comes back with an empty cache: its misses peek the successors, which answer
     // from what it sent them, the keys nobody asked for while it was away included.
     tokio::time::sleep(Duration::from_millis(1100)).await; // the 2-node ring is not a burst
-    let back = raft.start_with(3, &args);
+    let url = pg.url();
+    let back = raft.start_with(3, &["--source", "postgres", "--database-url", &url]);
     back.wait_ready();
     converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
     let before = products_queries(&pg);

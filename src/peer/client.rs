@@ -267,16 +267,27 @@ impl PeerClient {
         }
     }
 
+    /// `POST url` with a protobuf body, within `timeout`.
+    async fn post_protobuf(
+        &self,
+        url: String,
+        body: &impl Message,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, PeerError> {
+        self.request(reqwest::Method::POST, url)
+            .header("content-type", "application/x-protobuf")
+            .body(body.encode_to_vec())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Transport(e.to_string()))
+    }
+
     /// `POST {peer}/_handoff`: the number of entries the peer kept.
     pub async fn hand_off(&self, peer: &str, batch: &HandoffBatch) -> Result<u64, PeerError> {
         let res = self
-            .request(reqwest::Method::POST, format!("{peer}{HANDOFF}"))
-            .header("content-type", "application/x-protobuf")
-            .body(batch.encode_to_vec())
-            .timeout(HANDOFF_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| PeerError::Transport(e.to_string()))?;
+            .post_protobuf(format!("{peer}{HANDOFF}"), batch, HANDOFF_TIMEOUT)
+            .await?;
         match res.status().as_u16() {
             200 => {
                 let v: Value = res
@@ -292,13 +303,8 @@ impl PeerClient {
     /// `POST {peer}/_raft/messages`.
     pub async fn send_raft(&self, peer: &str, batch: &RaftBatch) -> Result<(), PeerError> {
         let res = self
-            .request(reqwest::Method::POST, format!("{peer}{RAFT_MESSAGES}"))
-            .header("content-type", "application/x-protobuf")
-            .body(batch.encode_to_vec())
-            .timeout(RAFT_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| PeerError::Transport(e.to_string()))?;
+            .post_protobuf(format!("{peer}{RAFT_MESSAGES}"), batch, RAFT_TIMEOUT)
+            .await?;
         match res.status().as_u16() {
             s if (200..300).contains(&s) => Ok(()),
             s => Err(PeerError::Status(s, String::new())),
