@@ -89,8 +89,8 @@ fn products_queries(pg: &Pg) -> i64 {
     pg.calls("%FROM products%")
 }
 
-/// A warm 3-node cluster, 20 keys cached on node 1 that move to node 4, then node 4 (started
-/// with `four_args`) joined.
+/// A warm 3-node cluster (started with `three_args`), 20 keys cached on node 1 that move to
+/// node 4, then node 4 (started with `four_args`) joined.
 struct Joined {
     four: NodeProc,
     _nodes: Vec<NodeProc>,
@@ -99,13 +99,13 @@ struct Joined {
     keys: Vec<String>,
 }
 
-async fn node_four_joins(c: &reqwest::Client, four_args: &[&str]) -> Joined {
+async fn node_four_joins(c: &reqwest::Client, three_args: &[&str], four_args: &[&str]) -> Joined {
     let pg = Pg::start();
     pg.seed(2000);
     let url = pg.url();
     let args = ["--source", "postgres", "--database-url", &url];
     let raft = Raft::new(3, "30s");
-    let nodes = three_nodes(c, &raft, &args).await;
+    let nodes = three_nodes(c, &raft, &[&args[..], three_args].concat()).await;
     // Keys that will move from node 1 to node 4, cached on node 1.
     let mut keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
     assert!(keys.len() >= 20, "{} keys move", keys.len());
@@ -135,7 +135,8 @@ async fn node_four_joins(c: &reqwest::Client, four_args: &[&str]) -> Joined {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
     let c = client();
-    let joined = node_four_joins(&c, &[]).await;
+    // Peeks alone: the others do not send node 4 what they hold for it.
+    let joined = node_four_joins(&c, &["--handoff-send", "false"], &[]).await;
     let (pg, four, keys) = (&joined.pg, &joined.four, &joined.keys[..]);
     let before = products_queries(pg);
     for k in keys {
@@ -176,13 +177,66 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
     assert_eq!(r.headers()["x-cache"], "HIT");
 }
 
+/// With the send on (the default), the others send a node that joins what they hold for it,
+/// and drop it: node 4 serves the moved keys from its own store (a HIT, no peek, no query),
+/// and node 1 no longer holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_is_sent_what_the_others_hold_for_it() {
+    let c = client();
+    let joined = node_four_joins(&c, &[], &[]).await;
+    let (pg, four, raft, keys) = (&joined.pg, &joined.four, &joined.raft, &joined.keys[..]);
+    let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &four.api, kept).await < keys.len() as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 was not sent the moved keys"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&c, &raft.api(1), "geecache_handoff_pushed_total").await >= keys.len() as f64);
+    let before = products_queries(pg);
+    for k in keys {
+        let r = c
+            .get(format!("{}/api/products/{k}", four.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-cache"],
+            "HIT",
+            "{k} is in node 4's own store"
+        );
+        assert_eq!(
+            r.bytes().await.unwrap(),
+            geecache::source::demo::product_value(k.parse().unwrap()).into_bytes()
+        );
+    }
+    assert_eq!(products_queries(pg), before, "no query");
+    let peeks = metrics_text(&c, &four.api).await;
+    assert!(
+        !peeks.contains("geecache_handoff_peeks_total{"),
+        "no peek asked: {peeks}"
+    );
+    // Node 1 dropped what it sent: a peek there finds nothing.
+    let r = c
+        .get(format!("{}/_geecache/products/{}", raft.peer(1), keys[0]))
+        .bearer_auth(TEST_SECRET)
+        .header("x-geecache-peek", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "node 1 no longer holds it");
+}
+
 /// 50 requests at once for a moved key cost its old owner one peek and PostgreSQL nothing; a
 /// peek at a member that does not hold the key is answered there, never forwarded to the
 /// key's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_on_a_moved_key_costs_one_peek_and_peeks_are_not_forwarded() {
     let c = client();
-    let joined = node_four_joins(&c, &[]).await;
+    let joined = node_four_joins(&c, &["--handoff-send", "false"], &[]).await;
     let (pg, four, raft) = (&joined.pg, &joined.four, &joined.raft);
     let answered = "geecache_handoff_peeks_served_total{outcome=\"answered\"}";
     let (before_queries, before_peeks) = (
@@ -235,7 +289,7 @@ async fn a_herd_on_a_moved_key_costs_one_peek_and_peeks_are_not_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_grace_window_a_new_owner_loads_moved_keys() {
     let c = client();
-    let joined = node_four_joins(&c, &["--handoff-grace", "0s"]).await;
+    let joined = node_four_joins(&c, &[], &["--handoff-grace", "0s"]).await;
     let (pg, four) = (&joined.pg, &joined.four);
     let before = products_queries(pg);
     for k in &joined.keys {
@@ -319,6 +373,19 @@ async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
     )
     .await;
     assert!(refused >= 1.0, "the old value was refused");
+    // Node 1 also sends node 4 what it holds for it: the old value, refused there too (node
+    // 1's feed position is from before the change), and node 4 still serves the new row.
+    let sent_refused = "geecache_handoff_received_total{outcome=\"refused\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &four.api, sent_refused).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 sent nothing node 4 refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, body) = get(&c, &format!("{}/api/products/{key}", four.api)).await;
+    assert_eq!((s, &body[..]), (200, &b"changed"[..]));
     proxy.cut(false);
 }
 
@@ -497,6 +564,27 @@ async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
     nodes[2].signal("TERM");
     converged(&c, &raft, &[1, 2], &[1, 2], Duration::from_secs(15)).await;
     assert!(nodes[2].child.wait().unwrap().success());
+    // It sent everything, so it answered peeks only for a moment (not the 1 s without a peek
+    // that ends a drain when something was left out).
+    let log = nodes[2].log_text();
+    let line = |msg: &str| {
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_default())
+            .find(|j| j["message"] == msg)
+            .unwrap_or_else(|| panic!("no {msg:?} in:\n{log}"))
+    };
+    assert_eq!(
+        line("handoff: entries sent to their new owners")["complete"],
+        true
+    );
+    let took = line("handoff drain over")["took"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        took.ends_with("ms") || took.ends_with("µs"),
+        "the drain took {took}"
+    );
     writing.store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(
         writer.await.unwrap() > 10,

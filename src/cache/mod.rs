@@ -141,7 +141,7 @@ pub struct Stores {
 impl Stores {
     /// `cache_bytes` for the shared pair (1/8 of it hot, all of it on a frontend, which owns
     /// no keys) and each group's own budget split the same way. The handoff store, on top:
-    /// up to 1/4 of `cache_bytes` for `handoff_ttl` after a neighbour left (see
+    /// up to 1/2 of `cache_bytes` for `handoff_ttl` after a neighbour left (see
     /// [`Core::receive_handoff`]), empty otherwise.
     pub fn new(
         groups: Groups,
@@ -166,7 +166,7 @@ impl Stores {
         let handoff_bytes = if frontend {
             1024
         } else {
-            (cache_bytes / 4).max(1024)
+            (cache_bytes / 2).max(1024)
         };
         let handoff_ttl = handoff_ttl.max(Duration::from_secs(1));
         let handoff = Store::new("handoff", handoff_bytes, Some(handoff_ttl), groups, None);
@@ -419,24 +419,31 @@ impl Core {
                 .is_some_and(|filled| filled > bumped)
     }
 
-    /// This node's fresh values, cut into batches for their owners under `ring` (the ring
-    /// without this node, as it leaves), at most `budget` bytes (as a store weighs entries)
-    /// for each owner:
-    /// what `POST /_handoff` sends (see [`Core::receive_handoff`]).
+    /// This node's fresh values whose owners under `ring` pass `to`, cut into batches for
+    /// those owners, at most `budget` bytes (as a store weighs entries) for each: what
+    /// `POST /_handoff` sends (see [`Core::receive_handoff`]). As a node leaves: its main
+    /// stores, under the ring without it, to every owner. As a node joins: what the others
+    /// hold for it, from their main and handoff stores, under the new ring. With the batches,
+    /// whether they hold every such value (none left out for the budget or its size): then,
+    /// once they are sent, a peek at this node has nothing more to give.
     pub fn handoff_batches(
         &self,
         ring: &crate::ring::Ring,
         budget: u64,
-    ) -> Vec<(Arc<str>, Vec<crate::peer::wire::HandoffBatch>)> {
+        with_handoff_store: bool,
+        to: impl Fn(&str) -> bool,
+    ) -> (OwnersBatches, bool) {
         use crate::peer::wire::{
             HANDOFF_BATCH_BYTES, HANDOFF_MAX_VALUE, HandoffBatch, HandoffEntry,
         };
         let now = clock::now_ms();
         let feed_xmin = self.feed.applied_xmin();
         let mut out: Vec<(Arc<str>, Vec<HandoffBatch>, usize, u64)> = Vec::new();
+        let mut complete = true;
         let mains = self.groups.all().map(|g| self.stores.main(g));
+        let handoff = with_handoff_store.then(|| self.stores.handoff());
         let mut seen: Vec<&Store> = Vec::new();
-        for store in mains {
+        for store in mains.chain(handoff) {
             if seen.iter().any(|s| std::ptr::eq(*s, store)) {
                 continue; // groups without a budget of their own share the main store
             }
@@ -449,9 +456,13 @@ impl Core {
                     continue;
                 };
                 let Some(owner) = ring.owner(&key) else {
-                    return Vec::new();
+                    return (Vec::new(), false);
                 };
+                if !to(&owner.name) {
+                    continue;
+                }
                 if value.len() > HANDOFF_MAX_VALUE {
+                    complete = false;
                     continue;
                 }
                 // Counted as the receiver's handoff store weighs it (the group's prefix
@@ -466,6 +477,7 @@ impl Core {
                 };
                 let o = &mut out[i];
                 if o.3 + size as u64 > budget {
+                    complete = false;
                     continue;
                 }
                 if o.1.is_empty() || o.2 + size > HANDOFF_BATCH_BYTES {
@@ -487,13 +499,19 @@ impl Core {
                 });
             }
         }
-        out.into_iter()
+        let batches = out
+            .into_iter()
             .map(|(owner, batches, _, _)| (owner, batches))
-            .collect()
+            .collect();
+        (batches, complete)
     }
 
-    /// Entries a neighbour sent as it left (`POST /_handoff`), kept in the handoff store for
-    /// this node's misses and for the peeks of the neighbour if it comes back. An entry is
+    /// Entries a neighbour sent (`POST /_handoff`) as it left, or as this node joined. Each
+    /// goes into the key's main store while that has room (a node that just joined: its
+    /// store is empty, and moka admits freely below its bound), else into the handoff store,
+    /// for this node's misses and for the peeks of the neighbour if it comes back: a full
+    /// main store would refuse it (moka admits a key over a resident only if it was asked
+    /// for more often) or evict this node's own entries for it. An entry is
     /// kept only if it is as fresh as a load would be, as a peeked value (`handed_off`); the
     /// batch may have been under way up to `transit_ms`, which counts against its age.
     /// Returns (kept, refused).
@@ -505,6 +523,8 @@ impl Core {
     ) -> (u64, u64) {
         let (mut kept, mut refused) = (0, 0);
         let now = clock::now_ms();
+        // The room of each main store as of now, less what this batch put there.
+        let mut room: Vec<(*const Store, u64)> = Vec::new();
         for e in entries {
             let Some(group) = self.groups.get(&e.group) else {
                 refused += 1;
@@ -521,13 +541,33 @@ impl Core {
                     e.age_ms,
                 )
                 && self.caught_up(group, &e.key, feed_xmin);
+            if !fresh {
+                refused += 1;
+                continue;
+            }
+            let weight = u64::from(store::entry_weight(e.key.len() + 3, e.value.len()));
             let entry = Entry {
                 value: Some(e.value),
                 generation: lease.generation,
                 filled_ms: now.saturating_sub(e.age_ms),
                 fresh_until_ms: e.fresh_ms.map_or(u64::MAX, |f| now.saturating_add(f)),
             };
-            if fresh && self.fill(self.stores.handoff(), group, &e.key, entry, lease) {
+            let main = self.stores.main(group);
+            let left = match room.iter_mut().find(|(p, _)| std::ptr::eq(*p, main)) {
+                Some((_, left)) => left,
+                None => {
+                    main.maintain();
+                    room.push((main, main.room()));
+                    &mut room.last_mut().expect("just pushed").1
+                }
+            };
+            let store = if *left >= weight {
+                *left -= weight;
+                main
+            } else {
+                self.stores.handoff()
+            };
+            if self.fill(store, group, &e.key, entry, lease) {
                 kept += 1;
             } else {
                 refused += 1;
@@ -539,6 +579,9 @@ impl Core {
         (kept, refused)
     }
 }
+
+/// Handoff batches by the peer base URL of the owner they go to.
+pub type OwnersBatches = Vec<(Arc<str>, Vec<crate::peer::wire::HandoffBatch>)>;
 
 fn fresh_left(entry: &Entry, now: u64) -> Option<u64> {
     (entry.fresh_until_ms != u64::MAX).then(|| entry.fresh_until_ms.saturating_sub(now))

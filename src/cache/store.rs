@@ -185,6 +185,12 @@ impl Store {
         self.cache.invalidate(&*cache_key(group, key));
     }
 
+    /// Bytes this store can take before it evicts, as of its last maintenance.
+    pub fn room(&self) -> u64 {
+        let max = self.cache.policy().max_capacity().unwrap_or(u64::MAX);
+        max.saturating_sub(self.cache.weighted_size())
+    }
+
     /// Runs moka's pending maintenance (evictions, expirations) and reports (bytes, items).
     pub fn maintain(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();

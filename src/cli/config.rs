@@ -203,13 +203,14 @@ pub struct Config {
     #[serde(with = "duration")]
     pub handoff_grace: Duration,
     /// After SIGTERM and leaving the ring: send this node's values to their new owners (for
-    /// half of this at most), then answer their peeks until they stop coming (1 s without
-    /// one), at most this long in all.
+    /// half of this at most), then answer their peeks: for 0.3 s when every value went,
+    /// else until they stop coming (1 s without one), at most this long in all.
     #[arg(long, env = "GEECACHE_HANDOFF_DRAIN", value_parser = parse_duration, default_value = "5s")]
     #[serde(with = "duration")]
     pub handoff_drain: Duration,
-    /// On leave, send this node's values to their new owners (`false`: only answer their
-    /// peeks, as `load/bench-handoff.sh --variants pull` compares).
+    /// On leave, send this node's values to their new owners; when a node joins (or comes
+    /// back), send it what this node holds for it, and drop that here (`false`: neither,
+    /// only peeks, as `load/bench-handoff.sh --variants pull` compares).
     #[arg(long, env = "GEECACHE_HANDOFF_SEND", default_value_t = true, action = clap::ArgAction::Set)]
     pub handoff_send: bool,
     /// Deadline of a fetch from a peer.

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""What one node's restart costs PostgreSQL, without the consistency checker's noise: 3 nodes
+and a frontend (its hot cache off) over the quick suite's 100,000 products, open-loop Zipf at
+2,500 req/s for 75 s; nodes 1 and 2 restarted (SIGTERM, start again) at 30 s and 50 s. Every
+second, each node's source queries; per restart, the queries above the 6 s before, over the
+10 s after, and the peak of the 3-s average.
+
+  python3 load/bench_restart.py [node flags, e.g. --handoff-send false]
+"""
+import os, signal, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import suite  # noqa: E402
+from suite import BIN, CACHE_FRACTION, MODES, Cluster, Pg, geeload, wait, metric_sum  # noqa: E402
+from consistency import start_frontend_with  # noqa: E402
+
+SECS, RESTARTS = 75, ((30, 1), (50, 2))
+
+
+def main():
+    m, extra = MODES["quick"], sys.argv[1:]
+    pg = Pg()
+    try:
+        subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows",
+                        str(m["products"] + 1000)], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        replay = geeload("replay", "--keys", f"zipf:0.99:{m['products']}", "--seed", 1,
+                         "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
+        work = tempfile.mkdtemp(prefix="geecache-restart-")
+        cl = Cluster(pg, replay["cache_bytes"] // 3, work, extra)
+        for i in (1, 2, 3):
+            cl.start(i)
+        wait(lambda: cl.agreed([1, 2, 3]), 30, "3 nodes agreed")
+        front, fapi = start_frontend_with(cl, work, ["--hot-min-qps", "1e12"])
+        wait(lambda: suite.status(f"{fapi}/ready") == 200, 30, "the frontend ready")
+        load, _ = suite.in_background(
+            geeload, "run", "--target", fapi, "--keys", f"zipf:0.99:{m['products']}", "--seed",
+            3, "--rate", 2500, "--concurrency", 256, "--duration", f"{SECS}s",
+            json_path=f"{work}/load.json")
+        t0 = time.time()
+        per_s = {}
+
+        def scrape():
+            prev = None
+            while time.time() < t0 + SECS:
+                cur = []
+                for i in (1, 2, 3):
+                    try:
+                        cur.append(metric_sum(cl.api(i), "geecache_source_duration_seconds_count"))
+                    except Exception:
+                        cur.append(None)
+                if prev and all(c is not None and p is not None and c >= p
+                                for c, p in zip(cur, prev)):
+                    per_s[round(time.time() - t0)] = sum(c - p for c, p in zip(cur, prev))
+                prev = cur
+                time.sleep(1)
+        th = threading.Thread(target=scrape)
+        th.start()
+        for at, node in RESTARTS:
+            time.sleep(max(0.0, t0 + at - time.time()))
+            cl.procs[node].send_signal(signal.SIGTERM)
+            cl.procs[node].wait(30)
+            cl.start(node)
+            wait(lambda: cl.agreed([1, 2, 3]), 30, f"node {node} back")
+        load.join()
+        th.join()
+        front.kill()
+        cl.stop()
+    finally:
+        pg.stop()
+    print(f"\nrestarts under Zipf at 2,500 req/s, flags: {' '.join(extra) or 'defaults'}")
+    for at, node in RESTARTS:
+        before = [per_s[t] for t in range(at - 6, at) if t in per_s]
+        after = [per_s[t] for t in range(at + 1, at + 11) if t in per_s]
+        base = sum(before) / len(before)
+        peak = max(sum(after[i:i + 3]) / 3 for i in range(len(after) - 2))
+        print(f"  node {node} at {at} s: {base:,.0f} queries/s before; {sum(a - base for a in after):,.0f}"
+              f" queries above it over the next 10 s; 3-s peak {peak:,.0f} ({peak / base:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
