@@ -10,11 +10,11 @@ phase for both.
 
 More variants (`--variants`) compare the handoff's own settings in the same run.
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile
+import argparse, json, os, statistics, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402
-from suite import BIN, CACHE_FRACTION, MODES, Cluster, Pg, geeload, wait  # noqa: E402
+from suite import MODES, Cluster, Pg, wait  # noqa: E402
 
 VARIANTS = {"handoff": [], "cold": ["--handoff-grace", "0s"],
             "pull": ["--handoff-send", "false"],
@@ -51,11 +51,7 @@ def main():
     pg = Pg()
     runs = {v: [] for v in chosen}
     try:
-        subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows",
-                        str(m["products"] + 1000)], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        replay = geeload("replay", "--keys", f"zipf:0.99:{m['products']}", "--seed", 1,
-                         "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
+        replay = suite.seed_for_zipf(pg, m)
         per_node = replay["cache_bytes"] // 3
         for _ in range(a.rounds):
             for name in chosen:

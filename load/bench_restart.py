@@ -7,11 +7,11 @@ second, each node's source queries; per restart, the queries above the 6 s befor
 
   python3 load/bench_restart.py [node flags, e.g. --handoff-send false]
 """
-import os, signal, subprocess, sys, tempfile, threading, time
+import os, signal, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402
-from suite import BIN, CACHE_FRACTION, MODES, Cluster, Pg, geeload, wait, metric_sum  # noqa: E402
+from suite import MODES, Cluster, Pg, geeload, wait, metric_sum  # noqa: E402
 from consistency import start_frontend_with  # noqa: E402
 
 SECS, RESTARTS = 75, ((30, 1), (50, 2))
@@ -21,11 +21,7 @@ def main():
     m, extra = MODES["quick"], sys.argv[1:]
     pg = Pg()
     try:
-        subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows",
-                        str(m["products"] + 1000)], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        replay = geeload("replay", "--keys", f"zipf:0.99:{m['products']}", "--seed", 1,
-                         "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
+        replay = suite.seed_for_zipf(pg, m)
         work = tempfile.mkdtemp(prefix="geecache-restart-")
         cl = Cluster(pg, replay["cache_bytes"] // 3, work, extra)
         for i in (1, 2, 3):

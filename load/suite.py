@@ -225,6 +225,16 @@ class Events:
         return time.time()
 
 
+def seed_for_zipf(pg, m, rows=None):
+    """Seeds the products of mode `m` (or `rows`) and returns the replay that sizes the
+    cluster's cache: its `cache_bytes // 3` is each of 3 nodes' `--cache-bytes`."""
+    subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows",
+                    str(rows or m["products"] + 1000)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return geeload("replay", "--keys", f"zipf:0.99:{m['products']}", "--seed", 1,
+                   "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
+
+
 def in_background(fn, *args, **kw):
     box = {}
     t = threading.Thread(target=lambda: box.update(result=fn(*args, **kw)))
@@ -730,14 +740,11 @@ def main():
     try:
         rows = max(m["products"] + 1000, m["miss_rows"])
         log(f"seeding {rows:,} products")
-        subprocess.run([BIN, "db", "seed", "--database-url", pg.url, "--rows", str(rows)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        replay = seed_for_zipf(pg, m, rows)
         log("scenario 9: cold misses on one node against pgbench with the same query")
         report["miss"] = scenario_miss(pg, m["miss_rows"], m["miss_secs"], m["miss_rounds"], work)
         report["miss_vs_pgbench_ratio"] = report["miss"]["miss_vs_pgbench_ratio"]
         report["miss_p99_vs_pgbench"] = report["miss"]["miss_p99_vs_pgbench"]
-        replay = geeload("replay", "--keys", f"zipf:0.99:{m['products']}", "--seed", 1,
-                         "--requests", m["zipf_requests"], "--cache-fraction", CACHE_FRACTION)
         per_node = replay["cache_bytes"] // 3
         cl = Cluster(pg, per_node, work)
         log(f"forming 3 nodes (--cache-bytes {per_node:,} each: {CACHE_FRACTION:.0%} of "
