@@ -299,6 +299,18 @@ async fn without_a_grace_window_a_new_owner_loads_moved_keys() {
         );
     }
     assert_eq!(products_queries(pg) - before, 20, "one query per moved key");
+    // What the others sent node 4 as it joined (they have a grace window) was not kept.
+    let refused = "geecache_handoff_received_total{outcome=\"refused\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, &four.api, refused).await < 20.0 {
+        assert!(
+            Instant::now() < deadline,
+            "node 4 was not sent the moved keys"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
+    assert_eq!(metric(&c, &four.api, kept).await, 0.0);
     let peeks = metrics_text(&c, &four.api).await;
     assert!(
         !peeks.contains("geecache_handoff_peeks_total{"),

@@ -513,8 +513,8 @@ impl Core {
     /// main store would refuse it (moka admits a key over a resident only if it was asked
     /// for more often) or evict this node's own entries for it. An entry is
     /// kept only if it is as fresh as a load would be, as a peeked value (`handed_off`); the
-    /// batch may have been under way up to `transit_ms`, which counts against its age.
-    /// Returns (kept, refused).
+    /// batch may have been under way up to `transit_ms`, which counts against its age. With
+    /// `--handoff-grace 0s`, nothing is kept. Returns (kept, refused).
     pub fn receive_handoff(
         &self,
         entries: impl IntoIterator<Item = crate::peer::wire::HandoffEntry>,
@@ -523,6 +523,7 @@ impl Core {
     ) -> (u64, u64) {
         let (mut kept, mut refused) = (0, 0);
         let now = clock::now_ms();
+        let off = self.handoff_grace_ms.load(Ordering::Relaxed) == 0;
         // The room of each main store as of now, less what this batch put there.
         let mut room: Vec<(*const Store, u64)> = Vec::new();
         for e in entries {
@@ -541,7 +542,7 @@ impl Core {
                     e.age_ms,
                 )
                 && self.caught_up(group, &e.key, feed_xmin);
-            if !fresh {
+            if off || !fresh {
                 refused += 1;
                 continue;
             }

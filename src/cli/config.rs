@@ -198,7 +198,7 @@ pub struct Config {
     pub feed_retention: Duration,
     /// After a ring change, for this long, a new owner's miss on a key that moved asks its
     /// previous owner before the source (a warm handoff), and what a leaving node sent is
-    /// kept; 0s: never (and a leaving node sends nothing).
+    /// kept; 0s: never (a leaving node sends nothing, and nothing a neighbour sends is kept).
     #[arg(long, env = "GEECACHE_HANDOFF_GRACE", value_parser = parse_duration, default_value = "60s")]
     #[serde(with = "duration")]
     pub handoff_grace: Duration,
