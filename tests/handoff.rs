@@ -85,6 +85,15 @@ async fn seeded_three(c: &reqwest::Client, extra: &[&str]) -> (Pg, Raft, Vec<Nod
     (pg, raft, nodes)
 }
 
+/// Waits (10 s at most) until `series` at `api` reaches `at_least`; else fails with `what`.
+async fn until_metric(c: &reqwest::Client, api: &str, series: &str, at_least: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(c, api, series).await < at_least {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn products_queries(pg: &Pg) -> i64 {
     pg.calls("%FROM products%")
 }
@@ -186,14 +195,14 @@ async fn a_node_that_joins_is_sent_what_the_others_hold_for_it() {
     let joined = node_four_joins(&c, &[], &[]).await;
     let (pg, four, raft, keys) = (&joined.pg, &joined.four, &joined.raft, &joined.keys[..]);
     let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c, &four.api, kept).await < keys.len() as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "node 4 was not sent the moved keys"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_metric(
+        &c,
+        &four.api,
+        kept,
+        keys.len() as f64,
+        "node 4 was not sent the moved keys",
+    )
+    .await;
     assert!(metric(&c, &raft.api(1), "geecache_handoff_pushed_total").await >= keys.len() as f64);
     let before = products_queries(pg);
     for k in keys {
@@ -301,14 +310,14 @@ async fn without_a_grace_window_a_new_owner_loads_moved_keys() {
     assert_eq!(products_queries(pg) - before, 20, "one query per moved key");
     // What the others sent node 4 as it joined (they have a grace window) was not kept.
     let refused = "geecache_handoff_received_total{outcome=\"refused\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c, &four.api, refused).await < 20.0 {
-        assert!(
-            Instant::now() < deadline,
-            "node 4 was not sent the moved keys"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_metric(
+        &c,
+        &four.api,
+        refused,
+        20.0,
+        "node 4 was not sent the moved keys",
+    )
+    .await;
     let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
     assert_eq!(metric(&c, &four.api, kept).await, 0.0);
     let peeks = metrics_text(&c, &four.api).await;
@@ -388,14 +397,14 @@ async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
     // Node 1 also sends node 4 what it holds for it: the old value, refused there too (node
     // 1's feed position is from before the change), and node 4 still serves the new row.
     let sent_refused = "geecache_handoff_received_total{outcome=\"refused\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c, &four.api, sent_refused).await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "node 1 sent nothing node 4 refused"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_metric(
+        &c,
+        &four.api,
+        sent_refused,
+        1.0,
+        "node 1 sent nothing node 4 refused",
+    )
+    .await;
     let (s, body) = get(&c, &format!("{}/api/products/{key}", four.api)).await;
     assert_eq!((s, &body[..]), (200, &b"changed"[..]));
     proxy.cut(false);
