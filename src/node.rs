@@ -577,7 +577,7 @@ impl Node {
             peers,
             &batches,
             started + self.config.handoff_drain / 2,
-            |_| {},
+            |_, _| {},
         )
         .await;
         sent.log(
@@ -671,12 +671,12 @@ impl Sent {
 }
 
 /// Sends each owner's batches in order, the owners at once, until `deadline`; calls `arrived`
-/// with each batch its owner took.
+/// with each batch its owner took, and how many of its entries the owner kept.
 async fn send_handoff(
     peers: &PeerClient,
     batches: &crate::cache::OwnersBatches,
     deadline: std::time::Instant,
-    arrived: impl Fn(&HandoffBatch),
+    arrived: impl Fn(&HandoffBatch, u64),
 ) -> Sent {
     let arrived = &arrived;
     let sends = batches.iter().map(|(owner, batches)| async move {
@@ -694,7 +694,7 @@ async fn send_handoff(
             };
             match answer {
                 Ok(k) => {
-                    arrived(batch);
+                    arrived(batch, k);
                     sent.entries += batch.entries.len() as u64;
                     sent.kept += k;
                     sent.bytes += batch
@@ -773,7 +773,13 @@ async fn push_on_join(core: Arc<Core>, peers: PeerClient, budget: u64, drain: Du
         let (batches, _) = core.handoff_batches(ring, budget, true, |owner| {
             joined.iter().any(|j| **j == *owner)
         });
-        let drop_here = |batch: &HandoffBatch| {
+        // Only a batch the joiner kept whole: an entry it refused (not as fresh as a load, by
+        // the feed positions of that moment) may still be taken by its peek a moment later,
+        // when its position has moved on; dropped here, it would be a query there.
+        let drop_here = |batch: &HandoffBatch, kept: u64| {
+            if kept < batch.entries.len() as u64 {
+                return;
+            }
             for e in &batch.entries {
                 if let Some(group) = core.groups.get(&e.group) {
                     core.stores.main(group).remove(group, &e.key);
