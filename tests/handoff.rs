@@ -110,13 +110,13 @@ struct Joined {
 
 async fn node_four_joins(c: &reqwest::Client, three_args: &[&str], four_args: &[&str]) -> Joined {
     let pg = Pg::start();
-    pg.seed(2000);
+    pg.seed(20_000);
     let url = pg.url();
     let args = ["--source", "postgres", "--database-url", &url];
     let raft = Raft::new(3, "30s");
     let nodes = three_nodes(c, &raft, &[&args[..], three_args].concat()).await;
     // Keys that will move from node 1 to node 4, cached on node 1.
-    let mut keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
+    let mut keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 20_000);
     assert!(keys.len() >= 20, "{} keys move", keys.len());
     keys.truncate(20);
     for k in &keys {
