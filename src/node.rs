@@ -650,6 +650,13 @@ struct Sent {
 }
 
 impl Sent {
+    const NOTHING: Sent = Sent {
+        entries: 0,
+        kept: 0,
+        bytes: 0,
+        complete: true,
+    };
+
     fn log(
         &self,
         what: &'static str,
@@ -680,12 +687,7 @@ async fn send_handoff(
 ) -> Sent {
     let arrived = &arrived;
     let sends = batches.iter().map(|(owner, batches)| async move {
-        let mut sent = Sent {
-            entries: 0,
-            kept: 0,
-            bytes: 0,
-            complete: true,
-        };
+        let mut sent = Sent::NOTHING;
         for batch in batches {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let answer = match tokio::time::timeout(left, peers.hand_off(owner, batch)).await {
@@ -712,12 +714,7 @@ async fn send_handoff(
         }
         sent
     });
-    let mut total = Sent {
-        entries: 0,
-        kept: 0,
-        bytes: 0,
-        complete: true,
-    };
+    let mut total = Sent::NOTHING;
     for s in futures_util::future::join_all(sends).await {
         total.entries += s.entries;
         total.kept += s.kept;
