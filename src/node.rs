@@ -76,6 +76,7 @@ fn peer_settings(config: &Config) -> PeerSettings {
         secret: config.peer_secret.clone(),
         max_value_bytes: config.max_value_bytes,
         idle_timeout: config.keep_alive / 2,
+        batch_max: config.peer_batch,
     }
 }
 
@@ -330,8 +331,13 @@ fn serve(
         let open = metrics::gauge!("geecache_http_connections_open", "listener" => listener);
         open.set(0.0);
         let accepted = metrics::counter!("geecache_http_connections_total", "listener" => listener);
-        move |_: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions| {
+        move |conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions| {
             accepted.increment(1);
+            // No Nagle: a streamed batch answer (`/_fetch_batch`) is several writes, and a
+            // later one would wait for the caller's delayed ACK of the first (40 ms).
+            if let Some(tcp) = conn.downcast_ref::<actix_rt::net::TcpStream>() {
+                tcp.set_nodelay(true).ok();
+            }
             ext.insert(OpenConnection::new(open.clone()));
         }
     };

@@ -204,6 +204,7 @@ mod tests {
             secret: None,
             max_value_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(30),
+            batch_max: 1,
         };
         let loader = Loader {
             core: Arc::clone(&core),

@@ -217,6 +217,10 @@ pub struct Config {
     #[arg(long, env = "GEECACHE_PEER_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
     #[serde(with = "duration")]
     pub peer_timeout: Duration,
+    /// Most fetches sent to one peer in one request (1..=64): fetches that wait for a busy
+    /// peer at the same time go out together. 1: one request per fetch.
+    #[arg(long, env = "GEECACHE_PEER_BATCH", default_value_t = 64)]
+    pub peer_batch: usize,
     /// Memory of the caches in bytes (key + value + per-entry overhead), hot cache included.
     #[arg(long, env = "GEECACHE_CACHE_BYTES", default_value_t = 64 << 20)]
     pub cache_bytes: u64,
@@ -592,6 +596,12 @@ impl Config {
         }
         if s.pipeline == 0 || s.pipeline > 1024 {
             anyhow::bail!("--pipeline must be within 1..=1024");
+        }
+        if !(1..=crate::peer::wire::FETCH_BATCH_MAX).contains(&self.peer_batch) {
+            anyhow::bail!(
+                "--peer-batch must be within 1..={}",
+                crate::peer::wire::FETCH_BATCH_MAX
+            );
         }
         let positive = [
             ("--request-timeout", self.request_timeout),

@@ -103,6 +103,7 @@ pub async fn cluster_purge(group: &str, addr: &str, auth: &SecretArgs) -> anyhow
         secret: secret(auth)?,
         max_value_bytes: 1 << 20,
         idle_timeout: Duration::from_secs(30),
+        batch_max: 1,
     })?;
     let body = serde_json::json!({ "purge_group": group });
     let mut last = String::new();

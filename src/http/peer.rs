@@ -19,7 +19,8 @@ use crate::cache::error::LoadError;
 use crate::cache::group::{Group, Groups};
 use crate::peer::client::HANDOFF_TIMEOUT;
 use crate::peer::wire::{
-    DATA_PREFIX, EPOCH_HEADER, HANDOFF, HANDOFF_MAX_BODY, HandoffBatch, PEEK_HEADER, Response,
+    DATA_PREFIX, EPOCH_HEADER, FETCH_BATCH, FETCH_BATCH_MAX, Fetch, FetchAnswer, FetchBatch,
+    HANDOFF, HANDOFF_MAX_BODY, HandoffBatch, PEEK_HEADER, Response,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -31,7 +32,92 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(|req: HttpRequest| async move {
                     method_not_allowed_response(&req, "POST")
                 })),
+        )
+        .service(
+            web::resource(FETCH_BATCH)
+                .route(web::post().to(fetch_batch))
+                .default_service(web::to(|req: HttpRequest| async move {
+                    method_not_allowed_response(&req, "POST")
+                })),
         );
+}
+
+/// `POST /_fetch_batch`: each fetch as a `GET /_geecache/{group}/{key}` would answer it, all
+/// at once. The answers ready at once (hits) go out in the first write; a fetch that loads is
+/// streamed after them when it lands, so that no answer waits for another's query.
+async fn fetch_batch(
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+    let batch =
+        FetchBatch::decode(body).map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
+    if batch.fetches.len() > FETCH_BATCH_MAX {
+        return Err(ApiError::bad_request(
+            "bad_batch",
+            format!("at most {FETCH_BATCH_MAX} fetches in a batch"),
+        ));
+    }
+    let mut pending: FuturesUnordered<_> = batch
+        .fetches
+        .into_iter()
+        .enumerate()
+        .map(|(index, fetch)| {
+            let state = state.clone();
+            async move { fetch_one(&state, index as u32, fetch).await }
+        })
+        .collect();
+    let mut first = bytes::BytesMut::new();
+    while let Some(Some(answer)) = pending.next().now_or_never() {
+        answer.encode_length_delimited(&mut first).ok();
+    }
+    let ok = || {
+        let mut res = HttpResponse::Ok();
+        res.content_type("application/octet-stream");
+        res
+    };
+    if pending.is_empty() {
+        return Ok(ok().body(first.freeze()));
+    }
+    let rest = pending.ready_chunks(FETCH_BATCH_MAX).map(|answers| {
+        let mut chunk = bytes::BytesMut::new();
+        for answer in answers {
+            answer.encode_length_delimited(&mut chunk).ok();
+        }
+        Ok::<_, std::convert::Infallible>(chunk.freeze())
+    });
+    let head = futures_util::stream::once(async move { Ok(first.freeze()) });
+    Ok(ok().streaming(head.chain(rest)))
+}
+
+/// One fetch of a batch, answered as `get` would.
+async fn fetch_one(state: &AppState, index: u32, fetch: Fetch) -> FetchAnswer {
+    let failed = |e: ApiError, epoch: u64| FetchAnswer {
+        index,
+        status: u32::from(e.status.as_u16()),
+        response: None,
+        error: e.code.to_owned(),
+        epoch,
+    };
+    let group = match group_named(state.cache.core.groups, &fetch.group) {
+        Ok(group) => group,
+        Err(e) => return failed(e, 0),
+    };
+    match state
+        .cache
+        .get_for_peer(group, &fetch.key, Some(fetch.epoch))
+        .await
+    {
+        Ok(hit) => FetchAnswer {
+            index,
+            status: 200,
+            response: Some(response(state, group, hit)),
+            error: String::new(),
+            epoch: 0,
+        },
+        Err(e @ LoadError::NotOwner(mine)) => failed(e.into(), mine),
+        Err(e) => failed(e.into(), 0),
+    }
 }
 
 /// `POST /_handoff`: a leaving neighbour's entries for keys this node now owns (see
@@ -172,8 +258,14 @@ fn peek(state: &AppState, group: Group, key: &str) -> HttpResponse {
 }
 
 fn answer(state: &AppState, group: Group, hit: crate::cache::PeerHit) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(response(state, group, hit).encode_to_vec())
+}
+
+fn response(state: &AppState, group: Group, hit: crate::cache::PeerHit) -> Response {
     let loaded = hit.loaded;
-    let body = Response {
+    Response {
         value: loaded.value,
         minute_qps: hit.minute_qps,
         epoch: state.cache.core.cluster.epoch(),
@@ -184,10 +276,6 @@ fn answer(state: &AppState, group: Group, hit: crate::cache::PeerHit) -> HttpRes
         content_type: group.content_type().to_owned(),
         feed_xmin: state.cache.core.feed.applied_xmin(),
     }
-    .encode_to_vec();
-    HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .body(body)
 }
 
 /// `DELETE`: drops the key from this node's stores (a DELETE on another node's client API,

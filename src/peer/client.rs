@@ -11,21 +11,27 @@
 //! data path used to be reqwest too, whose URL parsing (twice per request, with its redirect
 //! policy) and middleware were 40 % of a remote hit's instructions (load/instr.py).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderName, HeaderValue};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::wire::{
-    CLUSTER_HEADER, EPOCH_HEADER, FRONTEND_HEADER, HANDOFF, HandoffBatch, PEEK_HEADER, RAFT_INFO,
-    RAFT_MEMBERS, RAFT_MESSAGES, RaftBatch, RaftStatus, Response, RingMembers, data_path,
+    CLUSTER_HEADER, EPOCH_HEADER, FETCH_BATCH, FETCH_BATCH_MAX, FRONTEND_HEADER, Fetch,
+    FetchAnswer, FetchBatch, HANDOFF, HandoffBatch, PEEK_HEADER, RAFT_INFO, RAFT_MEMBERS,
+    RAFT_MESSAGES, RaftBatch, RaftStatus, Response, RingMembers, data_path,
 };
+use crate::cache::clock;
 use crate::cache::group::Group;
 
 /// How long a membership change may take (the server gives up after 10 s).
@@ -51,6 +57,8 @@ pub struct PeerSettings {
     /// How long an idle connection to a peer is kept: shorter than the peers' `--keep-alive`,
     /// so that a request never goes out on a connection the peer is closing.
     pub idle_timeout: Duration,
+    /// Most data fetches sent to a peer in one request (`--peer-batch`); 1: never batched.
+    pub batch_max: usize,
 }
 
 /// A data fetch's answer.
@@ -98,7 +106,16 @@ pub enum Changed {
 /// A keep-alive pool per peer, the peer secret and the node's deadlines.
 pub struct PeerClient {
     http: reqwest::Client,
-    data: HyperClient<HttpConnector, Empty<Bytes>>,
+    data: Arc<DataPath>,
+    /// Fetches waiting to go to each peer, batched (see [`Batcher`]).
+    queues: Mutex<HashMap<Arc<str>, mpsc::UnboundedSender<Ask>>>,
+    /// Most fetches in one exchange; 1: one request per fetch, never a batch.
+    batch_max: usize,
+}
+
+/// The data path's HTTP client and what each of its requests carries.
+struct DataPath {
+    client: HyperClient<HttpConnector, Full<Bytes>>,
     auth: Option<HeaderValue>,
     timeout: Duration,
     /// Largest answer body read from a peer: the largest value plus the protobuf's framing.
@@ -116,91 +133,38 @@ impl PeerClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.timeout.min(Duration::from_millis(500))));
-        let data = HyperClient::builder(TokioExecutor::new())
+        let client = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(64)
             .pool_idle_timeout(settings.idle_timeout)
             .build(connector);
         Ok(PeerClient {
-            data,
             http: reqwest::Client::builder()
                 .connect_timeout(settings.timeout.min(Duration::from_millis(500)))
                 .pool_max_idle_per_host(64)
                 .pool_idle_timeout(settings.idle_timeout)
                 .tcp_nodelay(true)
                 .build()?,
-            auth,
-            timeout: settings.timeout,
-            max_body: settings.max_value_bytes.saturating_add(1024),
+            data: Arc::new(DataPath {
+                client,
+                auth,
+                timeout: settings.timeout,
+                max_body: settings.max_value_bytes.saturating_add(1024),
+            }),
+            queues: Mutex::new(HashMap::new()),
+            batch_max: settings.batch_max.clamp(1, FETCH_BATCH_MAX),
         })
     }
 
     fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
         let req = self.http.request(method, url);
-        match &self.auth {
+        match &self.data.auth {
             Some(auth) => req.header(AUTHORIZATION, auth.clone()),
             None => req,
         }
     }
 
-    /// One request of the data path: the status, the answer's epoch header and its body
-    /// (at most `max_body` bytes), all within the fetch deadline.
-    async fn data(
-        &self,
-        method: http::Method,
-        peer: &str,
-        group: Group,
-        key: &str,
-        header: Option<(HeaderName, HeaderValue)>,
-    ) -> Result<(u16, Option<u64>, Bytes), PeerError> {
-        let uri: http::Uri = format!("{peer}{}", data_path(group, key))
-            .parse()
-            .map_err(|e| PeerError::Transport(format!("bad peer URL {peer:?}: {e}")))?;
-        let mut req = http::Request::new(Empty::new());
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        let headers = req.headers_mut();
-        if let Some(auth) = &self.auth {
-            headers.insert(AUTHORIZATION, auth.clone());
-        }
-        if let Some((name, value)) = header {
-            headers.insert(name, value);
-        }
-        let exchange = async {
-            let res = self
-                .data
-                .request(req)
-                .await
-                .map_err(|e| PeerError::Transport(transport_error(&e)))?;
-            let status = res.status().as_u16();
-            let epoch = res
-                .headers()
-                .get(EPOCH_HEADER)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let declared = res
-                .headers()
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > self.max_body as u64) {
-                return Err(PeerError::TooLarge(self.max_body));
-            }
-            let body = Limited::new(res.into_body(), self.max_body)
-                .collect()
-                .await
-                .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-                    Ok(_) => PeerError::TooLarge(self.max_body),
-                    Err(e) => PeerError::Transport(e.to_string()),
-                })?
-                .to_bytes();
-            Ok((status, epoch, body))
-        };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| {
-                PeerError::Transport(format!("no answer within {} ms", self.timeout.as_millis()))
-            })?
-    }
-
-    /// `GET {peer}/_geecache/{group}/{key}` with this node's ring epoch.
+    /// A data fetch of `{peer}/_geecache/{group}/{key}` with this node's ring epoch. Fetches
+    /// for the same peer that wait at the same time go out together (see [`Batcher`]).
     pub async fn fetch(
         &self,
         peer: &str,
@@ -208,24 +172,42 @@ impl PeerClient {
         key: &str,
         epoch: u64,
     ) -> Result<PeerAnswer, PeerError> {
-        let epoch_header = (
-            HeaderName::from_static(EPOCH_HEADER),
-            HeaderValue::from(epoch),
-        );
-        let (status, their_epoch, body) = self
-            .data(http::Method::GET, peer, group, key, Some(epoch_header))
-            .await?;
-        match status {
-            200 => answer(body),
-            421 if their_epoch.is_some() => Err(PeerError::StaleEpoch(their_epoch.unwrap_or(0))),
-            404 if !String::from_utf8_lossy(&body).contains("unknown_group") => {
-                Err(PeerError::NotFound)
-            }
-            _ => Err(PeerError::Status(
-                status,
-                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-            )),
+        if self.batch_max == 1 {
+            return self.data.fetch(peer, group, key, epoch).await;
         }
+        let (reply, answer) = oneshot::channel();
+        let ask = Ask {
+            group,
+            key: key.to_owned(),
+            epoch,
+            reply,
+        };
+        self.queue(peer).send(ask).ok();
+        match tokio::time::timeout(self.data.timeout, answer).await {
+            Ok(Ok(answered)) => answered,
+            Ok(Err(_)) => Err(PeerError::Transport("the batch was dropped".into())),
+            Err(_) => Err(self.data.late()),
+        }
+    }
+
+    /// The queue of fetches for `peer`; its batcher starts on this thread's runtime at the
+    /// first fetch (a loader's client is used on its loader's thread only).
+    fn queue(&self, peer: &str) -> mpsc::UnboundedSender<Ask> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = queues.get(peer).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let peer: Arc<str> = peer.into();
+        let batcher = Batcher {
+            data: Arc::clone(&self.data),
+            peer: Arc::clone(&peer),
+            max: self.batch_max,
+            singles_until: AtomicU64::new(0),
+        };
+        tokio::spawn(batcher.run(rx));
+        queues.insert(peer, tx.clone());
+        tx
     }
 
     /// A peek (`x-geecache-peek`): what `peer` holds of the key, without making it load;
@@ -242,7 +224,7 @@ impl PeerClient {
             HeaderName::from_static(PEEK_HEADER),
             HeaderValue::from_static("1"),
         );
-        let asked = self.data(http::Method::GET, peer, group, key, Some(peek));
+        let asked = self.data.data(http::Method::GET, peer, group, key, Some(peek));
         let (status, _, body) =
             tokio::time::timeout(PEEK_TIMEOUT, asked)
                 .await
@@ -259,6 +241,7 @@ impl PeerClient {
     /// `DELETE {peer}/_geecache/{group}/{key}`: the peer drops the key from its stores.
     pub async fn invalidate(&self, peer: &str, group: Group, key: &str) -> Result<(), PeerError> {
         match self
+            .data
             .data(http::Method::DELETE, peer, group, key, None)
             .await?
         {
@@ -327,7 +310,7 @@ impl PeerClient {
             .await
             .map_err(|e| PeerError::Transport(e.to_string()))?;
         let status = res.status().as_u16();
-        let body = read_bounded(res, self.max_body).await?;
+        let body = read_bounded(res, self.data.max_body).await?;
         if status != 200 {
             return Err(PeerError::Status(status, String::new()));
         }
@@ -383,6 +366,289 @@ impl PeerClient {
     }
 }
 
+impl DataPath {
+    /// One request of the data path: the status, the answer's epoch header and its body
+    /// (at most `max_body` bytes), all within the fetch deadline.
+    async fn data(
+        &self,
+        method: http::Method,
+        peer: &str,
+        group: Group,
+        key: &str,
+        header: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<(u16, Option<u64>, Bytes), PeerError> {
+        let uri: http::Uri = format!("{peer}{}", data_path(group, key))
+            .parse()
+            .map_err(|e| PeerError::Transport(format!("bad peer URL {peer:?}: {e}")))?;
+        let mut req = http::Request::new(Full::default());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        if let Some(auth) = &self.auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        if let Some((name, value)) = header {
+            headers.insert(name, value);
+        }
+        let exchange = async {
+            let res = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| PeerError::Transport(transport_error(&e)))?;
+            let status = res.status().as_u16();
+            let epoch = res
+                .headers()
+                .get(EPOCH_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let declared = res
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.max_body as u64) {
+                return Err(PeerError::TooLarge(self.max_body));
+            }
+            let body = Limited::new(res.into_body(), self.max_body)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => PeerError::TooLarge(self.max_body),
+                    Err(e) => PeerError::Transport(e.to_string()),
+                })?
+                .to_bytes();
+            Ok((status, epoch, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| self.late())?
+    }
+
+    fn late(&self) -> PeerError {
+        PeerError::Transport(format!("no answer within {} ms", self.timeout.as_millis()))
+    }
+
+    /// `GET {peer}/_geecache/{group}/{key}` with this node's ring epoch.
+    async fn fetch(
+        &self,
+        peer: &str,
+        group: Group,
+        key: &str,
+        epoch: u64,
+    ) -> Result<PeerAnswer, PeerError> {
+        let epoch_header = (
+            HeaderName::from_static(EPOCH_HEADER),
+            HeaderValue::from(epoch),
+        );
+        let (status, their_epoch, body) = self
+            .data(http::Method::GET, peer, group, key, Some(epoch_header))
+            .await?;
+        match status {
+            200 => answer(body),
+            421 if their_epoch.is_some() => Err(PeerError::StaleEpoch(their_epoch.unwrap_or(0))),
+            404 if !String::from_utf8_lossy(&body).contains("unknown_group") => {
+                Err(PeerError::NotFound)
+            }
+            _ => Err(PeerError::Status(
+                status,
+                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            )),
+        }
+    }
+}
+
+/// How many exchanges a peer's batcher keeps under way at once (per loader).
+const BATCH_IN_FLIGHT: usize = 2;
+/// How long a peer that does not serve batches (a GeeCache (Go) node, or one of ours from
+/// before them) is asked one key per request before batching is tried again.
+const SINGLES_FOR: Duration = Duration::from_secs(60);
+
+/// A fetch waiting in a peer's queue.
+struct Ask {
+    group: Group,
+    key: String,
+    epoch: u64,
+    reply: oneshot::Sender<Result<PeerAnswer, PeerError>>,
+}
+
+/// Sends the fetches queued for one peer, at most [`BATCH_IN_FLIGHT`] exchanges at a time,
+/// each one carrying every fetch that queued while the others were under way (up to `max`).
+/// A fetch that finds an exchange free goes at once, alone, as a plain `GET`: a batch never
+/// waits to fill, it forms only when the peer is busy, which is when it pays. A remote hit
+/// is two HTTP exchanges (client to this node, this node to the owner) and three processes'
+/// syscalls and parsing; in a batch of N the second exchange costs both sides 1/N of that.
+struct Batcher {
+    data: Arc<DataPath>,
+    peer: Arc<str>,
+    max: usize,
+    /// Until when (`clock::now_ms`) to send fetches one by one: the peer answered a batch 404.
+    singles_until: AtomicU64,
+}
+
+impl Batcher {
+    async fn run(self, mut queue: mpsc::UnboundedReceiver<Ask>) {
+        let permits = Arc::new(Semaphore::new(BATCH_IN_FLIGHT));
+        let this = Arc::new(self);
+        loop {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut asks = vec![first];
+            while asks.len() < this.max {
+                match queue.try_recv() {
+                    Ok(ask) => asks.push(ask),
+                    Err(_) => break,
+                }
+            }
+            let this = Arc::clone(&this);
+            tokio::spawn(async move {
+                this.send(asks).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn send(&self, mut asks: Vec<Ask>) {
+        asks.retain(|ask| !ask.reply.is_closed()); // their callers gave up
+        let singles = clock::now_ms() < self.singles_until.load(Ordering::Relaxed);
+        if asks.len() > 1 && !singles {
+            metrics::counter!("geecache_peer_batches_total").increment(1);
+            metrics::counter!("geecache_peer_batched_fetches_total").increment(asks.len() as u64);
+            match self.batch(asks).await {
+                Ok(()) => return,
+                Err(unanswered) => asks = unanswered,
+            }
+        }
+        let one = |ask: Ask| async move {
+            let answered = self.data.fetch(&self.peer, ask.group, &ask.key, ask.epoch);
+            ask.reply.send(answered.await).ok();
+        };
+        futures_util::future::join_all(asks.into_iter().map(one)).await;
+    }
+
+    /// `POST {peer}/_fetch_batch`; each fetch is answered as its answer arrives. Gives the
+    /// fetches back when the peer does not serve batches (404 or 405).
+    async fn batch(&self, asks: Vec<Ask>) -> Result<(), Vec<Ask>> {
+        let data = &self.data;
+        let body = FetchBatch {
+            fetches: asks
+                .iter()
+                .map(|ask| Fetch {
+                    group: ask.group.name().to_owned(),
+                    key: ask.key.clone(),
+                    epoch: ask.epoch,
+                })
+                .collect(),
+        };
+        let mut waiting: Vec<Option<Ask>> = asks.into_iter().map(Some).collect();
+        let exchange = async {
+            let uri: http::Uri = format!("{}{FETCH_BATCH}", self.peer)
+                .parse()
+                .map_err(|e| PeerError::Transport(format!("bad peer URL {:?}: {e}", self.peer)))?;
+            let mut req = http::Request::new(Full::new(Bytes::from(body.encode_to_vec())));
+            *req.method_mut() = http::Method::POST;
+            *req.uri_mut() = uri;
+            if let Some(auth) = &data.auth {
+                req.headers_mut().insert(AUTHORIZATION, auth.clone());
+            }
+            let res = data
+                .client
+                .request(req)
+                .await
+                .map_err(|e| PeerError::Transport(transport_error(&e)))?;
+            let status = res.status().as_u16();
+            if status != 200 {
+                let body = Limited::new(res.into_body(), 4096).collect().await;
+                let text = body.map(|b| b.to_bytes()).unwrap_or_default();
+                return Err(PeerError::Status(
+                    status,
+                    String::from_utf8_lossy(&text).into_owned(),
+                ));
+            }
+            // Length-delimited answers, read as they arrive, each at most a value's size.
+            let mut body = res.into_body();
+            let mut buf = bytes::BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| PeerError::Transport(e.to_string()))?;
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&chunk);
+                while let Some(answer) = next_answer(&mut buf, data.max_body)? {
+                    let index = answer.index as usize;
+                    if let Some(ask) = waiting.get_mut(index).and_then(Option::take) {
+                        ask.reply.send(fetch_answered(answer)).ok();
+                    }
+                }
+            }
+            Ok(())
+        };
+        let outcome = match tokio::time::timeout(data.timeout, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(data.late()),
+        };
+        let left = waiting.into_iter().flatten();
+        match outcome {
+            Err(PeerError::Status(404 | 405, _)) => {
+                let until = clock::now_ms().saturating_add(clock::ms(SINGLES_FOR));
+                self.singles_until.store(until, Ordering::Relaxed);
+                tracing::info!(peer = %self.peer, "the peer does not serve batched fetches: asking it one key at a time");
+                Err(left.collect())
+            }
+            Err(e) => {
+                for ask in left {
+                    ask.reply.send(Err(e.clone())).ok();
+                }
+                Ok(())
+            }
+            Ok(()) => {
+                for ask in left {
+                    let missing = PeerError::Decode("the batch answer left this fetch out".into());
+                    ask.reply.send(Err(missing)).ok();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The next complete length-delimited answer at the front of `buf`, if one has arrived.
+fn next_answer(buf: &mut bytes::BytesMut, max: usize) -> Result<Option<FetchAnswer>, PeerError> {
+    use bytes::Buf;
+    let Ok(len) = prost::decode_length_delimiter(&buf[..]) else {
+        return match buf.len() {
+            // A length's varint is at most 10 bytes: the rest of it has not arrived yet.
+            0..10 => Ok(None),
+            _ => Err(PeerError::Decode("bad length in a batch answer".into())),
+        };
+    };
+    if len > max {
+        return Err(PeerError::TooLarge(max));
+    }
+    let head = prost::length_delimiter_len(len);
+    if buf.len() < head + len {
+        return Ok(None);
+    }
+    buf.advance(head);
+    let message = buf.split_to(len).freeze();
+    FetchAnswer::decode(message)
+        .map(Some)
+        .map_err(|e| PeerError::Decode(e.to_string()))
+}
+
+/// A batch's answer to one fetch, as [`DataPath::fetch`] reads a single one.
+fn fetch_answered(answer: FetchAnswer) -> Result<PeerAnswer, PeerError> {
+    match (answer.status, answer.response) {
+        (200, Some(response)) => Ok(peer_answer(response)),
+        (200, None) => Err(PeerError::Decode("a batch answer without its value".into())),
+        (421, _) => Err(PeerError::StaleEpoch(answer.epoch)),
+        (404, _) if answer.error != "unknown_group" => Err(PeerError::NotFound),
+        (status, _) => Err(PeerError::Status(status as u16, answer.error)),
+    }
+}
+
 /// hyper's error with its cause ("connection refused" is the cause's text, not the error's).
 fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
     match std::error::Error::source(e) {
@@ -393,7 +659,11 @@ fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
 
 fn answer(body: Bytes) -> Result<PeerAnswer, PeerError> {
     let r = Response::decode(body).map_err(|e| PeerError::Decode(e.to_string()))?;
-    Ok(PeerAnswer {
+    Ok(peer_answer(r))
+}
+
+fn peer_answer(r: Response) -> PeerAnswer {
+    PeerAnswer {
         value: r.value,
         minute_qps: r.minute_qps,
         epoch: r.epoch,
@@ -403,7 +673,7 @@ fn answer(body: Bytes) -> Result<PeerAnswer, PeerError> {
         stale: r.stale,
         content_type: r.content_type,
         feed_xmin: r.feed_xmin,
-    })
+    }
 }
 
 /// Reads a body of at most `max` bytes, refusing it as soon as it is known to be longer.
@@ -446,6 +716,7 @@ mod tests {
             secret: None,
             max_value_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(30),
+            batch_max: 1,
         })
         .unwrap();
         let group = Groups::demo().default_group();

@@ -85,6 +85,48 @@ pub struct Response {
     pub feed_xmin: u64,
 }
 
+/// `POST` a [`FetchBatch`]: several data fetches in one exchange, answered with a stream of
+/// length-delimited [`FetchAnswer`]s, each as soon as it is ready (a hit never waits behind a
+/// miss of the same batch). Only GeeCache-rs serves it: a GeeCache (Go) peer answers 404, and
+/// is then asked one key per request.
+pub const FETCH_BATCH: &str = "/_fetch_batch";
+/// Most fetches in one batch.
+pub const FETCH_BATCH_MAX: usize = 64;
+
+/// One fetch of a batch: what `GET /_geecache/{group}/{key}` with `x-geecache-epoch` asks.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Fetch {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// The caller's ring epoch when it asked.
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FetchBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub fetches: Vec<Fetch>,
+}
+
+/// The answer to the fetch at `index` of a batch: the status and body a single fetch would
+/// have had (for an error, its JSON `error` code; for 421, the owner's epoch).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FetchAnswer {
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    #[prost(uint32, tag = "2")]
+    pub status: u32,
+    #[prost(message, optional, tag = "3")]
+    pub response: Option<Response>,
+    #[prost(string, tag = "4")]
+    pub error: String,
+    #[prost(uint64, tag = "5")]
+    pub epoch: u64,
+}
+
 /// `POST` a [`HandoffBatch`]: entries a leaving node hands to their new owner.
 pub const HANDOFF: &str = "/_handoff";
 /// A handoff batch is cut at this many value and key bytes (one larger entry goes alone)...

@@ -76,6 +76,14 @@ fn describe() {
             "Peer fetches that failed (not counting stale-epoch retries)",
         ),
         (
+            "geecache_peer_batches_total",
+            "Requests to a peer that carried several fetches (--peer-batch)",
+        ),
+        (
+            "geecache_peer_batched_fetches_total",
+            "Fetches sent to a peer inside a batch",
+        ),
+        (
             "geecache_server_requests_total",
             "Peer requests this node served as a key's owner",
         ),
