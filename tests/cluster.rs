@@ -541,3 +541,235 @@ fn up_refuses_ports_that_are_taken() {
         "{err}"
     );
 }
+
+/// Keys of `products` (ids from `from`) that `owner` owns on the ring of `peers`.
+fn owned_by(peers: &[String], owner: &str, from: u64, n: usize) -> Vec<String> {
+    let ring = Ring::new(RingHash::Crc32, 150, peers.iter().map(|p| Member::new(p)));
+    (from..)
+        .map(|i| i.to_string())
+        .filter(|k| *ring.owner(k).unwrap().name == *owner)
+        .take(n)
+        .collect()
+}
+
+/// The batch protocol as a caller sees it: one `POST /_fetch_batch`, each fetch answered with
+/// what its `GET` would have been, by index; the hits first and at once, a load when it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_batch_answers_each_fetch_and_a_hit_does_not_wait_for_a_load() {
+    use geecache::peer::wire::{Fetch, FetchAnswer, FetchBatch};
+    use prost::Message;
+    let c = start_cluster(None, &["--embedded-latency", "1500ms"]);
+    let client = client();
+    let owner = &c.nodes[1];
+    let keys = owned_by(&c.peers, &c.peers[1], 1, 2);
+    let (warm, cold) = (&keys[0], &keys[1]);
+    assert_eq!(
+        get(&client, &format!("{}/api/products/{warm}", owner.api))
+            .await
+            .0,
+        200
+    );
+    let fetch = |group: &str, key: &str| Fetch {
+        group: group.into(),
+        key: key.into(),
+        epoch: 0,
+    };
+    let batch = FetchBatch {
+        fetches: vec![
+            fetch("products", cold),
+            fetch("products", warm),
+            fetch("nope", "1"),
+            fetch("products", &"k".repeat(3000)),
+        ],
+    };
+    let started = Instant::now();
+    let mut res = client
+        .post(format!("{}/_fetch_batch", c.peers[1]))
+        .bearer_auth(SECRET)
+        .body(batch.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut buf = bytes::BytesMut::new();
+    let mut answers: Vec<(FetchAnswer, Duration)> = Vec::new();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        buf.extend_from_slice(&chunk);
+        while let Ok(a) = FetchAnswer::decode_length_delimited(&mut buf.clone().freeze()) {
+            let used = a.encoded_len() + prost::length_delimiter_len(a.encoded_len());
+            let _ = buf.split_to(used);
+            answers.push((a, started.elapsed()));
+        }
+    }
+    let at = |i: u32| answers.iter().find(|(a, _)| a.index == i).unwrap();
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    let (hit, hit_took) = at(1);
+    assert_eq!(hit.status, 200);
+    let value = geecache::source::demo::product_value(warm.parse().unwrap());
+    assert_eq!(hit.response.as_ref().unwrap().value, value.as_bytes());
+    assert!(*hit_took < Duration::from_millis(1000), "{hit_took:?}");
+    let (load, load_took) = at(0);
+    assert_eq!(load.status, 200);
+    assert!(*load_took >= Duration::from_millis(1400), "{load_took:?}");
+    assert_eq!(
+        (at(2).0.status, at(2).0.error.as_str()),
+        (404, "unknown_group")
+    );
+    assert_eq!((at(3).0.status, at(3).0.error.as_str()), (400, "bad_key"));
+    // Without the secret, nothing.
+    let open = client
+        .post(format!("{}/_fetch_batch", c.peers[1]))
+        .body(batch.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 401);
+}
+
+/// Remote fetches that wait for the same owner share requests (and each gets its own
+/// answer), and hits for that owner do not queue behind its slow loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_for_a_busy_owner_share_requests_and_hits_pass_its_loads() {
+    let c = start_cluster(
+        None,
+        &["--embedded-latency", "1500ms", "--hot-min-qps", "1e12"],
+    );
+    let client = &client();
+    let (asker, owner) = (&c.nodes[0], &c.nodes[1]);
+    let keys = owned_by(&c.peers, &c.peers[1], 1, 240);
+    let missing = owned_by(&c.peers, &c.peers[1], 2_000_000, 10);
+    let (warm, cold) = keys.split_at(200);
+    let value = |k: &str| geecache::source::demo::product_value(k.parse().unwrap()).into_bytes();
+    // The owner loads the warm keys (1.5 s, all at once).
+    let warmed = join_all(
+        warm.iter()
+            .map(|k| async move { get(client, &format!("{}/api/products/{k}", owner.api)).await }),
+    );
+    assert!(warmed.await.iter().all(|(s, _)| *s == 200));
+
+    // 50 loads the owner needs 1.5 s for, through the asker; then the warm keys.
+    let slow = tokio::spawn({
+        let (client, api) = (client.clone(), asker.api.clone());
+        let keys: Vec<String> = cold.iter().chain(&missing).cloned().collect();
+        async move {
+            let (client, api) = (&client, &api);
+            let asked = keys
+                .iter()
+                .map(|k| async move { get(client, &format!("{api}/api/products/{k}")).await });
+            join_all(asked).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let hits = join_all(warm.iter().map(|k| async move {
+        let answer = get(client, &format!("{}/api/products/{k}", asker.api)).await;
+        (answer, started.elapsed())
+    }))
+    .await;
+    for (k, ((status, body), took)) in warm.iter().zip(&hits) {
+        assert_eq!((*status, body), (200, &value(k)), "{k}");
+        assert!(
+            *took < Duration::from_millis(900),
+            "{k} took {took:?} behind the loads"
+        );
+    }
+    let loads = slow.await.unwrap();
+    for (k, (status, body)) in cold.iter().zip(&loads) {
+        assert_eq!((*status, body), (200, &value(k)), "{k}");
+    }
+    assert!(loads[cold.len()..].iter().all(|(s, _)| *s == 404));
+
+    let batches = asker.metric(&client, "geecache_peer_batches_total").await;
+    let batched = asker
+        .metric(&client, "geecache_peer_batched_fetches_total")
+        .await;
+    assert!(
+        batches >= 1.0 && batched >= 2.0 * batches,
+        "{batches} batches of {batched}"
+    );
+    let errors = asker
+        .metric(&client, "geecache_peer_errors_total{group=\"products\"}")
+        .await;
+    assert_eq!(errors, 0.0);
+}
+
+/// A peer that does not serve batches (a GeeCache (Go) node: only `GET /_geecache/...`) is
+/// asked one key per request, and every fetch still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_batches_is_asked_one_key_at_a_time() {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let go = format!("http://{}", listener.local_addr().unwrap());
+    let gets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = gets.clone();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            HttpServer::new(move || {
+                let counted = counted.clone();
+                App::new().route(
+                    "/_geecache/products/{key}",
+                    web::get().to(move |key: web::Path<String>| {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body = geecache::peer::wire::Response {
+                            value: format!("go-{key}").into(),
+                            ..Default::default()
+                        };
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            HttpResponse::Ok().body(prost::Message::encode_to_vec(&body))
+                        }
+                    }),
+                )
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run()
+            .await
+            .unwrap()
+        })
+    });
+    let me = format!("http://127.0.0.1:{}", free_port());
+    let port: u16 = me.rsplit(':').next().unwrap().parse().unwrap();
+    let peers = [me.clone(), go.clone()];
+    let node = NodeProc::spawn_on(
+        free_port(),
+        port,
+        &[
+            "--self",
+            &me,
+            "--peers",
+            &peers.join(","),
+            "--insecure-open-peer-port",
+            "--hot-min-qps",
+            "1e12",
+        ],
+    );
+    let client = &client();
+    let keys = owned_by(&peers, &go, 1, 100);
+    let node = &node;
+    for round in 0..2 {
+        let answers =
+            join_all(keys.iter().map(|k| async move {
+                get(client, &format!("{}/api/products/{k}", node.api)).await
+            }))
+            .await;
+        for (k, (status, body)) in keys.iter().zip(&answers) {
+            assert_eq!(
+                (*status, body.as_slice()),
+                (200, format!("go-{k}").as_bytes()),
+                "round {round}"
+            );
+        }
+    }
+    // Every key asked by its own GET, twice (the hot cache is off).
+    assert_eq!(
+        gets.load(std::sync::atomic::Ordering::SeqCst),
+        2 * keys.len()
+    );
+    assert!(node.log_text().contains("does not serve batched fetches"));
+    let errors = node
+        .metric(&client, "geecache_peer_errors_total{group=\"products\"}")
+        .await;
+    assert_eq!(errors, 0.0);
+}

@@ -2,10 +2,8 @@
 //! keep a copy of here (instead of groupcache's random 1-in-10), and the `minute_qps` an owner
 //! reports to its callers so that they can tell a key hot on the whole cluster.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use moka::sync::Cache;
 
 use crate::cache::group::Group;
 
@@ -22,8 +20,8 @@ pub struct HotPolicy {
 impl HotPolicy {
     pub fn new(min_qps: f64) -> HotPolicy {
         HotPolicy {
-            local: RateTracker::new(Duration::from_secs(1), 100_000),
-            served: RateTracker::new(Duration::from_secs(60), 100_000),
+            local: RateTracker::new(Duration::from_secs(1)),
+            served: RateTracker::new(Duration::from_secs(60)),
             min_qps,
         }
     }
@@ -46,30 +44,35 @@ impl HotPolicy {
     }
 }
 
-/// Two consecutive windows of counts; the rate blends the full previous window with the
-/// current partial one, so it neither forgets a burst at a window edge nor lags a minute.
-#[derive(Debug)]
-struct Windows {
+/// Approximate per-key rates over a sliding window: a count-min sketch of the two latest
+/// windows. A request is a hash and two atomic increments, with no allocation and no lock:
+/// it is counted on every request for a remote key (hot hits included) and on every fetch an
+/// owner serves, and the moka cache of per-key counters this replaced (a boxed key, an LRU
+/// deque and a mutex per request) was a tenth of an owner's CPU serving remote hits.
+///
+/// A key's count is the smallest of its `ROWS` cells, so it can only be overestimated, by the
+/// other keys that share all its cells: with `WIDTH` cells per row, by about one request per
+/// window for every `WIDTH` requests of the window. An overestimate keeps a copy that was not
+/// needed; it never serves a value that should not be served.
+pub struct RateTracker {
+    /// `ROWS` rows of `WIDTH` cells, each a pair (even and odd window) of packed
+    /// `window number << 32 | count`.
+    cells: Box<[[AtomicU64; 2]]>,
+    hasher: foldhash::fast::RandomState,
+    window: Duration,
     start: Instant,
-    previous: u32,
-    current: u32,
 }
 
-/// Approximate per-key rates over a sliding window, for a bounded number of keys.
-pub struct RateTracker {
-    keys: Cache<(Group, Box<str>), Arc<Mutex<Windows>>>,
-    window: Duration,
-}
+const ROWS: usize = 2;
+const WIDTH: usize = 1 << 16;
 
 impl RateTracker {
-    /// Tracks up to `max_keys` keys (least recently seen forgotten first).
-    pub fn new(window: Duration, max_keys: u64) -> Self {
+    pub fn new(window: Duration) -> Self {
         RateTracker {
-            keys: Cache::builder()
-                .max_capacity(max_keys)
-                .time_to_idle(window * 2)
-                .build(),
+            cells: (0..ROWS * WIDTH).map(|_| Default::default()).collect(),
+            hasher: foldhash::fast::RandomState::default(),
             window,
+            start: Instant::now(),
         }
     }
 
@@ -80,49 +83,62 @@ impl RateTracker {
 
     /// The key's rate in requests per second, without counting a request.
     pub fn rate(&self, group: Group, key: &str) -> f64 {
-        let Some(entry) = self.keys.get(&(group, key.into())) else {
-            return 0.0;
-        };
-        let w = entry.lock().unwrap_or_else(|e| e.into_inner());
-        let elapsed = Instant::now().saturating_duration_since(w.start);
-        if elapsed >= self.window * 2 {
-            return 0.0;
-        }
-        let (previous, current) = if elapsed >= self.window {
-            (w.current, 0)
-        } else {
-            (w.previous, w.current)
-        };
-        let frac = 1.0 - (elapsed.as_secs_f64() / self.window.as_secs_f64()).fract();
-        (previous as f64 * frac + current as f64) / self.window.as_secs_f64()
+        self.rate_at(group, key, Instant::now(), false)
     }
 
     fn hit_at(&self, group: Group, key: &str, now: Instant) -> f64 {
-        let entry = self.keys.get_with((group, key.into()), || {
-            Arc::new(Mutex::new(Windows {
-                start: now,
-                previous: 0,
-                current: 0,
-            }))
-        });
-        // A poisoned lock only means another request panicked mid-count; the counts are
-        // still usable.
-        let mut w = entry.lock().unwrap_or_else(|e| e.into_inner());
-        let mut elapsed = now.saturating_duration_since(w.start);
-        if elapsed >= self.window {
-            w.previous = if elapsed < self.window * 2 {
-                w.current
-            } else {
-                0
-            };
-            w.current = 0;
-            w.start += self.window * (elapsed.as_nanos() / self.window.as_nanos()) as u32;
-            elapsed = now.saturating_duration_since(w.start);
-        }
-        w.current = w.current.saturating_add(1);
+        self.rate_at(group, key, now, true)
+    }
+
+    fn rate_at(&self, group: Group, key: &str, now: Instant, count: bool) -> f64 {
+        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        let windows = elapsed / self.window.as_secs_f64();
+        let w = windows as u64 as u32;
         // Weight the previous window by the part of it still inside the sliding window.
-        let frac = 1.0 - elapsed.as_secs_f64() / self.window.as_secs_f64();
-        (w.previous as f64 * frac + w.current as f64) / self.window.as_secs_f64()
+        let frac = 1.0 - windows.fract();
+        let hash = {
+            use std::hash::BuildHasher;
+            self.hasher.hash_one((group.index(), key))
+        };
+        let (h1, h2) = (hash as usize, (hash >> 32) as usize | 1);
+        let mut best = f64::MAX;
+        for row in 0..ROWS {
+            let slot = row * WIDTH + (h1.wrapping_add(row.wrapping_mul(h2)) % WIDTH);
+            let pair = &self.cells[slot];
+            let current = if count {
+                bump(&pair[(w % 2) as usize], w)
+            } else {
+                read(&pair[(w % 2) as usize], w)
+            };
+            let previous = w
+                .checked_sub(1)
+                .map_or(0, |p| read(&pair[(p % 2) as usize], p));
+            best = best.min(previous as f64 * frac + current as f64);
+        }
+        best / self.window.as_secs_f64()
+    }
+}
+
+/// The cell's count if it counts window `w`, else 0.
+fn read(cell: &AtomicU64, w: u32) -> u32 {
+    let v = cell.load(Ordering::Relaxed);
+    if (v >> 32) as u32 == w { v as u32 } else { 0 }
+}
+
+/// Adds one to the cell's count for window `w` (starting it over if it counted an older one).
+fn bump(cell: &AtomicU64, w: u32) -> u32 {
+    let mut v = cell.load(Ordering::Relaxed);
+    loop {
+        let n = if (v >> 32) as u32 == w {
+            (v as u32).saturating_add(1)
+        } else {
+            1
+        };
+        let next = (u64::from(w) << 32) | u64::from(n);
+        match cell.compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return n,
+            Err(seen) => v = seen,
+        }
     }
 }
 
@@ -134,7 +150,7 @@ mod tests {
     fn rate_follows_the_request_rate() {
         let demo = crate::cache::group::Groups::demo();
         let (products, scores) = (demo.get("products").unwrap(), demo.get("scores").unwrap());
-        let t = RateTracker::new(Duration::from_secs(1), 100);
+        let t = RateTracker::new(Duration::from_secs(1));
         let start = Instant::now();
         let mut rate = 0.0;
         // 50 requests per second for 3 seconds.
@@ -149,5 +165,32 @@ mod tests {
         // After a long silence the rate starts over.
         let later = t.hit_at(products, "k", start + Duration::from_secs(30));
         assert!(later <= 1.0, "{later}");
+    }
+
+    /// Keys that share cells make a key look hotter than it is, never colder; with as many
+    /// keys in a window as a row has cells, a key never asked reads as cold, and a hot key's
+    /// rate stays its own.
+    #[test]
+    fn many_keys_inflate_a_rate_little() {
+        let products = crate::cache::group::Groups::demo().get("products").unwrap();
+        let t = RateTracker::new(Duration::from_secs(60));
+        let at = t.start + Duration::from_secs(30);
+        for i in 0..WIDTH {
+            t.hit_at(products, &i.to_string(), at);
+        }
+        for _ in 0..6_000 {
+            t.hit_at(products, "hot", at);
+        }
+        let hot = t.rate_at(products, "hot", at, false) * 60.0;
+        assert!((6_000.0..6_010.0).contains(&hot), "{hot}");
+        let over: Vec<f64> = (0..1_000)
+            .map(|i| t.rate_at(products, &format!("cold{i}"), at, false) * 60.0)
+            .collect();
+        let mean = over.iter().sum::<f64>() / over.len() as f64;
+        assert!(
+            mean < 1.0,
+            "a key never asked reads {mean} requests on average"
+        );
+        assert!(over.iter().all(|&n| n < 10.0), "{over:?}");
     }
 }

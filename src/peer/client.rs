@@ -224,7 +224,9 @@ impl PeerClient {
             HeaderName::from_static(PEEK_HEADER),
             HeaderValue::from_static("1"),
         );
-        let asked = self.data.data(http::Method::GET, peer, group, key, Some(peek));
+        let asked = self
+            .data
+            .data(http::Method::GET, peer, group, key, Some(peek));
         let (status, _, body) =
             tokio::time::timeout(PEEK_TIMEOUT, asked)
                 .await
@@ -470,12 +472,13 @@ struct Ask {
     reply: oneshot::Sender<Result<PeerAnswer, PeerError>>,
 }
 
-/// Sends the fetches queued for one peer, at most [`BATCH_IN_FLIGHT`] exchanges at a time,
-/// each one carrying every fetch that queued while the others were under way (up to `max`).
-/// A fetch that finds an exchange free goes at once, alone, as a plain `GET`: a batch never
-/// waits to fill, it forms only when the peer is busy, which is when it pays. A remote hit
-/// is two HTTP exchanges (client to this node, this node to the owner) and three processes'
-/// syscalls and parsing; in a batch of N the second exchange costs both sides 1/N of that.
+/// Sends the fetches queued for one peer, at most [`BATCH_IN_FLIGHT`] exchanges at a time
+/// until their answers' heads arrive, each one carrying every fetch that queued while the
+/// others were under way (up to `max`). A fetch that finds an exchange free goes at once,
+/// alone: a batch never waits to fill, it forms only when the peer is busy, which is when it
+/// pays. A remote hit is two HTTP exchanges (client to this node, this node to the owner) and
+/// three processes' syscalls and parsing; in a batch of N the second exchange costs both
+/// sides 1/N of that.
 struct Batcher {
     data: Arc<DataPath>,
     peer: Arc<str>,
@@ -502,25 +505,24 @@ impl Batcher {
                     Err(_) => break,
                 }
             }
+            asks.retain(|ask| !ask.reply.is_closed()); // their callers gave up
             let this = Arc::clone(&this);
             tokio::spawn(async move {
-                this.send(asks).await;
-                drop(permit);
+                if clock::now_ms() >= this.singles_until.load(Ordering::Relaxed) {
+                    match this.batch(asks, permit).await {
+                        Ok(()) => return,
+                        Err(unanswered) => asks = unanswered,
+                    }
+                } else {
+                    drop(permit);
+                }
+                this.singles(asks).await;
             });
         }
     }
 
-    async fn send(&self, mut asks: Vec<Ask>) {
-        asks.retain(|ask| !ask.reply.is_closed()); // their callers gave up
-        let singles = clock::now_ms() < self.singles_until.load(Ordering::Relaxed);
-        if asks.len() > 1 && !singles {
-            metrics::counter!("geecache_peer_batches_total").increment(1);
-            metrics::counter!("geecache_peer_batched_fetches_total").increment(asks.len() as u64);
-            match self.batch(asks).await {
-                Ok(()) => return,
-                Err(unanswered) => asks = unanswered,
-            }
-        }
+    /// Each fetch as its own `GET`, all at once (a peer that does not serve batches).
+    async fn singles(&self, asks: Vec<Ask>) {
         let one = |ask: Ask| async move {
             let answered = self.data.fetch(&self.peer, ask.group, &ask.key, ask.epoch);
             ask.reply.send(answered.await).ok();
@@ -528,10 +530,21 @@ impl Batcher {
         futures_util::future::join_all(asks.into_iter().map(one)).await;
     }
 
-    /// `POST {peer}/_fetch_batch`; each fetch is answered as its answer arrives. Gives the
-    /// fetches back when the peer does not serve batches (404 or 405).
-    async fn batch(&self, asks: Vec<Ask>) -> Result<(), Vec<Ask>> {
+    /// `POST {peer}/_fetch_batch`; each fetch is answered as its answer arrives. The permit
+    /// goes back when the answer's head does: the owner has then written every answer it had
+    /// (the hits), and what is left are its loads, which must not hold up the next exchange
+    /// (a hit queued behind four slow misses would wait for the slowest). Gives the fetches
+    /// back when the peer does not serve batches (404 or 405).
+    async fn batch(
+        &self,
+        asks: Vec<Ask>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), Vec<Ask>> {
         let data = &self.data;
+        if asks.len() > 1 {
+            metrics::counter!("geecache_peer_batches_total").increment(1);
+            metrics::counter!("geecache_peer_batched_fetches_total").increment(asks.len() as u64);
+        }
         let body = FetchBatch {
             fetches: asks
                 .iter()
@@ -558,6 +571,7 @@ impl Batcher {
                 .request(req)
                 .await
                 .map_err(|e| PeerError::Transport(transport_error(&e)))?;
+            drop(permit);
             let status = res.status().as_u16();
             if status != 200 {
                 let body = Limited::new(res.into_body(), 4096).collect().await;
