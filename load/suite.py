@@ -734,6 +734,7 @@ def main():
     report["remote"] = bench_remote.run(m["remote_secs"], m["remote_rounds"], 64)
     report["remote_vs_local_ratio"] = report["remote"]["remote_vs_local_ratio"]
     report["remote_hot_vs_local_ratio"] = report["remote"]["remote_hot_vs_local_ratio"]
+    report["remote_unbatched_vs_local_ratio"] = report["remote"]["remote_unbatched_vs_local_ratio"]
 
     pg = Pg()
     cl = None
@@ -879,10 +880,14 @@ def gates(r):
         ("miss_p99_vs_pgbench", round(r["miss_p99_vs_pgbench"], 2), "<= 8",
          r["miss_p99_vs_pgbench"] <= 8),
         ("miss.failed", r["miss"]["failed"], "== 0", r["miss"]["failed"] == 0),
-        ("remote_vs_local_ratio", round(r["remote_vs_local_ratio"], 3), ">= 0.25",
-         r["remote_vs_local_ratio"] >= 0.25),
-        ("remote_hot_vs_local_ratio", round(r["remote_hot_vs_local_ratio"], 3), ">= 0.5",
-         r["remote_hot_vs_local_ratio"] >= 0.5),
+        # Batched peer fetches: 0.43-0.47x (goal 0.50); one request per fetch is 0.32-0.33x.
+        ("remote_vs_local_ratio", round(r["remote_vs_local_ratio"], 3), ">= 0.36",
+         r["remote_vs_local_ratio"] >= 0.36),
+        ("remote_hot_vs_local_ratio", round(r["remote_hot_vs_local_ratio"], 3), ">= 0.7",
+         r["remote_hot_vs_local_ratio"] >= 0.7),
+        ("remote.batched_fetches_per_batch",
+         round(r["remote"]["batched_fetches"] / max(r["remote"]["batches"], 1), 1), ">= 2",
+         r["remote"]["batched_fetches"] >= 2 * max(r["remote"]["batches"], 1)),
         # Keep-alive: 64 client connections spread over the loaders' pools, not one per request.
         ("remote.peer_connections_opened_max", max(r["remote"]["peer_connections_opened"]),
          "<= 256", max(r["remote"]["peer_connections_opened"]) <= 256),
@@ -908,8 +913,10 @@ def print_summary(r):
          f"{r['miss']['node_p99_ms']:.2f} vs {r['miss']['pgbench_p99_ms']:.2f} ms at "
          f"{r['miss']['open_rate']:,} /s"),
         ("remote hit / local hit", f"{r['remote_vs_local_ratio']:.2f}x",
-         f"with the hot cache {r['remote_hot_vs_local_ratio']:.2f}x; peer connections opened "
-         f"per round {r['remote']['peer_connections_opened']}"),
+         f"with the hot cache {r['remote_hot_vs_local_ratio']:.2f}x; one peer request per fetch "
+         f"(--peer-batch 1) {r['remote_unbatched_vs_local_ratio']:.2f}x; "
+         f"{r['remote']['batched_fetches'] / max(r['remote']['batches'], 1):.1f} fetches per "
+         f"batch; peer connections opened per round {r['remote']['peer_connections_opened']}"),
         ("Zipf cluster hit rate", f"{z['cluster_hit_rate'] * 100:.2f} %",
          f"single cache {z['single_cache_hit_rate'] * 100:.2f} %, loss {z['loss_points']:.2f} pts"),
         ("Zipf: one live node, same bytes", f"{z['references']['single_live_node'] * 100:.2f} %",

@@ -74,7 +74,7 @@ async fn every_call_on_the_peer_port_needs_the_secret() {
     let peer = raft.peer(1);
     let before = view(&client, &raft, 1).await;
     let join = json!({"id": 99, "peer_url": "http://127.0.0.1:8099", "api_url": "", "weight": 1});
-    let calls: [(&str, &str, Vec<u8>); 8] = [
+    let calls: [(&str, &str, Vec<u8>); 10] = [
         ("POST", "/_raft/join", join.to_string().into_bytes()),
         (
             "POST",
@@ -86,6 +86,18 @@ async fn every_call_on_the_peer_port_needs_the_secret() {
         ("GET", "/_raft/info", Vec::new()),
         ("GET", "/_raft/members", Vec::new()),
         ("GET", "/_geecache/scores/Tom", Vec::new()),
+        (
+            "POST",
+            "/_fetch_batch",
+            prost::Message::encode_to_vec(&geecache::peer::wire::FetchBatch {
+                fetches: vec![geecache::peer::wire::Fetch {
+                    group: "scores".into(),
+                    key: "Tom".into(),
+                    epoch: 0,
+                }],
+            }),
+        ),
+        ("POST", "/_handoff", Vec::new()),
         // Not even a malformed body or an unknown path tells more than 401.
         ("POST", "/_raft/join", b"{not json".to_vec()),
     ];
@@ -525,10 +537,17 @@ fn oversized_peer(size: usize) -> u16 {
         for conn in listener.incoming().flatten() {
             let mut conn = conn;
             let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
+            let n = conn.read(&mut buf).unwrap_or(0);
             let _ = conn.write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n",
             );
+            // A batch of fetches is answered with length-delimited answers: one that says it
+            // is `size` bytes long.
+            if buf[..n].starts_with(b"POST /_fetch_batch ") {
+                let mut head = Vec::new();
+                prost::encode_length_delimiter(size, &mut head).unwrap();
+                let _ = conn.write_all(&head);
+            }
             let chunk = vec![b'x'; 64 * 1024];
             let mut left = size;
             while left > 0 {

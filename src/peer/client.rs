@@ -584,11 +584,16 @@ impl Batcher {
             // Length-delimited answers, read as they arrive, each at most a value's size.
             let mut body = res.into_body();
             let mut buf = bytes::BytesMut::new();
+            let (mut read, most) = (0, data.max_body.saturating_mul(waiting.len()));
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| PeerError::Transport(e.to_string()))?;
                 let Ok(chunk) = frame.into_data() else {
                     continue;
                 };
+                read += chunk.len();
+                if read > most {
+                    return Err(PeerError::TooLarge(data.max_body));
+                }
                 buf.extend_from_slice(&chunk);
                 while let Some(answer) = next_answer(&mut buf, data.max_body)? {
                     let index = answer.index as usize;
