@@ -773,3 +773,38 @@ async fn a_peer_without_batches_is_asked_one_key_at_a_time() {
         .await;
     assert_eq!(errors, 0.0);
 }
+
+/// `--peer-batch 1`: one request per fetch, however many wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_batch_one_sends_every_fetch_alone() {
+    let c = start_cluster(
+        None,
+        &[
+            "--embedded-latency",
+            "50ms",
+            "--hot-min-qps",
+            "1e12",
+            "--peer-batch",
+            "1",
+        ],
+    );
+    let client = &client();
+    let keys = owned_by(&c.peers, &c.peers[1], 1, 200);
+    let api = &c.nodes[0].api;
+    for _ in 0..2 {
+        let answers = join_all(
+            keys.iter()
+                .map(|k| async move { get(client, &format!("{api}/api/products/{k}")).await }),
+        )
+        .await;
+        assert!(answers.iter().all(|(s, _)| *s == 200));
+    }
+    let batches = c.nodes[0]
+        .metric(client, "geecache_peer_batches_total")
+        .await;
+    assert_eq!(batches, 0.0);
+    let served = c.nodes[1]
+        .metric(client, "geecache_server_requests_total{group=\"products\"}")
+        .await;
+    assert!(served >= 400.0, "{served}");
+}

@@ -831,6 +831,8 @@ mod tests {
         assert!(refused(&["--listen-backlog", "0"]).contains("--listen-backlog"));
         assert!(refused(&["--client-request-timeout", "0s"]).contains("--client-request-timeout"));
         assert!(refused(&["--keep-alive", "0s"]).contains("--keep-alive"));
+        assert!(refused(&["--peer-batch", "0"]).contains("--peer-batch"));
+        assert!(refused(&["--peer-batch", "65"]).contains("--peer-batch"));
         let ok = node_config(["--insecure-open-peer-port", "--workers", "256"]);
         assert!(ok.is_ok(), "{:?}", ok.err());
     }
