@@ -236,8 +236,6 @@ pub struct Core {
     pub handoff_grace_ms: AtomicU64,
     /// Peeks this node answered (a leaving node drains while they come).
     pub peeks_served: AtomicU64,
-    /// When this node last kept entries a neighbour handed it (`clock::now_ms`).
-    pub handoff_received_ms: AtomicU64,
     /// Previous owners whose last peek failed, not asked again for a while.
     pub peek_backoff: PeekBackoff,
 }
@@ -291,49 +289,8 @@ impl Core {
             dropped_at_ms: per_group(),
             handoff_grace_ms: AtomicU64::new(0),
             peeks_served: AtomicU64::new(0),
-            handoff_received_ms: AtomicU64::new(0),
             peek_backoff: PeekBackoff::default(),
         }
-    }
-
-    /// Whether the handoff store may hold entries: its entries live for the grace window
-    /// (at least 1 s) from when they came.
-    pub fn holds_handoff(&self, now: u64) -> bool {
-        let received = self.handoff_received_ms.load(Ordering::Relaxed);
-        let ttl = self.handoff_grace_ms.load(Ordering::Relaxed).max(1000);
-        received != 0 && now.saturating_sub(received) <= ttl
-    }
-
-    /// The key from the handoff store (what a neighbour sent as it left), fresh. It moves to
-    /// the main store only when that costs none of this node's own entries (the main store
-    /// has room for it), or once the last handoff is half a grace window old. A neighbour
-    /// that restarts is back within seconds and is sent its entries home (the push on join):
-    /// moved into a full main store first, each would have evicted one of this node's own
-    /// for nothing, each one a query later. One that left for good has had its entries moved
-    /// here by then, one request at a time, not in a wave as the handoff store's lifetime
-    /// ends. `lease` is taken before the lookup, so that an invalidation between the two
-    /// keeps the copy out of the main store.
-    pub fn from_handoff(&self, group: Group, key: &str, lease: Lease, now: u64) -> Option<Entry> {
-        let Found::Fresh(entry) = self.find(self.stores.handoff(), group, key, now) else {
-            return None;
-        };
-        metrics::counter!("geecache_handoff_used_total", "group" => group.name()).increment(1);
-        let main = self.stores.main(group);
-        let weight = entry.value.as_ref().map_or(0, |v| v.len());
-        let weight = u64::from(store::entry_weight(key.len() + 3, weight));
-        let grace = self.handoff_grace_ms.load(Ordering::Relaxed);
-        let settled =
-            now.saturating_sub(self.handoff_received_ms.load(Ordering::Relaxed)) >= grace / 2;
-        if settled || main.room() >= weight {
-            let moved = Entry {
-                generation: lease.generation,
-                ..entry.clone()
-            };
-            if self.fill(main, group, key, moved, lease) {
-                self.stores.handoff().remove(group, key);
-            }
-        }
-        Some(entry)
     }
 
     /// Until when an entry counts as fresh: its own ttl, and for a feed-backed group no later
@@ -617,11 +574,6 @@ impl Core {
                 refused += 1;
             }
         }
-        if kept > 0 {
-            // Never 0, which means "never".
-            self.handoff_received_ms
-                .store(now.max(1), Ordering::Relaxed);
-        }
         metrics::counter!("geecache_handoff_received_total", "outcome" => "kept").increment(kept);
         metrics::counter!("geecache_handoff_received_total", "outcome" => "refused")
             .increment(refused);
@@ -693,13 +645,6 @@ impl Cache {
             counters.cache_hits.increment(1);
             counters.hot_cache_hits.increment(1);
             return Reply::from_entry(entry, CacheStatus::Hit, now);
-        }
-        if core.holds_handoff(now) {
-            let lease = core.lease(group, key);
-            if let Some(entry) = core.from_handoff(group, key, lease, now) {
-                counters.cache_hits.increment(1);
-                return Reply::from_entry(entry, CacheStatus::Hit, now);
-            }
         }
         match self.load(group, key, false).await {
             Ok(l) => Reply {
@@ -983,17 +928,33 @@ impl Loader {
             .await
     }
 
-    /// The key from the handoff store (a neighbour sent it as it left); see
-    /// [`Core::from_handoff`].
+    /// The key from the handoff store (a neighbour sent it as it left), moved to the main
+    /// store.
     fn pushed(&self, group: Group, key: &str, lease: Lease) -> Option<Loaded> {
+        let core = &self.core;
         let now = clock::now_ms();
-        let entry = self.core.from_handoff(group, key, lease, now)?;
-        Some(Loaded {
-            value: entry.value.clone()?,
+        let Found::Fresh(entry) = core.find(core.stores.handoff(), group, key, now) else {
+            return None;
+        };
+        let value = entry.value.clone()?;
+        let loaded = Loaded {
+            value,
             age_ms: entry.age_ms(now),
             fresh_ms: fresh_left(&entry, now),
             stale: false,
-        })
+        };
+        metrics::counter!("geecache_handoff_used_total", "group" => group.name()).increment(1);
+        let entry = Entry {
+            generation: lease.generation,
+            ..entry
+        };
+        if self
+            .core
+            .fill(core.stores.main(group), group, key, entry, lease)
+        {
+            core.stores.handoff().remove(group, key);
+        }
+        Some(loaded)
     }
 
     /// Peeks at the key's previous owner (under the ring before the last change, within the
@@ -1342,60 +1303,6 @@ mod tests {
 
     /// Each interleaving of a fill with an invalidation of its key, forced in turn: none
     /// leaves the value read before the invalidation in the store.
-    /// A handed-off entry is served from the handoff store; it moves into a full main store
-    /// (evicting this node's own entries) only once the handoff is half a grace window old.
-    #[test]
-    fn a_handed_off_entry_waits_to_move_into_a_full_main_store() {
-        let core = core();
-        core.handoff_grace_ms.store(60_000, Ordering::Relaxed);
-        let products = core.groups.get("products").unwrap();
-        let main = core.stores.main(products);
-        let own: Vec<String> = (0..4_000).map(|i| format!("own{i}")).collect();
-        for k in &own {
-            let lease = core.lease(products, k);
-            core.fill(
-                main,
-                products,
-                k,
-                value("a value of this node's own"),
-                lease,
-            );
-        }
-        main.maintain();
-        assert!(main.room() < 1_000, "main full: {} bytes free", main.room());
-        let held = |k: &str| main.get(products, k).is_some();
-        let resident: Vec<&String> = own.iter().filter(|k| held(k)).collect();
-        let entry = |key: &str| crate::peer::wire::HandoffEntry {
-            group: "products".into(),
-            key: key.into(),
-            value: Bytes::from_static(b"handed"),
-            age_ms: 0,
-            fresh_ms: None,
-            generation: 0,
-        };
-        let (kept, _) = core.receive_handoff([entry("moved")], 0, 0);
-        assert_eq!(kept, 1);
-        let now = clock::now_ms();
-        assert!(core.holds_handoff(now));
-        for _ in 0..3 {
-            let lease = core.lease(products, "moved");
-            let got = core.from_handoff(products, "moved", lease, now).unwrap();
-            assert_eq!(got.value.as_deref(), Some(&b"handed"[..]));
-        }
-        main.maintain();
-        assert!(!held("moved"), "moved into a full main store at once");
-        assert!(resident.iter().all(|k| held(k)), "an own entry was evicted");
-        // Half a grace window later, it moves.
-        let later = now + 30_000;
-        let lease = core.lease(products, "moved");
-        assert!(core.from_handoff(products, "moved", lease, later).is_some());
-        assert!(held("moved"));
-        assert!(core.stores.handoff().get(products, "moved").is_none());
-        // And the handoff store is known empty once its entries' lifetime is over.
-        assert!(core.holds_handoff(now + 59_000));
-        assert!(!core.holds_handoff(now + 61_000));
-    }
-
     #[test]
     fn no_interleaving_of_a_fill_and_an_invalidation_keeps_the_old_value() {
         let c = core();
