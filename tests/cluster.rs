@@ -616,6 +616,34 @@ async fn a_fetch_batch_answers_each_fetch_and_a_hit_does_not_wait_for_a_load() {
         (404, "unknown_group")
     );
     assert_eq!((at(3).0.status, at(3).0.error.as_str()), (400, "bad_key"));
+    // Too many fetches, a body that is no batch, a NUL in a key: 400 with a reason.
+    let many = FetchBatch {
+        fetches: (0..65).map(|i| fetch("products", &i.to_string())).collect(),
+    };
+    for body in [many.encode_to_vec(), b"\xff\xff\xff".to_vec()] {
+        let r = client
+            .post(format!("{}/_fetch_batch", c.peers[1]))
+            .bearer_auth(SECRET)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("bad_batch"));
+    }
+    let nul = FetchBatch {
+        fetches: vec![fetch("products", "1\0")],
+    };
+    let r = client
+        .post(format!("{}/_fetch_batch", c.peers[1]))
+        .bearer_auth(SECRET)
+        .body(nul.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    let body = r.bytes().await.unwrap();
+    let a = FetchAnswer::decode_length_delimited(body).unwrap();
+    assert_eq!((a.status, a.error.as_str()), (400, "bad_key"));
     // Without the secret, nothing.
     let open = client
         .post(format!("{}/_fetch_batch", c.peers[1]))
