@@ -707,16 +707,16 @@ async fn fetches_for_a_busy_owner_share_requests_and_hits_pass_its_loads() {
     }
     assert!(loads[cold.len()..].iter().all(|(s, _)| *s == 404));
 
-    let batches = asker.metric(&client, "geecache_peer_batches_total").await;
+    let batches = asker.metric(client, "geecache_peer_batches_total").await;
     let batched = asker
-        .metric(&client, "geecache_peer_batched_fetches_total")
+        .metric(client, "geecache_peer_batched_fetches_total")
         .await;
     assert!(
         batches >= 1.0 && batched >= 2.0 * batches,
         "{batches} batches of {batched}"
     );
     let errors = asker
-        .metric(&client, "geecache_peer_errors_total{group=\"products\"}")
+        .metric(client, "geecache_peer_errors_total{group=\"products\"}")
         .await;
     assert_eq!(errors, 0.0);
 }
@@ -797,7 +797,7 @@ async fn a_peer_without_batches_is_asked_one_key_at_a_time() {
     );
     assert!(node.log_text().contains("does not serve batched fetches"));
     let errors = node
-        .metric(&client, "geecache_peer_errors_total{group=\"products\"}")
+        .metric(client, "geecache_peer_errors_total{group=\"products\"}")
         .await;
     assert_eq!(errors, 0.0);
 }
