@@ -26,20 +26,17 @@ use crate::peer::wire::{
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(subtree("/_geecache", "/_geecache/{group}/{key}", by_path))
         .service(
-            web::resource(HANDOFF)
-                .app_data(web::PayloadConfig::new(HANDOFF_MAX_BODY))
-                .route(web::post().to(receive_handoff))
-                .default_service(web::to(|req: HttpRequest| async move {
-                    method_not_allowed_response(&req, "POST")
-                })),
+            post_only(web::resource(HANDOFF).app_data(web::PayloadConfig::new(HANDOFF_MAX_BODY)))
+                .route(web::post().to(receive_handoff)),
         )
-        .service(
-            web::resource(FETCH_BATCH)
-                .route(web::post().to(fetch_batch))
-                .default_service(web::to(|req: HttpRequest| async move {
-                    method_not_allowed_response(&req, "POST")
-                })),
-        );
+        .service(post_only(web::resource(FETCH_BATCH)).route(web::post().to(fetch_batch)));
+}
+
+/// A resource that answers 405 with `Allow: POST` to every other method.
+fn post_only(resource: actix_web::Resource) -> actix_web::Resource {
+    resource.default_service(web::to(|req: HttpRequest| async move {
+        method_not_allowed_response(&req, "POST")
+    }))
 }
 
 /// `POST /_fetch_batch`: each fetch as a `GET /_geecache/{group}/{key}` would answer it, all
@@ -67,26 +64,28 @@ async fn fetch_batch(
             async move { fetch_one(&state, index as u32, fetch).await }
         })
         .collect();
-    let mut first = bytes::BytesMut::new();
-    while let Some(Some(answer)) = pending.next().now_or_never() {
-        answer.encode_length_delimited(&mut first).ok();
-    }
+    let encode = |answers: &mut dyn Iterator<Item = FetchAnswer>| {
+        let mut out = bytes::BytesMut::new();
+        for answer in answers {
+            answer.encode_length_delimited(&mut out).ok();
+        }
+        out.freeze()
+    };
+    let first = encode(&mut std::iter::from_fn(|| {
+        pending.next().now_or_never().flatten()
+    }));
     let ok = || {
         let mut res = HttpResponse::Ok();
         res.content_type("application/octet-stream");
         res
     };
     if pending.is_empty() {
-        return Ok(ok().body(first.freeze()));
+        return Ok(ok().body(first));
     }
-    let rest = pending.ready_chunks(FETCH_BATCH_MAX).map(|answers| {
-        let mut chunk = bytes::BytesMut::new();
-        for answer in answers {
-            answer.encode_length_delimited(&mut chunk).ok();
-        }
-        Ok::<_, std::convert::Infallible>(chunk.freeze())
-    });
-    let head = futures_util::stream::once(async move { Ok(first.freeze()) });
+    let rest = pending
+        .ready_chunks(FETCH_BATCH_MAX)
+        .map(move |answers| Ok::<_, std::convert::Infallible>(encode(&mut answers.into_iter())));
+    let head = futures_util::stream::once(async move { Ok(first) });
     Ok(ok().streaming(head.chain(rest)))
 }
 

@@ -446,12 +446,9 @@ impl DataPath {
             .await?;
         match status {
             200 => answer(body),
-            421 if their_epoch.is_some() => Err(PeerError::StaleEpoch(their_epoch.unwrap_or(0))),
-            404 if !String::from_utf8_lossy(&body).contains("unknown_group") => {
-                Err(PeerError::NotFound)
-            }
-            _ => Err(PeerError::Status(
+            _ => Err(fetch_refused(
                 status,
+                their_epoch,
                 String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
             )),
         }
@@ -662,9 +659,21 @@ fn fetch_answered(answer: FetchAnswer) -> Result<PeerAnswer, PeerError> {
     match (answer.status, answer.response) {
         (200, Some(response)) => Ok(peer_answer(response)),
         (200, None) => Err(PeerError::Decode("a batch answer without its value".into())),
-        (421, _) => Err(PeerError::StaleEpoch(answer.epoch)),
-        (404, _) if answer.error != "unknown_group" => Err(PeerError::NotFound),
-        (status, _) => Err(PeerError::Status(status as u16, answer.error)),
+        (status, _) => Err(fetch_refused(
+            u16::try_from(status).unwrap_or(u16::MAX),
+            Some(answer.epoch),
+            answer.error,
+        )),
+    }
+}
+
+/// A fetch that was not answered 200, alone or in a batch: `reason` is the error's body or
+/// code, `epoch` the owner's (on 421).
+fn fetch_refused(status: u16, epoch: Option<u64>, reason: String) -> PeerError {
+    match (status, epoch) {
+        (421, Some(theirs)) => PeerError::StaleEpoch(theirs),
+        (404, _) if !reason.contains("unknown_group") => PeerError::NotFound,
+        _ => PeerError::Status(status, reason),
     }
 }
 
