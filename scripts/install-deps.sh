@@ -16,6 +16,7 @@ command -v python3 >/dev/null || need+=(python3)      # load/ scripts
 command -v debootstrap >/dev/null || need+=(debootstrap)   # the local Debian base image
 command -v objcopy >/dev/null || need+=(binutils)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v promtool >/dev/null || need+=(prometheus)   # promtool check metrics, in the metrics test
 
 python3 -c 'import moto.server' 2>/dev/null || pip install -q 'moto[server]>=5.1,<6'   # the AWS emulator
 command -v checkov >/dev/null || pip install -q 'checkov>=3.2,<4'                        # Terraform policy checks
@@ -27,6 +28,7 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Debian's package starts a default cluster; the tests do not use it.
   $SUDO service postgresql stop >/dev/null 2>&1 || true
+  $SUDO service prometheus stop >/dev/null 2>&1 || true   # only its promtool is used
 else
   echo "all present"
 fi

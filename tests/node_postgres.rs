@@ -252,4 +252,29 @@ async fn every_metric_has_help_and_the_gauges_exist_at_the_first_scrape() {
         .filter(|name| !body.contains(&format!("# HELP {name} ")))
         .collect();
     assert!(missing.is_empty(), "no HELP for {missing:?}");
+    // Prometheus's own linter (Debian's `prometheus` package, which scripts/install-deps.sh
+    // installs) finds nothing: names, units, HELP and TYPE as it wants them.
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-deps.sh installs it)");
+    use std::io::Write;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "promtool check metrics: {findings}"
+    );
 }
