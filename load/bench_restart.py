@@ -34,7 +34,7 @@ def main():
             3, "--rate", 2500, "--concurrency", 256, "--duration", f"{SECS}s",
             json_path=f"{work}/load.json")
         t0 = time.time()
-        per_s = {}
+        per_s, per_node = {}, {}
 
         def scrape():
             prev = None
@@ -48,6 +48,7 @@ def main():
                 if prev and all(c is not None and p is not None and c >= p
                                 for c, p in zip(cur, prev)):
                     per_s[round(time.time() - t0)] = sum(c - p for c, p in zip(cur, prev))
+                    per_node[round(time.time() - t0)] = [c - p for c, p in zip(cur, prev)]
                 prev = cur
                 time.sleep(1)
         th = threading.Thread(target=scrape)
@@ -72,6 +73,11 @@ def main():
         peak = max(sum(after[i:i + 3]) / 3 for i in range(len(after) - 2))
         print(f"  node {node} at {at} s: {base:,.0f} queries/s before; {sum(a - base for a in after):,.0f}"
               f" queries above it over the next 10 s; 3-s peak {peak:,.0f} ({peak / base:.2f}x)")
+        print("    second  node 1  node 2  node 3   (queries; a restarted node's first second"
+              " back is missing)")
+        for t in range(at - 2, at + 11):
+            row = per_node.get(t)
+            print(f"    {t - at:+6d}  " + ("  ".join(f"{q:6,.0f}" for q in row) if row else "   -"))
 
 
 if __name__ == "__main__":
