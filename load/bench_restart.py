@@ -40,15 +40,16 @@ def main():
             prev = None
             while time.time() < t0 + SECS:
                 cur = []
-                for i in (1, 2, 3):
+                for n, i in enumerate((1, 2, 3)):
                     try:
                         cur.append(metric_sum(cl.api(i), "geecache_source_duration_seconds_count"))
-                    except Exception:
-                        cur.append(None)
-                if prev and all(c is not None and p is not None and c >= p
-                                for c, p in zip(cur, prev)):
-                    per_s[round(time.time() - t0)] = sum(c - p for c, p in zip(cur, prev))
-                    per_node[round(time.time() - t0)] = [c - p for c, p in zip(cur, prev)]
+                    except Exception:  # away: idle this second (as geeload counts it)
+                        cur.append(prev[n] if prev else None)
+                if prev and None not in cur and None not in prev:
+                    # A counter that went down is a restarted node: all of it is new.
+                    d = [c - p if c >= p else c for c, p in zip(cur, prev)]
+                    per_s[round(time.time() - t0)] = sum(d)
+                    per_node[round(time.time() - t0)] = d
                 prev = cur
                 time.sleep(1)
         th = threading.Thread(target=scrape)
@@ -68,13 +69,13 @@ def main():
     print(f"\nrestarts under Zipf at 2,500 req/s, flags: {' '.join(extra) or 'defaults'}")
     for at, node in RESTARTS:
         before = [per_s[t] for t in range(at - 6, at) if t in per_s]
-        after = [per_s[t] for t in range(at + 1, at + 11) if t in per_s]
+        after = [per_s[t] for t in range(at, at + 10) if t in per_s]
         base = sum(before) / len(before)
         peak = max(sum(after[i:i + 3]) / 3 for i in range(len(after) - 2))
         print(f"  node {node} at {at} s: {base:,.0f} queries/s before; {sum(a - base for a in after):,.0f}"
               f" queries above it over the next 10 s; 3-s peak {peak:,.0f} ({peak / base:.2f}x)")
-        print("    second  node 1  node 2  node 3   (queries; a restarted node's first second"
-              " back is missing)")
+        print("    second  node 1  node 2  node 3   (queries; a node that is away counts 0,"
+              " and its last queries before it left are not seen)")
         for t in range(at - 2, at + 11):
             row = per_node.get(t)
             print(f"    {t - at:+6d}  " + ("  ".join(f"{q:6,.0f}" for q in row) if row else "   -"))

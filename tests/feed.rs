@@ -137,6 +137,40 @@ fn proxied_node(pg: &Pg, proxy: &Proxy, max_staleness: &str) -> NodeProc {
 
 use common::Proxy;
 
+/// `--feed-poll` sets how often the feed is read: a change takes up to that long to arrive, and
+/// the lag (time since the last poll) rises toward it between polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_poll_sets_how_often_a_node_reads_the_feed() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(10);
+    let node = NodeProc::spawn(&[
+        "--source",
+        "postgres",
+        "--database-url",
+        &pg.url(),
+        "--feed-poll",
+        "1s",
+    ]);
+    let url = format!("{}/api?key=Tom", node.api);
+    assert_eq!(warm(&c, &url).await, b"630");
+    let mut most: f64 = 0.0;
+    for _ in 0..25 {
+        most = most.max(metric_sum(&c, &node.api, "geecache_feed_lag_seconds").await);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(
+        (0.5..2.0).contains(&most),
+        "the largest lag seen over 1.5 s of 1-s polls: {most}"
+    );
+    // A change still arrives, at the next poll.
+    pg.psql(
+        "geecache",
+        "UPDATE scores SET value = '777' WHERE name = 'Tom'",
+    );
+    until(&c, &url, b"777", Duration::from_secs(3)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_feed_connection_replays_what_it_missed() {
     let c = client();
@@ -211,6 +245,13 @@ async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_hea
     let node = proxied_node(&pg, &proxy, "1s");
     let url = format!("{}/api?key=Tom", node.api);
     assert_eq!(warm(&c, &url).await, b"630");
+    // The polls are the feed's heartbeat: on an idle database its lag stays near the poll
+    // interval, and it grows while the feed cannot be read.
+    let lag = "geecache_feed_lag_seconds";
+    let idle = metric_sum(&c, &node.api, lag).await;
+    assert!(idle < 0.5, "an idle feed's lag: {idle}");
+    let position = metric_sum(&c, &node.api, "geecache_feed_position").await;
+    assert!(position > 0.0, "no feed position: {position}");
     proxy.cut(true);
     pg.psql(
         "geecache",
@@ -218,6 +259,8 @@ async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_hea
     );
     // Past max_staleness (1 s) without the feed, the old value is not answered as fresh.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cut = metric_sum(&c, &node.api, lag).await;
+    assert!(cut >= 1.0, "the lag of a feed cut off for 1.5 s: {cut}");
     let r = c.get(&url).send().await.unwrap();
     let cache = r
         .headers()
@@ -230,6 +273,25 @@ async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_hea
     );
     proxy.cut(false);
     until(&c, &url, b"800", Duration::from_secs(8)).await;
+    // The feed's own connection comes back too (its stalled poll ends, or times out after 2 s
+    // and it reconnects), and its lag falls back to the poll interval.
+    let healed_at = Instant::now();
+    loop {
+        let healed = metric_sum(&c, &node.api, lag).await;
+        if healed < 0.5 {
+            break;
+        }
+        assert!(
+            healed_at.elapsed() < Duration::from_secs(5),
+            "the lag 5 s after healing: {healed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved = metric_sum(&c, &node.api, "geecache_feed_position").await;
+    assert!(
+        moved > position,
+        "the position after the update: {moved} <= {position}"
+    );
     // Cached again once the feed is back (a load that landed before the replay's invalidation
     // may cost one more miss).
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -563,6 +563,31 @@ async fn delete_needs_the_admin_token_and_reaches_every_node_and_the_frontend() 
         let (s, _, _, body) = fetch(&c, &format!("{api}/api/text/a")).await;
         assert_eq!((s, body.as_str()), (200, "changed"), "{api}");
     }
+    // `geecache cluster purge` works on a configured group: every node and the frontend load
+    // it again.
+    pg.psql(
+        "geecache",
+        "UPDATE notes SET body = 'purged' WHERE id = 'a'",
+    );
+    for api in &cl.apis {
+        assert_eq!(fetch(&c, &format!("{api}/api/text/a")).await.3, "changed");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
+        .args(["cluster", "purge", "text", "--addr", &cl.apis[2]])
+        .args(["--peer-secret", common::TEST_SECRET])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("purged text"),
+        "{out:?}"
+    );
+    for api in &cl.apis {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while fetch(&c, &format!("{api}/api/text/a")).await.3 != "purged" {
+            assert!(Instant::now() < deadline, "{api} kept the purged value");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     // The query form, and a node that cannot be reached is reported.
     let r = delete(&c, &cl.apis[0], "/api?group=text&key=a", Some(ADMIN)).await;
     assert_eq!(r.status(), 204);
