@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every node these scripts start shares this peer secret (nodes refuse to run without one).
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
 OUT = os.path.join(ROOT, "load/out")
-BIN = os.path.join(ROOT, "target/release/geecache")
+BIN = os.environ.get("GEECACHE_BIN", os.path.join(ROOT, "target/release/geecache"))  # A/B: another build
 GEELOAD = os.path.join(ROOT, "target/release/geeload")
 BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
 
