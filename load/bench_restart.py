@@ -7,7 +7,7 @@ second, each node's source queries; per restart, the queries above the 6 s befor
 
   python3 load/bench_restart.py [node flags, e.g. --handoff-send false]
 """
-import os, signal, sys, tempfile, threading, time
+import os, shutil, signal, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402
@@ -64,6 +64,7 @@ def main():
         th.join()
         front.kill()
         cl.stop()
+        shutil.rmtree(work, ignore_errors=True)
     finally:
         pg.stop()
     print(f"\nrestarts under Zipf at 2,500 req/s, flags: {' '.join(extra) or 'defaults'}")
