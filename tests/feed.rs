@@ -334,6 +334,43 @@ async fn a_feed_pruned_past_a_node_drops_its_groups() {
     assert_eq!(drops, 1.0, "dropped, counted by cause");
 }
 
+/// `--feed-retention` on one node prunes what another, cut off, has not read; that one drops
+/// its groups when it is back. (Without the retention, rows a node seen in the last minute
+/// has not read are kept.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_retention_prunes_past_a_node_that_is_away() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(10);
+    let _pruner = NodeProc::spawn(&[
+        "--source",
+        "postgres",
+        "--database-url",
+        &pg.url(),
+        "--feed-retention",
+        "1s",
+    ]);
+    let proxy = Proxy::to(pg.port);
+    let away = proxied_node(&pg, &proxy, "30s");
+    let url = format!("{}/api/products/4", away.api);
+    warm(&c, &url).await;
+    proxy.cut(true);
+    pg.psql(
+        "geecache",
+        "UPDATE products SET value = 'pruned-4' WHERE id = 4",
+    );
+    // The pruner prunes every 5 s; the change is older than its retention by then.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg.psql("geecache", "SELECT count(*) FROM geecache.changes") != "0" {
+        assert!(Instant::now() < deadline, "never pruned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.cut(false);
+    until(&c, &url, b"pruned-4", Duration::from_secs(8)).await;
+    let drops = metric_sum(&c, &away.api, "geecache_feed_drops_total").await;
+    assert_eq!(drops, 1.0, "dropped, counted by cause");
+}
+
 /// A config of people(id, name) with negative caching, invalidated by its own table; and a
 /// slow group whose load holds its snapshot inside PostgreSQL.
 const PEOPLE: &str = r#"
