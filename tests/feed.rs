@@ -135,14 +135,6 @@ fn proxied_node(pg: &Pg, proxy: &Proxy, max_staleness: &str) -> NodeProc {
     NodeProc::spawn(&args)
 }
 
-/// A node on `pg` (its feed included), with `extra` flags.
-fn pg_node(pg: &Pg, extra: &[&str]) -> NodeProc {
-    let url = pg.url();
-    let mut args = vec!["--source", "postgres", "--database-url", &url];
-    args.extend_from_slice(extra);
-    NodeProc::spawn(&args)
-}
-
 use common::Proxy;
 
 /// `--feed-poll` sets how often the feed is read: a change takes up to that long to arrive, and
@@ -152,7 +144,7 @@ async fn feed_poll_sets_how_often_a_node_reads_the_feed() {
     let c = client();
     let pg = Pg::start();
     pg.seed(10);
-    let node = pg_node(&pg, &["--feed-poll", "1s"]);
+    let node = pg.node(&["--feed-poll", "1s"]);
     let url = format!("{}/api?key=Tom", node.api);
     assert_eq!(warm(&c, &url).await, b"630");
     let mut most: f64 = 0.0;
@@ -177,7 +169,7 @@ async fn a_killed_feed_connection_replays_what_it_missed() {
     let c = client();
     let pg = Pg::start();
     pg.seed(10);
-    let node = pg_node(&pg, &[]);
+    let node = pg.node(&[]);
     let url = format!("{}/api?key=Tom", node.api);
     assert_eq!(warm(&c, &url).await, b"630");
     // Kill the feed's connection and change the row before it can be back.
@@ -199,7 +191,7 @@ async fn a_postgresql_restart_loses_no_change() {
     let c = client();
     let pg = Pg::start();
     pg.seed(10);
-    let node = pg_node(&pg, &[]);
+    let node = pg.node(&[]);
     let url = format!("{}/api?key=Jack", node.api);
     assert_eq!(warm(&c, &url).await, b"589");
     pg.stop();
@@ -343,7 +335,7 @@ async fn feed_retention_prunes_past_a_node_that_is_away() {
     let c = client();
     let pg = Pg::start();
     pg.seed(10);
-    let _pruner = pg_node(&pg, &["--feed-retention", "1s"]);
+    let _pruner = pg.node(&["--feed-retention", "1s"]);
     let proxy = Proxy::to(pg.port);
     let away = proxied_node(&pg, &proxy, "30s");
     let url = format!("{}/api/products/4", away.api);

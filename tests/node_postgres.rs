@@ -10,18 +10,11 @@ use futures_util::future::join_all;
 
 const PRODUCTS_QUERY: &str = "%FROM products WHERE id%";
 
-fn pg_node(pg: &Pg, extra: &[&str]) -> NodeProc {
-    let url = pg.url();
-    let mut args = vec!["--source", "postgres", "--database-url", url.as_str()];
-    args.extend_from_slice(extra);
-    NodeProc::spawn(&args)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_misses_reach_postgres_once() {
     let pg = Pg::start();
     pg.seed(1000);
-    let node = pg_node(&pg, &[]);
+    let node = pg.node(&[]);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(600)
         .build()
@@ -75,10 +68,7 @@ async fn five_hundred_concurrent_misses_reach_postgres_once() {
 async fn database_outage_is_a_5xx_then_heals_without_restart() {
     let pg = Pg::start();
     pg.seed(100);
-    let node = pg_node(
-        &pg,
-        &["--statement-timeout", "1s", "--connect-timeout", "1s"],
-    );
+    let node = pg.node(&["--statement-timeout", "1s", "--connect-timeout", "1s"]);
     let client = reqwest::Client::new();
     let api = |k: &str| format!("{}/api?group=products&key={k}", node.api);
 
@@ -109,7 +99,7 @@ async fn database_outage_is_a_5xx_then_heals_without_restart() {
 async fn a_stuck_query_is_a_504_within_the_statement_timeout() {
     let pg = Pg::start();
     pg.seed(100);
-    let node = pg_node(&pg, &["--statement-timeout", "500ms"]);
+    let node = pg.node(&["--statement-timeout", "500ms"]);
     let client = reqwest::Client::new();
     let db = common::lock_products(&pg).await;
 
@@ -131,7 +121,7 @@ async fn a_stuck_query_is_a_504_within_the_statement_timeout() {
 async fn embedded_and_seeded_postgres_answer_the_same_bytes() {
     let pg = Pg::start();
     pg.seed(1000);
-    let on_pg = pg_node(&pg, &[]);
+    let on_pg = pg.node(&[]);
     let embedded = NodeProc::spawn(&["--products", "1000", "--embedded-latency", "0ms"]);
     let client = reqwest::Client::new();
     let mut paths: Vec<String> = ["Tom", "Jack", "Sam", "Nobody"]
@@ -219,7 +209,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 async fn every_metric_has_help_and_the_gauges_exist_at_the_first_scrape() {
     let pg = Pg::start();
     pg.seed(10);
-    let node = pg_node(&pg, &[]);
+    let node = pg.node(&[]);
     let client = reqwest::Client::new();
     // The first scrape, before any request: the stores' gauges are there.
     let first = common::metrics_text(&client, &node.api).await;

@@ -160,6 +160,14 @@ impl Pg {
         format!("postgres://postgres@127.0.0.1:{}/geecache", self.port)
     }
 
+    /// A node on this database (`--source postgres`, its feed included), with `extra` flags.
+    pub fn node(&self, extra: &[&str]) -> NodeProc {
+        let url = self.url();
+        let mut args = vec!["--source", "postgres", "--database-url", &url];
+        args.extend_from_slice(extra);
+        NodeProc::spawn(&args)
+    }
+
     /// The URL of the same database through another port (a `Proxy`).
     pub fn url_via(&self, port: u16) -> String {
         format!("postgres://postgres@127.0.0.1:{port}/geecache")
