@@ -575,6 +575,19 @@ impl Config {
         if self.feed_poll < Duration::from_millis(1) {
             anyhow::bail!("--feed-poll must be at least 1ms");
         }
+        // A node that polls less often than --max-staleness never has a fresh value of a
+        // feed-backed group; a retention of 0 prunes what nobody has read yet, and every node
+        // then drops its groups at each prune.
+        if self.feed_poll >= self.max_staleness {
+            anyhow::bail!(
+                "--feed-poll ({:?}) must be shorter than --max-staleness ({:?})",
+                self.feed_poll,
+                self.max_staleness
+            );
+        }
+        if self.feed_retention.is_zero() {
+            anyhow::bail!("--feed-retention must be more than 0s");
+        }
         if self.loader_mailbox == 0 || self.max_in_flight == 0 {
             anyhow::bail!("loader_mailbox and max_in_flight must be at least 1");
         }
@@ -833,6 +846,9 @@ mod tests {
         assert!(refused(&["--keep-alive", "0s"]).contains("--keep-alive"));
         assert!(refused(&["--peer-batch", "0"]).contains("--peer-batch"));
         assert!(refused(&["--peer-batch", "65"]).contains("--peer-batch"));
+        assert!(refused(&["--feed-poll", "5s"]).contains("shorter than --max-staleness"));
+        assert!(refused(&["--feed-poll", "99999999999h"]).contains("--feed-poll"));
+        assert!(refused(&["--feed-retention", "0s"]).contains("--feed-retention"));
         let ok = node_config(["--insecure-open-peer-port", "--workers", "256"]);
         assert!(ok.is_ok(), "{:?}", ok.err());
     }
