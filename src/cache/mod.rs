@@ -163,10 +163,15 @@ impl Stores {
             .all()
             .map(|g| g.def().cache_bytes.map(|b| pair(b, Some(g))))
             .collect();
+        // As large as a node's whole cache: a leaving node sends each new owner up to its
+        // --cache-bytes, and one successor can own most of its keys (crc32's vnode points
+        // are unevenly spaced: in a 3-node restart one successor took 82 % of what the
+        // leaving node sent). At half of it, moka evicted a quarter of a restarted node's
+        // entries before they could go back. It holds entries only for --handoff-grace.
         let handoff_bytes = if frontend {
             1024
         } else {
-            (cache_bytes / 2).max(1024)
+            cache_bytes.max(1024)
         };
         let handoff_ttl = handoff_ttl.max(Duration::from_secs(1));
         let handoff = Store::new("handoff", handoff_bytes, Some(handoff_ttl), groups, None);
@@ -1339,6 +1344,52 @@ mod tests {
         assert_eq!(
             c.stores.main(g).recheck(g, "k").unwrap().value.unwrap(),
             "v2"
+        );
+    }
+
+    /// Everything a neighbour with the same --cache-bytes sends from its full main store to
+    /// this node, whose main store is full too, is kept until it goes back: with the handoff
+    /// store at half of --cache-bytes, moka evicted part of it.
+    #[test]
+    fn a_full_neighbours_handoff_fits_beside_a_full_main_store() {
+        let c = core();
+        c.handoff_grace_ms.store(60_000, Ordering::Relaxed);
+        let g = c.groups.get("products").unwrap();
+        let v = Bytes::from(vec![b'x'; 1000]);
+        let weight = u64::from(store::entry_weight(8 + 3, v.len()));
+        // What fills a main store (7/8 of the 1 MiB cache; the rest is the hot cache).
+        let main_bytes = (1u64 << 20) - (1 << 20) / 8;
+        let n = (main_bytes / weight) as usize;
+        for i in 0..n + 50 {
+            let key = format!("own{i:05}");
+            let lease = c.lease(g, &key);
+            let e = Entry::loaded(Some(v.clone()), 0, clock::now_ms(), None);
+            c.fill(c.stores.main(g), g, &key, e, lease);
+        }
+        c.stores.main(g).maintain();
+        assert!(c.stores.main(g).room() < weight, "the main store is full");
+        let sent = (0..n).map(|i| crate::peer::wire::HandoffEntry {
+            group: "products".into(),
+            key: format!("got{i:05}"),
+            value: v.clone(),
+            age_ms: 10,
+            fresh_ms: None,
+            generation: 0,
+        });
+        let (kept, refused) = c.receive_handoff(sent, 0, 0);
+        assert_eq!((kept, refused), (n as u64, 0));
+        c.stores.handoff().maintain();
+        let held = (0..n)
+            .filter(|i| {
+                c.stores
+                    .handoff()
+                    .recheck(g, &format!("got{i:05}"))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(
+            held, n,
+            "entries handed off were evicted before they could go back"
         );
     }
 }
