@@ -20,7 +20,7 @@ from bench_hit import free_port, wait_http  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
-BIN = os.path.join(ROOT, "target/release/geecache")
+BIN = os.environ.get("GEECACHE_BIN", os.path.join(ROOT, "target/release/geecache"))  # A/B: another build
 GEELOAD = os.path.join(ROOT, "target/release/geeload")
 TICK = os.sysconf("SC_CLK_TCK")
 QUERY = ("SELECT value FROM products WHERE id = "

@@ -657,3 +657,41 @@ async fn no_stale_value_survives_3_5_3_while_rows_change() {
         &stale[..stale.len().min(5)]
     );
 }
+
+/// README, "the feed is not installed": the node logs an error and its feed-backed groups
+/// cache nothing, every read a load (the feed's poll, prepared once per connection, fails to
+/// prepare there, as its text did before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_feed_installed_a_node_says_so_and_caches_nothing() {
+    let c = client();
+    let pg = Pg::start();
+    pg.seed(10);
+    pg.psql("geecache", "DROP SCHEMA geecache CASCADE");
+    pg.psql("geecache", "SELECT pg_stat_statements_reset()");
+    let node = pg.node(&[]);
+    node.wait_ready();
+    let url = format!("{}/api?key=Sam", node.api);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node
+        .log_text()
+        .contains("feed: not installed in this database")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no error logged:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..3 {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_ne!(
+            r.headers().get("x-cache").map(|v| v.as_bytes()),
+            Some(&b"HIT"[..]),
+            "a feed-backed value was cached without the feed"
+        );
+        assert_eq!(r.bytes().await.unwrap(), &b"567"[..]);
+    }
+    assert!(pg.calls("%FROM scores%") >= 3, "every read is a load");
+}

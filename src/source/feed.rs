@@ -180,7 +180,18 @@ impl Follower {
     }
 
     /// One poll on `client`; applies what it read.
-    async fn poll(&mut self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    /// `prepared` is the session's `POLL`, prepared by its first poll: a query by text is
+    /// parsed, planned and described by PostgreSQL each time (two round trips), at every
+    /// `--feed-poll` of every node.
+    async fn poll(
+        &mut self,
+        client: &tokio_postgres::Client,
+        prepared: &mut Option<tokio_postgres::Statement>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let statement = match prepared {
+            Some(s) => s.clone(),
+            None => prepared.insert(client.prepare(POLL).await?).clone(),
+        };
         let sent = clock::now_ms();
         let (from, xip) = match &self.prev {
             Some(p) => (
@@ -190,7 +201,7 @@ impl Follower {
             // The first poll only learns where it stands.
             None => (u64::MAX.to_string(), Vec::<String>::new()),
         };
-        let rows = client.query(POLL, &[&from, &xip]).await?;
+        let rows = client.query(&statement, &[&from, &xip]).await?;
         let (mut snap, mut pruned_below, mut changes) = (Snapshot::default(), 0u64, Vec::new());
         for row in &rows {
             if let Some(s) = row.get::<_, Option<&str>>(0) {
@@ -341,12 +352,13 @@ async fn session(f: &mut Follower, first: bool) -> &'static str {
     let mut conn = actix_rt::spawn(connection);
     let mut tick = tokio::time::interval(f.settings.poll_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prepared = None;
     let cause = loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut conn => break "connection_closed",
         }
-        match tokio::time::timeout(POLL_TIMEOUT, f.poll(&client)).await {
+        match tokio::time::timeout(POLL_TIMEOUT, f.poll(&client, &mut prepared)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
                 tracing::error!(
