@@ -438,6 +438,12 @@ impl Proxy {
                                 match from.read(&mut buf) {
                                     Ok(0) => break,
                                     Ok(n) => {
+                                        // A read begun before the cut can return after it:
+                                        // what it got waits for the cut to heal (else a
+                                        // poll sent just after the cut went through).
+                                        while flag.load(Ordering::SeqCst) {
+                                            std::thread::sleep(Duration::from_millis(20));
+                                        }
                                         if to.write_all(&buf[..n]).is_err() {
                                             break;
                                         }
