@@ -54,7 +54,7 @@ variable "cache_bytes" {
   default = 402653184
   # 384 MiB in a 1 GiB task: for --handoff-grace after a neighbour leaves, what it sent can
   # take as much again (the handoff store), and each store's hash table is sized at startup
-  # (about 50 MiB each at this size): 2 x (384 + 50) MiB plus the runtime fits; 512 MiB did not.
+  # (about 50 MiB each at this size): 2 x (384 + 50) MiB plus the runtime fits; 512 MiB would not (computed, not measured).
   description = "--cache-bytes of each task; a task needs about 2.3x this in memory (README, Memory)."
 }
 variable "alb_idle_timeout" {
