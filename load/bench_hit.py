@@ -13,7 +13,7 @@ import argparse, json, os, re, socket, statistics, subprocess, sys, time, urllib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every node these scripts start shares this peer secret (nodes refuse to run without one).
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
-BIN = os.path.join(ROOT, "target/release/geecache")
+BIN = os.environ.get("GEECACHE_BIN", os.path.join(ROOT, "target/release/geecache"))  # A/B: another build
 BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
 LUA = os.path.join(ROOT, "load/keys.lua")
 TICK = os.sysconf("SC_CLK_TCK")

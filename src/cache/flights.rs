@@ -4,6 +4,7 @@
 //! interleaving: join while a flight is open, finish with waiters that went away, and so on.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
 /// What `join` decided for a caller.
@@ -35,15 +36,19 @@ impl<K: Hash + Eq, W> Flights<K, W> {
 
     /// Adds `waiter` to the flight for `key`, opening the flight when there is none.
     pub fn join(&mut self, key: K, waiter: W) -> Result<Joined, TooManyFlights<W>> {
-        if let Some(waiters) = self.open.get_mut(&key) {
-            waiters.push(waiter);
-            return Ok(Joined::Follower);
+        // One hash of the key either way (it is hashed again only when the flight lands).
+        let full = self.open.len() >= self.max_flights;
+        match self.open.entry(key) {
+            Entry::Occupied(mut open) => {
+                open.get_mut().push(waiter);
+                Ok(Joined::Follower)
+            }
+            Entry::Vacant(_) if full => Err(TooManyFlights(waiter)),
+            Entry::Vacant(slot) => {
+                slot.insert(vec![waiter]);
+                Ok(Joined::Leader)
+            }
         }
-        if self.open.len() >= self.max_flights {
-            return Err(TooManyFlights(waiter));
-        }
-        self.open.insert(key, vec![waiter]);
-        Ok(Joined::Leader)
     }
 
     /// Closes the flight for `key` and hands back everyone who waited on it.

@@ -643,7 +643,7 @@ impl Cache {
             Found::Stale(entry) => fallback = Some(entry),
             Found::Absent => {}
         }
-        if let Route::Remote(_) = core.cluster.route(key) {
+        if !core.cluster.owns(key) {
             core.policy.requested_remote(group, key);
         }
         if let Found::Fresh(entry) = core.find(core.stores.hot(group), group, key, now) {
@@ -705,7 +705,7 @@ impl Cache {
         let counters = core.counters.group(group);
         counters.server_requests.increment(1);
         let mine = core.cluster.epoch();
-        if epoch.is_some_and(|e| e < mine) && core.cluster.route(key) != Route::Local {
+        if epoch.is_some_and(|e| e < mine) && !core.cluster.owns(key) {
             return Err(LoadError::NotOwner(mine));
         }
         if !group.accepts(key) {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -107,8 +107,9 @@ pub enum Changed {
 pub struct PeerClient {
     http: reqwest::Client,
     data: Arc<DataPath>,
-    /// Fetches waiting to go to each peer, batched (see [`Batcher`]).
-    queues: Mutex<HashMap<Arc<str>, mpsc::UnboundedSender<Ask>>>,
+    /// Fetches waiting to go to each peer, batched (see [`Batcher`]). Keyed by the ring's
+    /// member URLs, not by anything a client sends: a fast hash, not SipHash, at every fetch.
+    queues: Mutex<HashMap<Arc<str>, mpsc::UnboundedSender<Ask>, foldhash::fast::RandomState>>,
     /// Most fetches in one exchange; 1: one request per fetch, never a batch.
     batch_max: usize,
 }
@@ -150,7 +151,7 @@ impl PeerClient {
                 timeout: settings.timeout,
                 max_body: settings.max_value_bytes.saturating_add(1024),
             }),
-            queues: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::default()),
             batch_max: settings.batch_max.clamp(1, FETCH_BATCH_MAX),
         })
     }
@@ -199,8 +200,13 @@ impl PeerClient {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let peer: Arc<str> = peer.into();
+        let batch_uri = format!("{peer}{FETCH_BATCH}")
+            .parse::<http::Uri>()
+            .map_err(|e| PeerError::Transport(format!("bad peer URL {peer:?}: {e}")));
         let batcher = Batcher {
             data: Arc::clone(&self.data),
+            host: batch_uri.as_ref().ok().and_then(host_header),
+            batch_uri,
             peer: Arc::clone(&peer),
             max: self.batch_max,
             singles_until: AtomicU64::new(0),
@@ -479,6 +485,10 @@ struct Ask {
 struct Batcher {
     data: Arc<DataPath>,
     peer: Arc<str>,
+    /// `POST {peer}/_fetch_batch` and its `Host`, made once: hyper would otherwise format the
+    /// `Host` header from the URI at every exchange, as this would the URI.
+    batch_uri: Result<http::Uri, PeerError>,
+    host: Option<HeaderValue>,
     max: usize,
     /// Until when (`clock::now_ms`) to send fetches one by one: the peer answered a batch 404.
     singles_until: AtomicU64,
@@ -554,14 +564,15 @@ impl Batcher {
         };
         let mut waiting: Vec<Option<Ask>> = asks.into_iter().map(Some).collect();
         let exchange = async {
-            let uri: http::Uri = format!("{}{FETCH_BATCH}", self.peer)
-                .parse()
-                .map_err(|e| PeerError::Transport(format!("bad peer URL {:?}: {e}", self.peer)))?;
+            let uri = self.batch_uri.clone()?;
             let mut req = http::Request::new(Full::new(Bytes::from(body.encode_to_vec())));
             *req.method_mut() = http::Method::POST;
             *req.uri_mut() = uri;
             if let Some(auth) = &data.auth {
                 req.headers_mut().insert(AUTHORIZATION, auth.clone());
+            }
+            if let Some(host) = &self.host {
+                req.headers_mut().insert(HOST, host.clone());
             }
             let res = data
                 .client
@@ -677,6 +688,20 @@ fn fetch_refused(status: u16, epoch: Option<u64>, reason: String) -> PeerError {
     }
 }
 
+/// The `Host` header hyper would send for `uri`: its host, and its port unless the scheme's
+/// default.
+fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match uri.port_u16() {
+        Some(port) if port != default => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        _ => HeaderValue::from_str(host).ok(),
+    }
+}
+
 /// hyper's error with its cause ("connection refused" is the cause's text, not the error's).
 fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
     match std::error::Error::source(e) {
@@ -757,5 +782,61 @@ mod tests {
             "{took:?}"
         );
         held.abort();
+    }
+
+    #[test]
+    fn the_host_header_is_the_one_hyper_would_send() {
+        let host = |u: &str| host_header(&u.parse().unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:8001/_fetch_batch"), "127.0.0.1:8001");
+        assert_eq!(host("http://cache-2.local/_fetch_batch"), "cache-2.local");
+        assert_eq!(
+            host("http://cache-2.local:80/_fetch_batch"),
+            "cache-2.local"
+        );
+        assert_eq!(host("https://cache-2.local:443/x"), "cache-2.local");
+        assert_eq!(host("https://cache-2.local:8443/x"), "cache-2.local:8443");
+    }
+
+    /// A batched fetch goes out with one `Host` header, the peer's, made once per peer.
+    #[tokio::test]
+    async fn a_batched_fetch_names_its_host_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its request's head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        let client = PeerClient::new(&PeerSettings {
+            timeout: Duration::from_secs(5),
+            secret: None,
+            max_value_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(30),
+            batch_max: 8,
+        })
+        .unwrap();
+        let group = Groups::demo().default_group();
+        let fetched = client
+            .fetch(&format!("http://{addr}"), group, "Tom", 1)
+            .await;
+        assert!(
+            matches!(fetched, Err(PeerError::Status(503, _))),
+            "{fetched:?}"
+        );
+        let head = server.await.unwrap();
+        assert!(head.starts_with(&format!("post {FETCH_BATCH} ")), "{head}");
+        assert_eq!(head.matches("\r\nhost: ").count(), 1, "{head}");
+        assert!(head.contains(&format!("\r\nhost: {addr}\r\n")), "{head}");
     }
 }

@@ -229,6 +229,15 @@ impl Cluster {
         self.generations[group.index()].load(Ordering::Acquire)
     }
 
+    /// Whether this node owns `key`: [`Cluster::route`] without the owner's name (no shared
+    /// reference count touched, which the hit path's threads would contend on).
+    pub fn owns(&self, key: &str) -> bool {
+        let view = self.view.load();
+        view.ring
+            .owner(key)
+            .is_none_or(|m| Some(&m.name) == self.self_name.as_ref())
+    }
+
     pub fn route(&self, key: &str) -> Route {
         let view = self.view.load();
         match view.ring.owner(key) {
@@ -340,6 +349,8 @@ mod tests {
         let mut local = 0;
         for i in 0..1000 {
             let k = i.to_string();
+            assert_eq!(a.owns(&k), a.route(&k) == Route::Local, "{k}");
+            assert_eq!(b.owns(&k), b.route(&k) == Route::Local, "{k}");
             match (a.route(&k), b.route(&k)) {
                 (Route::Local, Route::Remote(o)) => {
                     assert_eq!(&*o, "http://a:8001");
@@ -356,6 +367,7 @@ mod tests {
     fn a_lone_node_serves_everything_and_a_frontend_nothing() {
         let lone = Cluster::from_static(None, &[], true, demo(), RingHash::Crc32, 150);
         assert_eq!(lone.route("x"), Route::Local);
+        assert!(lone.owns("x"));
         let peers = ["http://a:8001".to_string()];
         let front = Cluster::from_static(
             Some("http://f:8001"),
@@ -366,6 +378,7 @@ mod tests {
             150,
         );
         assert_eq!(front.route("x"), Route::Remote("http://a:8001".into()));
+        assert!(!front.owns("x"));
     }
 
     fn ring_of(urls: &[&str]) -> Arc<Ring> {
