@@ -797,7 +797,8 @@ mod tests {
         assert_eq!(host("https://cache-2.local:8443/x"), "cache-2.local:8443");
     }
 
-    /// A batched fetch goes out with one `Host` header, the peer's, made once per peer.
+    /// A batched fetch goes out with one `Host` header, the peer's: the one the batcher sets,
+    /// not a second one from hyper.
     #[tokio::test]
     async fn a_batched_fetch_names_its_host_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
