@@ -454,6 +454,11 @@ impl Core {
             }
             seen.push(store);
             for (group, key, _) in store.values(self.groups) {
+                if handoff.is_some_and(|h| std::ptr::eq(h, store))
+                    && self.stores.main(group).holds(group, &key)
+                {
+                    continue; // sent from the main store (a handed-off entry's copy)
+                }
                 let Found::Fresh(entry) = self.find(store, group, &key, now) else {
                     continue;
                 };
@@ -512,11 +517,11 @@ impl Core {
     }
 
     /// Entries a neighbour sent (`POST /_handoff`) as it left, or as this node joined. Each
-    /// goes into the key's main store while that has room (a node that just joined: its
-    /// store is empty, and moka admits freely below its bound), else into the handoff store,
-    /// for this node's misses and for the peeks of the neighbour if it comes back: a full
-    /// main store would refuse it (moka admits a key over a resident only if it was asked
-    /// for more often) or evict this node's own entries for it. An entry is
+    /// goes into the handoff store, for this node's misses and for the peeks of the
+    /// neighbour if it comes back, and also into the key's main store while that has room (a
+    /// node that just joined: its store is empty, and moka admits freely below its bound).
+    /// Not into a full main store: that would refuse it (moka admits a key over a resident
+    /// only if it was asked for more often) or evict this node's own entries for it. An entry is
     /// kept only if it is as fresh as a load would be, as a peeked value (`handed_off`); the
     /// batch may have been under way up to `transit_ms`, which counts against its age. With
     /// `--handoff-grace 0s`, nothing is kept. Returns (kept, refused).
@@ -567,14 +572,26 @@ impl Core {
                     &mut room.last_mut().expect("just pushed").1
                 }
             };
-            let store = if *left >= weight {
+            let in_main = *left >= weight;
+            let store = if in_main {
                 *left -= weight;
                 main
             } else {
                 self.stores.handoff()
             };
+            // A copy in the handoff store too (the value's bytes are shared), for the grace:
+            // the main store's TinyLFU sketch is as new as the node and knows none of these
+            // keys, so the first keys asked for once outweigh them and moka evicts handed-off
+            // entries before their first read. Traced in a rolling restart (BENCHMARKS.md,
+            // issue 15): 8-10 keys of rank below 1,000 a second were evicted that way and
+            // loaded again, against under 1 before the restart. From the handoff store, a
+            // miss takes them back without a query (`Loader::pushed`).
+            let copy = in_main.then(|| entry.clone());
             if self.fill(store, group, &e.key, entry, lease) {
                 kept += 1;
+                if let Some(copy) = copy {
+                    self.fill(self.stores.handoff(), group, &e.key, copy, lease);
+                }
             } else {
                 refused += 1;
             }
@@ -933,8 +950,8 @@ impl Loader {
             .await
     }
 
-    /// The key from the handoff store (a neighbour sent it as it left), moved to the main
-    /// store.
+    /// The key from the handoff store (a neighbour sent it as it left, or as this node
+    /// joined), copied to the main store.
     fn pushed(&self, group: Group, key: &str, lease: Lease) -> Option<Loaded> {
         let core = &self.core;
         let now = clock::now_ms();
@@ -953,12 +970,10 @@ impl Loader {
             generation: lease.generation,
             ..entry
         };
-        if self
-            .core
-            .fill(core.stores.main(group), group, key, entry, lease)
-        {
-            core.stores.handoff().remove(group, key);
-        }
+        // The handoff store keeps its copy for the grace: the main store may evict this entry
+        // again before its sketch knows the key (see `Core::receive_handoff`).
+        self.core
+            .fill(core.stores.main(group), group, key, entry, lease);
         Some(loaded)
     }
 
@@ -1391,5 +1406,53 @@ mod tests {
             held, n,
             "entries handed off were evicted before they could go back"
         );
+    }
+
+    /// What a node is sent as it joins goes into its main store and, for the grace, into
+    /// its handoff store too (see `Core::receive_handoff`); when it hands off in turn, each
+    /// key goes once.
+    #[test]
+    fn a_joiners_entries_are_kept_twice_and_sent_once() {
+        let c = core();
+        c.handoff_grace_ms.store(60_000, Ordering::Relaxed);
+        let g = c.groups.get("products").unwrap();
+        let sent = (0..40).map(|i| crate::peer::wire::HandoffEntry {
+            group: "products".into(),
+            key: format!("k{i}"),
+            value: Bytes::from_static(b"v"),
+            age_ms: 10,
+            fresh_ms: None,
+            generation: 0,
+        });
+        assert_eq!(c.receive_handoff(sent, 0, 0), (40, 0));
+        for i in 0..40 {
+            let key = format!("k{i}");
+            assert!(c.stores.main(g).recheck(g, &key).is_some(), "{key} in main");
+            assert!(
+                c.stores.handoff().recheck(g, &key).is_some(),
+                "{key} in handoff"
+            );
+        }
+        let ring = crate::ring::Ring::new(
+            crate::ring::RingHash::Crc32,
+            150,
+            [crate::ring::Member::new("http://other")],
+        );
+        let (batches, complete) = c.handoff_batches(&ring, u64::MAX, true, |_| true);
+        assert!(complete);
+        let mut keys: Vec<String> = batches
+            .iter()
+            .flat_map(|(_, b)| {
+                b.iter()
+                    .flat_map(|b| b.entries.iter().map(|e| e.key.clone()))
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let count: usize = batches
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|b| b.entries.len()))
+            .sum();
+        assert_eq!((keys.len(), count), (40, 40), "each key sent once");
     }
 }

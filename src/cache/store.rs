@@ -165,6 +165,11 @@ impl Store {
         }
     }
 
+    /// Whether the store holds the key, without counting a read in moka's sketch.
+    pub fn holds(&self, group: Group, key: &str) -> bool {
+        self.cache.contains_key(&*cache_key(group, key))
+    }
+
     pub fn insert(&self, group: Group, key: &str, entry: Entry) {
         self.cache.insert(cache_key(group, key), entry);
     }
