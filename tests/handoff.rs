@@ -108,6 +108,38 @@ struct Joined {
     keys: Vec<String>,
 }
 
+/// Waits until node 4 has kept `n` entries it was sent as it joined.
+async fn until_four_kept(c: &reqwest::Client, four: &NodeProc, n: usize) {
+    let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
+    until_metric(
+        c,
+        &four.api,
+        kept,
+        n as f64,
+        "node 4 was not sent the moved keys",
+    )
+    .await;
+}
+
+/// GETs each key at `node`, checks it answers the product's row, and says whether it was a HIT.
+async fn hits_at(c: &reqwest::Client, node: &NodeProc, keys: &[String]) -> Vec<bool> {
+    let mut hits = Vec::new();
+    for k in keys {
+        let r = c
+            .get(format!("{}/api/products/{k}", node.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        hits.push(r.headers()["x-cache"] == "HIT");
+        assert_eq!(
+            r.bytes().await.unwrap(),
+            product_value(k.parse().unwrap()).into_bytes()
+        );
+    }
+    hits
+}
+
 async fn node_four_joins(c: &reqwest::Client, three_args: &[&str], four_args: &[&str]) -> Joined {
     let pg = Pg::start();
     pg.seed(20_000);
@@ -194,33 +226,11 @@ async fn a_node_that_joins_is_sent_what_the_others_hold_for_it() {
     let c = client();
     let joined = node_four_joins(&c, &[], &[]).await;
     let (pg, four, raft, keys) = (&joined.pg, &joined.four, &joined.raft, &joined.keys[..]);
-    let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
-    until_metric(
-        &c,
-        &four.api,
-        kept,
-        keys.len() as f64,
-        "node 4 was not sent the moved keys",
-    )
-    .await;
+    until_four_kept(&c, four, keys.len()).await;
     assert!(metric(&c, &raft.api(1), "geecache_handoff_pushed_total").await >= keys.len() as f64);
     let before = products_queries(pg);
-    for k in keys {
-        let r = c
-            .get(format!("{}/api/products/{k}", four.api))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(
-            r.headers()["x-cache"],
-            "HIT",
-            "{k} is in node 4's own store"
-        );
-        assert_eq!(
-            r.bytes().await.unwrap(),
-            geecache::source::demo::product_value(k.parse().unwrap()).into_bytes()
-        );
+    for (k, hit) in keys.iter().zip(hits_at(&c, four, keys).await) {
+        assert!(hit, "{k} is in node 4's own store");
     }
     assert_eq!(products_queries(pg), before, "no query");
     let peeks = metrics_text(&c, &four.api).await;
@@ -698,15 +708,7 @@ async fn entries_sent_to_a_joining_node_outlive_its_main_stores_evictions() {
     let c = client();
     let joined = node_four_joins(&c, &[], &["--cache-bytes", "12000"]).await;
     let (pg, four, raft, keys) = (&joined.pg, &joined.four, &joined.raft, &joined.keys[..]);
-    let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
-    until_metric(
-        &c,
-        &four.api,
-        kept,
-        keys.len() as f64,
-        "node 4 was not sent the moved keys",
-    )
-    .await;
+    until_four_kept(&c, four, keys.len()).await;
     let r4 = ring(raft, &[1, 2, 3, 4]);
     let others: Vec<String> = (1..=20_000u64)
         .map(|i| i.to_string())
@@ -723,20 +725,11 @@ async fn entries_sent_to_a_joining_node_outlive_its_main_stores_evictions() {
         "node 4's main store evicted"
     );
     let before = products_queries(pg);
-    let mut not_in_main = 0;
-    for k in keys {
-        let r = c
-            .get(format!("{}/api/products/{k}", four.api))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        not_in_main += usize::from(r.headers()["x-cache"] != "HIT");
-        assert_eq!(
-            r.bytes().await.unwrap(),
-            product_value(k.parse().unwrap()).into_bytes()
-        );
-    }
+    let not_in_main = hits_at(&c, four, keys)
+        .await
+        .iter()
+        .filter(|h| !**h)
+        .count();
     assert!(
         not_in_main >= keys.len() / 2,
         "only {not_in_main} of the keys sent were evicted from the main store"
