@@ -8,9 +8,11 @@ phase for both.
 
   load/bench-handoff.sh [quick|full] [--rounds N] [--variants handoff,cold,drain15,...]
 
-More variants (`--variants`) compare the handoff's own settings in the same run.
+More variants (`--variants`) compare the handoff's own settings in the same run. Each run's
+geeload report (its per-second cluster timeline included) is kept as
+load/out/handoff-VARIANT-ROUND.json.
 """
-import argparse, json, os, statistics, sys, tempfile
+import argparse, json, os, shutil, statistics, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402
@@ -53,11 +55,13 @@ def main():
     try:
         replay = suite.seed_for_zipf(pg, m)
         per_node = replay["cache_bytes"] // 3
-        for _ in range(a.rounds):
+        for n in range(a.rounds):
             for name in chosen:
                 extra = VARIANTS[name]
                 suite.log(f"handoff scenario, {name} ({' '.join(extra) or 'default flags'})")
                 runs[name].append(one(m, pg, per_node, extra))
+                # geeload's report, per-second cluster timeline included, of each run.
+                shutil.copy(f"{suite.OUT}/handoff.json", f"{suite.OUT}/handoff-{name}-{n + 1}.json")
     finally:
         pg.stop()
     med = lambda xs: statistics.median(xs) if xs else None

@@ -79,26 +79,38 @@ fn main() -> anyhow::Result<()> {
             FeedCommand::Install {
                 config,
                 database_url,
+                grants,
             } => {
-                let groups = match config {
-                    Some(path) => {
-                        geecache::cli::config::Config::from_file(&path)?.build_groups()?
-                    }
-                    None => geecache::cache::group::Groups::demo(),
-                };
-                let n = block_on(tools::feed_install(&database_url, groups))?;
+                let groups = tools::config_groups(config.as_deref())?;
+                let n = block_on(tools::feed_install(&database_url, groups, &grants))?;
                 println!(
                     "change feed installed: {n} invalidate entries of {} groups",
                     groups.len()
                 );
                 Ok(())
             }
-            FeedCommand::Uninstall { database_url } => {
-                block_on(tools::feed_uninstall(&database_url))?;
-                println!("change feed removed");
+            FeedCommand::Uninstall {
+                config,
+                all,
+                database_url,
+            } => {
+                let groups = (!all)
+                    .then(|| tools::config_groups(config.as_deref()))
+                    .transpose()?;
+                block_on(tools::feed_uninstall(&database_url, groups))?;
+                match groups {
+                    Some(g) => println!("change feed removed for {} groups", g.len()),
+                    None => println!("change feed removed"),
+                }
                 Ok(())
             }
-            FeedCommand::Status { database_url } => block_on(tools::feed_status(&database_url)),
+            FeedCommand::Status {
+                config,
+                database_url,
+            } => {
+                let groups = config.map(|c| tools::config_groups(Some(&c))).transpose()?;
+                block_on(tools::feed_status(&database_url, groups))
+            }
         },
     }
 }

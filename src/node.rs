@@ -56,6 +56,7 @@ pub fn build_source(config: &Config, groups: Groups) -> anyhow::Result<Arc<dyn S
                 lanes: worker_count(config),
                 connect_timeout: s.connect_timeout,
                 statement_timeout: s.statement_timeout,
+                max_value_bytes: config.max_value_bytes,
             },
             groups,
         )?),

@@ -426,8 +426,8 @@ fn people() -> People {
             "geecache",
             "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'geecache\\_%'"
         ),
-        "6",
-        "insert, update, delete triggers of both groups"
+        "4",
+        "the row and TRUNCATE triggers of both groups"
     );
     People {
         pg,

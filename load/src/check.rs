@@ -33,9 +33,22 @@ pub struct CheckArgs {
     /// Nodes whose /metrics count the loads (default: the targets).
     #[arg(long = "metrics", value_delimiter = ',')]
     pub metrics: Vec<String>,
-    /// Product ids 1..=keys are written and read.
+    /// Keys 1..=keys (as `{key_prefix}N`) are written and read, and key keys+1 is the hot key.
     #[arg(long, default_value_t = 200)]
     pub keys: u64,
+    /// The group read (`/api/{group}/{key}`); its query must read `table` by `key_column`,
+    /// and the change feed must cover the table.
+    #[arg(long, default_value = "products")]
+    pub group: String,
+    /// The table written: `value` (text) is set to `v1`, `v2`, ... where `key_column` is the key.
+    #[arg(long, default_value = "products")]
+    pub table: String,
+    #[arg(long, default_value = "id")]
+    pub key_column: String,
+    /// Prepended to each key number: `--key-prefix chk-` reads and writes `chk-1`, `chk-2`, ...
+    /// (for a text key column), so that the checker's rows are apart from a load's.
+    #[arg(long, default_value = "")]
+    pub key_prefix: String,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     #[arg(long, default_value_t = 4)]
@@ -84,10 +97,126 @@ async fn db(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// A GET of a product key: (version, X-Cache was STALE), or `None` on an error.
-async fn read(http: &reqwest::Client, target: &str, key: u64) -> Option<(Option<u64>, bool)> {
+/// Where the checker's keys live: the group read, the table written, the key's SQL type.
+#[derive(Clone)]
+struct Rows {
+    group: String,
+    prefix: String,
+    /// The key column is an integer (`bigint`, `int`): keys are bound as `i64`, else as text.
+    integer: bool,
+    update: String,
+    select: String,
+}
+
+impl Rows {
+    /// Checks the names (SQL identifiers are spliced into the statements) and asks PostgreSQL
+    /// the key column's type; inserts `v0` rows for keys that have none (`1..=last`).
+    async fn new(
+        a: &CheckArgs,
+        client: &tokio_postgres::Client,
+        last: u64,
+    ) -> anyhow::Result<Rows> {
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !s.as_bytes()[0].is_ascii_digit()
+        };
+        anyhow::ensure!(
+            ident(&a.table) && ident(&a.key_column),
+            "--table and --key-column must be lower-case SQL identifiers, got {:?} and {:?}",
+            a.table,
+            a.key_column
+        );
+        let (t, k) = (&a.table, &a.key_column);
+        let update = format!("UPDATE {t} SET value = $1 WHERE {k} = $2");
+        let stmt = client
+            .prepare(&update)
+            .await
+            .with_context(|| format!("table {t} with columns {k} and value (text)"))?;
+        let ty = stmt.params()[1].clone();
+        let integer = [
+            tokio_postgres::types::Type::INT8,
+            tokio_postgres::types::Type::INT4,
+        ]
+        .contains(&ty);
+        anyhow::ensure!(
+            integer || ty == tokio_postgres::types::Type::TEXT,
+            "{t}.{k} is {ty}: the checker writes integer or text keys"
+        );
+        anyhow::ensure!(
+            !integer || a.key_prefix.is_empty(),
+            "--key-prefix needs a text key column; {t}.{k} is {ty}"
+        );
+        let rows = Rows {
+            group: a.group.clone(),
+            prefix: a.key_prefix.clone(),
+            integer,
+            update,
+            select: format!("SELECT value FROM {t} WHERE {k} = $1"),
+        };
+        let insert =
+            format!("INSERT INTO {t} ({k}, value) VALUES ($1, 'v0') ON CONFLICT ({k}) DO NOTHING");
+        for key in 1..=last {
+            rows.exec(client, &insert, None, key).await?;
+        }
+        Ok(rows)
+    }
+
+    fn name(&self, key: u64) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Runs `sql` with `$1 = value` and `$2 = key` (or `$1 = key` without a value).
+    async fn exec(
+        &self,
+        client: &tokio_postgres::Client,
+        sql: &str,
+        value: Option<&str>,
+        key: u64,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let (int, text) = (key as i64, self.name(key));
+        let key: &(dyn tokio_postgres::types::ToSql + Sync) =
+            if self.integer { &int } else { &text };
+        match value {
+            Some(v) => client.execute(sql, &[&v, key]).await,
+            None => client.execute(sql, &[key]).await,
+        }
+    }
+
+    async fn write(
+        &self,
+        client: &tokio_postgres::Client,
+        key: u64,
+        version: u64,
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.exec(client, &self.update, Some(&format!("v{version}")), key)
+            .await
+    }
+
+    /// The key's version in the database (`None`: no row, or a value not written as `vN`
+    /// nor seeded).
+    async fn truth(
+        &self,
+        client: &tokio_postgres::Client,
+        key: u64,
+    ) -> anyhow::Result<Option<u64>> {
+        let (int, text) = (key as i64, self.name(key));
+        let k: &(dyn tokio_postgres::types::ToSql + Sync) = if self.integer { &int } else { &text };
+        let row = client.query_opt(&self.select, &[k]).await?;
+        Ok(row.and_then(|r| version_of(r.get::<_, String>(0).as_bytes())))
+    }
+}
+
+/// A GET of one of the checker's keys: (version, X-Cache was STALE), or `None` on an error.
+async fn read(
+    http: &reqwest::Client,
+    target: &str,
+    rows: &Rows,
+    key: u64,
+) -> Option<(Option<u64>, bool)> {
     let r = http
-        .get(format!("{target}/api/products/{key}"))
+        .get(format!("{target}/api/{}/{}", rows.group, rows.name(key)))
         .send()
         .await
         .ok()?;
@@ -106,6 +235,7 @@ type Acks = HashMap<u64, Vec<(u64, Duration)>>;
 /// `first`. Returns the acknowledgements.
 async fn write(
     a: &CheckArgs,
+    rows: &Rows,
     start: Instant,
     duration: Duration,
     first: Arc<AtomicU64>,
@@ -116,6 +246,7 @@ async fn write(
         let (keys, writers) = (a.keys, a.writers);
         let every = Duration::from_secs_f64(a.writers as f64 / a.write_rate);
         let first = Arc::clone(&first);
+        let rows = rows.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = db(&url).await?;
             let mut acks: Acks = HashMap::new();
@@ -127,14 +258,7 @@ async fn write(
                 let key = (i * writers + w) % keys + 1;
                 i += 1;
                 let version = first.fetch_add(1, Ordering::SeqCst);
-                let value = format!("v{version}");
-                match client
-                    .execute(
-                        "UPDATE products SET value = $1 WHERE id = $2",
-                        &[&value, &(key as i64)],
-                    )
-                    .await
-                {
+                match rows.write(&client, key, version).await {
                     Ok(_) => acks
                         .entry(key)
                         .or_default()
@@ -167,14 +291,20 @@ async fn write(
 /// Readers over every target and key until `stop`.
 fn readers(
     a: &CheckArgs,
+    rows: &Rows,
     http: &reqwest::Client,
     start: Instant,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<Read>>> {
     (0..a.readers)
         .map(|r| {
-            let (http, stop, targets, keys) =
-                (http.clone(), Arc::clone(stop), a.targets.clone(), a.keys);
+            let (http, stop, targets, keys, rows) = (
+                http.clone(),
+                Arc::clone(stop),
+                a.targets.clone(),
+                a.keys,
+                rows.clone(),
+            );
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 let mut i = r as u64;
@@ -183,7 +313,7 @@ fn readers(
                     let target = &targets[(i as usize) % targets.len()];
                     let key = i.wrapping_mul(2654435761) % keys + 1;
                     let started = start.elapsed();
-                    if let Some((version, stale_header)) = read(&http, target, key).await {
+                    if let Some((version, stale_header)) = read(&http, target, &rows, key).await {
                         out.push(Read {
                             key,
                             version,
@@ -229,7 +359,8 @@ fn stale_counts(reads: &[Read], acks: &Acks, bounds: &[Duration]) -> (Vec<u64>, 
     (counts, flagged)
 }
 
-async fn loads(http: &reqwest::Client, nodes: &[String]) -> f64 {
+async fn loads(http: &reqwest::Client, nodes: &[String], group: &str) -> f64 {
+    let series = format!("geecache_loads_total{{group=\"{group}\"}}");
     let mut total = 0.0;
     for n in nodes {
         if let Ok(r) = http.get(format!("{n}/metrics")).send().await
@@ -237,7 +368,7 @@ async fn loads(http: &reqwest::Client, nodes: &[String]) -> f64 {
         {
             total += text
                 .lines()
-                .filter(|l| l.starts_with("geecache_loads_total{group=\"products\"}"))
+                .filter(|l| l.starts_with(&series))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>();
         }
@@ -262,11 +393,13 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<()> {
     } else {
         a.metrics.clone()
     };
+    let client = db(&a.database_url).await?;
+    let rows = Rows::new(&a, &client, a.keys + 1).await?;
     let versions = Arc::new(AtomicU64::new(1));
     // 1. Writers and readers together, faults meanwhile.
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let reading = readers(&a, &http, start, &stop);
+    let reading = readers(&a, &rows, &http, start, &stop);
     let killer = (!a.kill_feed_every.is_zero()).then(|| {
         let (url, every, stop) = (a.database_url.clone(), a.kill_feed_every, Arc::clone(&stop));
         tokio::spawn(async move {
@@ -288,7 +421,7 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<()> {
             killed
         })
     });
-    let acks = write(&a, start, a.duration, Arc::clone(&versions)).await?;
+    let acks = write(&a, &rows, start, a.duration, Arc::clone(&versions)).await?;
     stop.store(true, Ordering::Relaxed);
     let mut reads = Vec::new();
     for r in reading {
@@ -304,24 +437,14 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<()> {
 
     // 2. Stale forever: after writes stop and 1 s passes, every key on every node.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let client = db(&a.database_url).await?;
-    let rows = client
-        .query(
-            "SELECT id, value FROM products WHERE id <= $1",
-            &[&(a.keys as i64)],
-        )
-        .await?;
-    let truth: HashMap<u64, Option<u64>> = rows
-        .iter()
-        .map(|r| {
-            let (id, v): (i64, String) = (r.get(0), r.get(1));
-            (id as u64, version_of(v.as_bytes()))
-        })
-        .collect();
+    let mut truth = HashMap::new();
+    for k in 1..=a.keys {
+        truth.insert(k, rows.truth(&client, k).await?);
+    }
     let mut forever = 0u64;
     for t in &a.targets {
         for k in 1..=a.keys {
-            if read(&http, t, k).await.map(|(v, _)| v) != Some(truth.get(&k).copied().flatten()) {
+            if read(&http, t, &rows, k).await.map(|(v, _)| v) != Some(truth[&k]) {
                 forever += 1;
             }
         }
@@ -332,22 +455,17 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<()> {
     for p in 0..a.probes {
         let key = (p as u64 * 37) % a.keys + 1;
         for t in &a.targets {
-            read(&http, t, key).await;
-            read(&http, t, key).await;
+            read(&http, t, &rows, key).await;
+            read(&http, t, &rows, key).await;
         }
         let version = versions.fetch_add(1, Ordering::SeqCst);
-        client
-            .execute(
-                "UPDATE products SET value = $1 WHERE id = $2",
-                &[&format!("v{version}"), &(key as i64)],
-            )
-            .await?;
+        rows.write(&client, key, version).await?;
         let acked = Instant::now();
         let polls = a.targets.iter().map(|t| {
-            let http = http.clone();
+            let (http, rows) = (http.clone(), &rows);
             async move {
                 loop {
-                    if let Some((Some(v), _)) = read(&http, t, key).await
+                    if let Some((Some(v), _)) = read(&http, t, rows, key).await
                         && v >= version
                     {
                         return acked.elapsed();
@@ -367,16 +485,21 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<()> {
 
     // 4. A hot key under write churn.
     let hot = a.keys + 1;
-    let before = loads(&http, &metrics).await;
+    let before = loads(&http, &metrics, &a.group).await;
     let stop = Arc::new(AtomicBool::new(false));
     let hot_readers: Vec<_> = (0..a.readers)
         .map(|r| {
-            let (http, stop, targets) = (http.clone(), Arc::clone(&stop), a.targets.clone());
+            let (http, stop, targets, rows) = (
+                http.clone(),
+                Arc::clone(&stop),
+                a.targets.clone(),
+                rows.clone(),
+            );
             tokio::spawn(async move {
                 let mut i = r;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    read(&http, &targets[i % targets.len()], hot).await;
+                    read(&http, &targets[i % targets.len()], &rows, hot).await;
                 }
             })
         })
@@ -388,12 +511,7 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<()> {
     while hot_start.elapsed() < a.hot_duration {
         tick.tick().await;
         let version = versions.fetch_add(1, Ordering::SeqCst);
-        client
-            .execute(
-                "UPDATE products SET value = $1 WHERE id = $2",
-                &[&format!("v{version}"), &(hot as i64)],
-            )
-            .await?;
+        rows.write(&client, hot, version).await?;
         hot_writes += 1;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -401,10 +519,11 @@ pub async fn check(a: CheckArgs) -> anyhow::Result<()> {
     for r in hot_readers {
         r.await?;
     }
-    let hot_loads = loads(&http, &metrics).await - before;
+    let hot_loads = loads(&http, &metrics, &a.group).await - before;
 
     let report = serde_json::json!({
         "keys": a.keys,
+        "group": a.group,
         "targets": a.targets.len(),
         "duration_s": a.duration.as_secs_f64(),
         "writes": writes,

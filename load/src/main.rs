@@ -83,6 +83,10 @@ struct RunArgs {
     /// Node API URL whose /metrics to scrape (repeat, or comma-separate).
     #[arg(long = "metrics", value_delimiter = ',')]
     metrics: Vec<String>,
+    /// Count only this group's series in /metrics (the cluster's gets, hits and database
+    /// queries), e.g. to leave out a consistency checker reading another group meanwhile.
+    #[arg(long)]
+    metrics_group: Option<String>,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     scrape_interval: Duration,
     /// A file of `LABEL UNIX_MS` lines written during the run (e.g. by the suite when it
@@ -195,7 +199,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         timeout: a.timeout,
     });
 
-    let scraper = scrape::Scraper::new(&a.metrics);
+    let scraper = scrape::Scraper::new(&a.metrics, a.metrics_group.clone());
     let first = if scraper.is_empty() {
         None
     } else {

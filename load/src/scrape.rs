@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// The counters of one node at one moment, summed over groups (and outcomes).
+/// The counters of one node at one moment, summed over groups (or one group's series) and
+/// outcomes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Counts {
     /// Client API gets (`geecache_gets_total`).
@@ -19,12 +20,20 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn parse(text: &str) -> Counts {
+    /// With `group`, only the series labelled `group="GROUP"`.
+    pub fn parse(text: &str, group: Option<&str>) -> Counts {
         let mut c = Counts::default();
+        let label = group.map(|g| format!("group=\"{g}\""));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
             };
+            if let Some(label) = &label {
+                let labels = series.split_once('{').map_or("", |(_, l)| l);
+                if !labels.trim_end_matches('}').split(',').any(|l| l == label) {
+                    continue;
+                }
+            }
             let Ok(value) = value.parse::<f64>() else {
                 continue;
             };
@@ -69,13 +78,15 @@ pub struct Snapshot {
 
 pub struct Scraper {
     urls: Vec<String>,
+    group: Option<String>,
     client: reqwest::Client,
 }
 
 impl Scraper {
-    /// `bases` are node API URLs; `/metrics` is appended.
-    pub fn new(bases: &[String]) -> Scraper {
+    /// `bases` are node API URLs; `/metrics` is appended. With `group`, only its series count.
+    pub fn new(bases: &[String], group: Option<String>) -> Scraper {
         Scraper {
+            group,
             urls: bases
                 .iter()
                 .map(|b| format!("{}/metrics", b.trim_end_matches('/')))
@@ -98,7 +109,7 @@ impl Scraper {
         for (i, url) in self.urls.iter().enumerate() {
             let polled = async { self.client.get(url).send().await.ok()?.text().await.ok() };
             nodes.push(match polled.await {
-                Some(text) => Some(Counts::parse(&text)),
+                Some(text) => Some(Counts::parse(&text, self.group.as_deref())),
                 None => last.and_then(|l| l.nodes[i]),
             });
         }
@@ -144,10 +155,26 @@ mod tests {
 
     #[test]
     fn sums_the_series_it_needs() {
-        let c = Counts::parse(TEXT);
+        let c = Counts::parse(TEXT, None);
         assert_eq!(c.gets, 100.0);
         assert_eq!(c.cache_hits, 70.0);
         assert_eq!(c.db_queries, 30.0);
+    }
+
+    #[test]
+    fn a_group_counts_only_its_own_series() {
+        let text = format!(
+            "{TEXT}geecache_source_duration_seconds_count{{outcome=\"found\",group=\"scores\"}} 4\n\
+             geecache_gets_total{{group=\"products2\"}} 1000\n"
+        );
+        let scores = Counts::parse(&text, Some("scores"));
+        assert_eq!((scores.gets, scores.db_queries), (10.0, 4.0));
+        let products = Counts::parse(&text, Some("products"));
+        assert_eq!(
+            (products.gets, products.cache_hits, products.db_queries),
+            (90.0, 70.0, 30.0)
+        );
+        assert_eq!(Counts::parse(&text, None).db_queries, 34.0);
     }
 
     #[test]

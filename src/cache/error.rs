@@ -15,6 +15,9 @@ pub enum SourceError {
     /// The database answered with an error.
     #[error("database error: {0}")]
     Query(String),
+    /// The value is larger than `--max-value-bytes` (it was not read).
+    #[error("value too large: {0}")]
+    TooLarge(String),
 }
 
 /// Why a read failed. Cloned to every waiter of one flight; never cached.

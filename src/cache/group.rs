@@ -435,7 +435,7 @@ impl GroupConfig {
             return Err(self.error("cache_bytes", "must be at least 1024"));
         }
         for inv in &self.invalidate {
-            crate::source::feed::check_table(&inv.table)
+            crate::source::feed_db::TableName::parse(&inv.table)
                 .map_err(|e| self.error("invalidate", e))?;
             if inv.key.trim().is_empty() || inv.key.contains(';') {
                 return Err(self.error(

@@ -35,7 +35,7 @@ pub mod store;
 pub mod versions;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -243,6 +243,9 @@ pub struct Core {
     pub peeks_served: AtomicU64,
     /// Previous owners whose last peek failed, not asked again for a while.
     pub peek_backoff: PeekBackoff,
+    /// Per group: its triggers are missing from the database, so the feed would not tell of
+    /// its changes; it caches nothing meanwhile (`feed::Follower::check_triggers`).
+    unfed: Vec<AtomicBool>,
 }
 
 /// Previous owners whose last peek failed: a node that left and has exited, or one cut off. They
@@ -295,7 +298,19 @@ impl Core {
             handoff_grace_ms: AtomicU64::new(0),
             peeks_served: AtomicU64::new(0),
             peek_backoff: PeekBackoff::default(),
+            unfed: groups.all().map(|_| AtomicBool::new(false)).collect(),
         }
+    }
+
+    /// Whether the group's triggers were found missing (see [`Core::set_unfed`]).
+    pub fn unfed(&self, group: Group) -> bool {
+        self.unfed[group.index()].load(Ordering::Acquire)
+    }
+
+    /// Marks the group's triggers missing (nothing of it is cached; drop its entries too) or
+    /// back.
+    pub fn set_unfed(&self, group: Group, unfed: bool) {
+        self.unfed[group.index()].store(unfed, Ordering::Release);
     }
 
     /// Until when an entry counts as fresh: its own ttl, and for a feed-backed group no later
@@ -525,6 +540,15 @@ impl Core {
     /// kept only if it is as fresh as a load would be, as a peeked value (`handed_off`); the
     /// batch may have been under way up to `transit_ms`, which counts against its age. With
     /// `--handoff-grace 0s`, nothing is kept. Returns (kept, refused).
+    ///
+    /// The handoff store's room goes first to entries held nowhere else on this node (a
+    /// leaving neighbour's, for keys its full main store cannot take), then to copies (of
+    /// entries its main store holds). A copy is not inserted into a full handoff store, and
+    /// when a sole entry does not fit, the copies there are dropped first. Traced in a rolling
+    /// restart (BENCHMARKS.md, issue 15): a node that had rejoined 10 s before held a copy of
+    /// everything it was sent back, which filled its handoff store for the grace, and its
+    /// neighbour's restart then lost about 860 of the 1,566 entries it sent there; the
+    /// neighbour, back, loaded them again.
     pub fn receive_handoff(
         &self,
         entries: impl IntoIterator<Item = crate::peer::wire::HandoffEntry>,
@@ -536,6 +560,10 @@ impl Core {
         let off = self.handoff_grace_ms.load(Ordering::Relaxed) == 0;
         // The room of each main store as of now, less what this batch put there.
         let mut room: Vec<(*const Store, u64)> = Vec::new();
+        let handoff = self.stores.handoff();
+        handoff.maintain();
+        let mut handoff_left = handoff.room();
+        let mut copies_dropped = false;
         for e in entries {
             let Some(group) = self.groups.get(&e.group) else {
                 refused += 1;
@@ -577,7 +605,12 @@ impl Core {
                 *left -= weight;
                 main
             } else {
-                self.stores.handoff()
+                if handoff_left < weight && !copies_dropped {
+                    copies_dropped = true;
+                    handoff_left = self.drop_handoff_copies();
+                }
+                handoff_left = handoff_left.saturating_sub(weight);
+                handoff
             };
             // A copy in the handoff store too (the value's bytes are shared), for the grace:
             // the main store's TinyLFU sketch is as new as the node and knows none of these
@@ -586,11 +619,12 @@ impl Core {
             // issue 15): 8-10 keys of rank below 1,000 a second were evicted that way and
             // loaded again, against under 1 before the restart. From the handoff store, a
             // miss takes them back without a query (`Loader::pushed`).
-            let copy = in_main.then(|| entry.clone());
+            let copy = (in_main && handoff_left >= weight).then(|| entry.clone());
             if self.fill(store, group, &e.key, entry, lease) {
                 kept += 1;
                 if let Some(copy) = copy {
-                    self.fill(self.stores.handoff(), group, &e.key, copy, lease);
+                    handoff_left -= weight;
+                    self.fill(handoff, group, &e.key, copy, lease);
                 }
             } else {
                 refused += 1;
@@ -600,6 +634,23 @@ impl Core {
         metrics::counter!("geecache_handoff_received_total", "outcome" => "refused")
             .increment(refused);
         (kept, refused)
+    }
+
+    /// Removes from the handoff store every entry whose key the main store holds too (a
+    /// joiner's copy, or a handed-off entry a miss has taken into the main store) and returns
+    /// the handoff store's room after it (see [`Core::receive_handoff`]).
+    fn drop_handoff_copies(&self) -> u64 {
+        let handoff = self.stores.handoff();
+        let mut dropped = 0u64;
+        for (group, key, _) in handoff.values(self.groups) {
+            if self.stores.main(group).holds(group, &key) {
+                handoff.remove(group, &key);
+                dropped += 1;
+            }
+        }
+        handoff.maintain();
+        metrics::counter!("geecache_handoff_copies_dropped_total").increment(dropped);
+        handoff.room()
     }
 }
 
@@ -1163,6 +1214,7 @@ impl Loader {
             Err(SourceError::Timeout(_)) => "timeout",
             Err(SourceError::Unavailable(_)) => "unavailable",
             Err(SourceError::Query(_)) => "error",
+            Err(SourceError::TooLarge(_)) => "too_large",
         };
         metrics::histogram!("geecache_source_duration_seconds",
             "group" => group.name(), "outcome" => outcome)
@@ -1178,7 +1230,7 @@ impl Loader {
         match fetched {
             Ok(Some(value)) if value.len() > self.max_value_bytes => {
                 counters.local_load_errors.increment(1);
-                Err(LoadError::Source(SourceError::Query(format!(
+                Err(LoadError::Source(SourceError::TooLarge(format!(
                     "the value is {} bytes, larger than --max-value-bytes {}",
                     value.len(),
                     self.max_value_bytes
@@ -1258,8 +1310,9 @@ impl Core {
         between: impl FnOnce(),
     ) -> bool {
         // A feed-backed group caches nothing until the feed has been read once (`drops` > 0):
-        // a load that began before could miss a change committed before that first read.
-        let unfollowed = self.follows_feed(group) && lease.drops == 0;
+        // a load that began before could miss a change committed before that first read. Nor
+        // while its triggers are missing: no change would reach it.
+        let unfollowed = self.follows_feed(group) && (lease.drops == 0 || self.unfed(group));
         let kept = !unfollowed && self.lease(group, key) == lease && {
             store.insert(group, key, entry);
             between();
@@ -1405,6 +1458,61 @@ mod tests {
         assert_eq!(
             held, n,
             "entries handed off were evicted before they could go back"
+        );
+    }
+
+    /// A node that rejoined holds a copy of what it was sent back in its handoff store; when
+    /// a neighbour leaves within the grace, its entries (which this node's full main store
+    /// cannot take, and which no other node holds) take the room of those copies, not lose
+    /// to them (see `Core::receive_handoff`).
+    #[test]
+    fn a_leaving_neighbours_entries_displace_a_joiners_copies() {
+        let c = core();
+        c.handoff_grace_ms.store(60_000, Ordering::Relaxed);
+        let g = c.groups.get("products").unwrap();
+        let v = Bytes::from(vec![b'x'; 1000]);
+        let weight = u64::from(store::entry_weight(8 + 3, v.len()));
+        let entries = |prefix: &'static str, n: usize| {
+            let v = v.clone();
+            (0..n).map(move |i| crate::peer::wire::HandoffEntry {
+                group: "products".into(),
+                key: format!("{prefix}{i:05}"),
+                value: v.clone(),
+                age_ms: 10,
+                fresh_ms: None,
+                generation: 0,
+            })
+        };
+        // Rejoined: sent back what fills its main store (7/8 of the 1 MiB cache), each entry
+        // into the main store and a copy into the handoff store (1 MiB).
+        let main_bytes = (1u64 << 20) - (1 << 20) / 8;
+        let back = (main_bytes / weight) as usize - 2;
+        assert_eq!(
+            c.receive_handoff(entries("bck", back), 0, 0),
+            (back as u64, 0)
+        );
+        c.stores.handoff().maintain();
+        assert!(
+            c.stores.handoff().room() < (back as u64 / 2) * weight,
+            "the copies fill most of the handoff store"
+        );
+        // Its neighbour leaves: half a handoff store of entries for a full main store.
+        let left = ((1u64 << 20) / weight / 2) as usize;
+        let (kept, refused) = c.receive_handoff(entries("nbr", left), 0, 0);
+        assert_eq!((kept, refused), (left as u64, 0));
+        c.stores.handoff().maintain();
+        // (The main store's last room takes the first two.)
+        let held = (0..left)
+            .map(|i| format!("nbr{i:05}"))
+            .filter(|k| c.stores.handoff().recheck(g, k).is_some() || c.stores.main(g).holds(g, k))
+            .count();
+        assert_eq!(held, left, "the neighbour's entries lost to copies");
+        let in_main = (0..back)
+            .filter(|i| c.stores.main(g).holds(g, &format!("bck{i:05}")))
+            .count();
+        assert_eq!(
+            in_main, back,
+            "only the copies went, not the main store's entries"
         );
     }
 

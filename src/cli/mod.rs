@@ -122,22 +122,37 @@ pub enum DbCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum FeedCommand {
-    /// Create (or update) the feed's schema and the triggers of every group's `invalidate`
-    /// entries; idempotent.
+    /// Create (or update) the feed's schema and the triggers of the config's groups'
+    /// `invalidate` entries, as the connecting role (the installer); idempotent. Triggers of
+    /// groups not in the config are left alone.
     Install {
         /// The nodes' config file (its [[group]] tables); default: the demo groups.
         #[arg(long, env = "GEECACHE_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
         database_url: String,
+        /// A role the nodes connect as: granted what a node does with the feed (read it,
+        /// record its position, prune). Repeat for several.
+        #[arg(long = "grant", value_name = "ROLE")]
+        grants: Vec<String>,
     },
-    /// Remove the feed: its triggers, functions and tables.
+    /// Remove the triggers and functions of the config's groups; with --all, every trigger of
+    /// the feed and its schema.
     Uninstall {
+        /// The config whose groups' triggers go; default: the demo groups.
+        #[arg(long, env = "GEECACHE_CONFIG", conflicts_with = "all")]
+        config: Option<PathBuf>,
+        /// Everything of the feed, whatever config installed it.
+        #[arg(long)]
+        all: bool,
         #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
-    /// Show each node's position and lag, and what the feed holds.
+    /// Show the feed's triggers (group, table, owner), each node's position and lag, and what
+    /// the feed holds; with --config, the triggers that config needs and lacks.
     Status {
+        #[arg(long, env = "GEECACHE_CONFIG")]
+        config: Option<PathBuf>,
         #[arg(long, env = "GEECACHE_DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },

@@ -8,8 +8,10 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use super::SecretArgs;
+use crate::cache::group::Groups;
 use crate::peer::wire::RAFT_COMMAND;
 use crate::peer::{Changed, PeerClient, PeerSettings};
+use crate::source::feed_db;
 
 fn base_url(addr: &str) -> String {
     let addr = addr.trim_end_matches('/');
@@ -175,35 +177,63 @@ async fn execute(database_url: &str, sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `geecache db feed install`: the schema and the triggers of `groups`' `invalidate` entries.
+/// The groups of a config file, or the demo groups.
+pub fn config_groups(config: Option<&std::path::Path>) -> anyhow::Result<Groups> {
+    match config {
+        Some(path) => crate::cli::config::Config::from_file(path)?.build_groups(),
+        None => Ok(Groups::demo()),
+    }
+}
+
+/// `geecache db feed install`: the schema and the triggers of `groups`' `invalidate` entries;
+/// `grants` are the nodes' roles.
 pub async fn feed_install(
     database_url: &str,
-    groups: crate::cache::group::Groups,
+    groups: Groups,
+    grants: &[String],
 ) -> anyhow::Result<usize> {
-    let sql = crate::source::feed::install_sql(groups).map_err(|e| anyhow::anyhow!(e))?;
+    let sql = feed_db::install_sql(groups, grants).map_err(|e| anyhow::anyhow!(e))?;
     execute(database_url, &sql)
         .await
         .context("installing the change feed")?;
     Ok(groups.all().map(|g| g.def().invalidate.len()).sum())
 }
 
-/// `geecache db feed uninstall`.
-pub async fn feed_uninstall(database_url: &str) -> anyhow::Result<()> {
-    execute(database_url, crate::source::feed::UNINSTALL_SQL)
+/// `geecache db feed uninstall`: the triggers of `groups`, or with `None` everything.
+pub async fn feed_uninstall(database_url: &str, groups: Option<Groups>) -> anyhow::Result<()> {
+    let sql = match groups {
+        Some(groups) => feed_db::uninstall_sql(groups),
+        None => feed_db::UNINSTALL_ALL_SQL.to_owned(),
+    };
+    execute(database_url, &sql)
         .await
         .context("removing the change feed")
 }
 
-/// `geecache db feed status`: one line per node, and what the feed holds.
-pub async fn feed_status(database_url: &str) -> anyhow::Result<()> {
+/// `geecache db feed status`: the triggers, one line per node, and what the feed holds; with
+/// `groups`, the triggers they need that are missing (an error if any is).
+pub async fn feed_status(database_url: &str, groups: Option<Groups>) -> anyhow::Result<()> {
     let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
         .await
         .context("cannot connect to the database")?;
     tokio::spawn(connection);
-    let rows = client
-        .query(crate::source::feed::STATUS_SQL, &[])
+    let triggers = client
+        .query(feed_db::TRIGGERS_SQL, &[])
         .await
         .context("reading the feed (is it installed? geecache db feed install)")?;
+    println!(
+        "{:<24} {:<32} {:<40} {:<16} FIRES",
+        "GROUP", "TABLE", "TRIGGER", "OWNER"
+    );
+    for r in triggers {
+        let (table, trigger, group, owner, fires): (String, String, String, String, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        println!(
+            "{group:<24} {table:<32} {trigger:<40} {owner:<16} {}",
+            if fires { "yes" } else { "NO (disabled)" }
+        );
+    }
+    let rows = client.query(crate::source::feed::STATUS_SQL, &[]).await?;
     let head = client
         .query_one(
             "SELECT (SELECT count(*) FROM geecache.changes)::int8, \
@@ -225,5 +255,25 @@ pub async fn feed_status(database_url: &str) -> anyhow::Result<()> {
         let (node, position, seen): (String, String, f64) = (r.get(0), r.get(1), r.get(2));
         println!("{node:<48} {position:>14} {:>10.1} s", seen);
     }
+    let Some(groups) = groups else {
+        return Ok(());
+    };
+    let entries = feed_db::entries(groups).map_err(|e| anyhow::anyhow!(e))?;
+    let (tables, names) = feed_db::present_args(&entries);
+    let present = client
+        .query(feed_db::PRESENT_SQL, &[&tables, &names])
+        .await?;
+    let mut missing = 0;
+    for ((table, trigger), row) in tables.iter().zip(&names).zip(&present) {
+        if row.get::<_, Option<i64>>(1).is_none() {
+            missing += 1;
+            println!("missing: trigger {trigger} on {table} (or it is disabled)");
+        }
+    }
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} triggers the config needs are missing: run geecache db feed install with it"
+    );
+    println!("every trigger the config needs is in place");
     Ok(())
 }

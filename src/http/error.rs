@@ -52,6 +52,9 @@ impl From<LoadError> for ApiError {
                 (StatusCode::GATEWAY_TIMEOUT, "source_timeout")
             }
             LoadError::Source(SourceError::Query(_)) => (StatusCode::BAD_GATEWAY, "source_error"),
+            LoadError::Source(SourceError::TooLarge(_)) => {
+                (StatusCode::BAD_GATEWAY, "value_too_large")
+            }
             LoadError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             LoadError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "load_timeout"),
             LoadError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -85,6 +88,7 @@ mod tests {
             (SourceError::Unavailable("x".into()).into(), 503),
             (SourceError::Timeout("x".into()).into(), 504),
             (SourceError::Query("x".into()).into(), 502),
+            (SourceError::TooLarge("x".into()).into(), 502),
             (LoadError::Overloaded("loader"), 503),
             (LoadError::Timeout, 504),
             (LoadError::Stopped, 503),

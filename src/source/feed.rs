@@ -41,14 +41,23 @@ use tokio_postgres::NoTls;
 
 use crate::cache::Core;
 use crate::cache::clock;
-use crate::cache::group::{Group, Groups};
+use crate::cache::group::Group;
+
+use super::feed_db;
 
 /// A poll that takes longer than this counts as a lost connection.
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a node records its position (and one of them prunes).
 const RECORD_EVERY: Duration = Duration::from_secs(5);
-/// More rows than this in one poll: drop the groups instead of applying them one by one.
-const MAX_REPLAY: usize = 100_000;
+/// The most rows one poll reads (its page): more, and the node drops the feed-backed groups
+/// instead of applying them one by one. With keys of at most `MAX_KEY_BYTES` (longer ones are
+/// no cache key, and the poll skips them without reading them), a poll reads at most about
+/// 10 MiB, however large the transaction or the rows someone wrote into the feed: no row or
+/// transaction makes every poll time out. `POLL` says `LIMIT PAGE_ROWS + 1`.
+const PAGE_ROWS: usize = 10_000;
+/// At most this often, and at least 4 times per `max_staleness`, a node checks that the
+/// triggers of its feed-backed groups are in place and firing.
+const TRIGGER_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A PostgreSQL snapshot, as `pg_current_snapshot()` prints it: `xmin:xmax:xip,...`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -148,12 +157,16 @@ pub struct FeedSettings {
 struct Change(String, String, u64, f64);
 
 /// The poll, in one statement so that it reads one snapshot: a first row with the snapshot and
-/// the prune bound, then the rows that became visible since the previous poll.
+/// the prune bound, then the rows that became visible since the previous poll, one page of
+/// them (`PAGE_ROWS`). A key longer than a cache key, or a group name longer than a group's, is
+/// skipped by its length alone (`octet_length` of a stored value reads its header, not the
+/// value): such a row names nothing a node holds.
 const POLL: &str = "SELECT pg_current_snapshot()::text, (SELECT pruned_below::text FROM geecache.feed_state), \
         NULL::text, NULL::text, NULL::float8 \
     UNION ALL (SELECT NULL, NULL, grp, key || chr(1) || xid::text, \
         extract(epoch FROM clock_timestamp() - at)::float8 FROM geecache.changes \
-        WHERE xid >= $1::text::xid8 OR xid = ANY($2::text[]::xid8[]) LIMIT 100001)";
+        WHERE (xid >= $1::text::xid8 OR xid = ANY($2::text[]::xid8[])) \
+        AND octet_length(key) <= 1024 AND octet_length(grp) <= 64 LIMIT 10001)";
 
 struct Follower {
     core: Arc<Core>,
@@ -163,6 +176,17 @@ struct Follower {
     /// The previous poll's snapshot.
     prev: Option<Snapshot>,
     last_record: Instant,
+    /// The triggers each feed-backed group needs (`feed_db`), and what the last check found.
+    triggers: Vec<GroupTriggers>,
+    last_trigger_check: Option<Instant>,
+}
+
+/// One group's triggers: the entries' objects, and the OIDs of their triggers at the last
+/// check (`None`: not checked yet; a `None` inside: that trigger missing or disabled).
+struct GroupTriggers {
+    group: Group,
+    entries: Vec<feed_db::EntryObjects>,
+    seen: Option<Vec<Option<i64>>>,
 }
 
 impl Follower {
@@ -235,7 +259,7 @@ impl Follower {
                 complete_from(&snap);
                 self.drop_all("pruned")
             }
-            Some(_) if changes.len() > MAX_REPLAY => {
+            Some(_) if changes.len() > PAGE_ROWS => {
                 complete_from(&snap);
                 self.drop_all("too_many")
             }
@@ -254,6 +278,13 @@ impl Follower {
             let Some(group) = self.groups.get(grp.as_str()) else {
                 continue; // another node's group
             };
+            if key.is_empty() {
+                // A TRUNCATE of one of the group's tables: every key may have changed.
+                self.core.drop_group(*group);
+                metrics::counter!("geecache_feed_drops_total", "cause" => "truncate").increment(1);
+                tracing::info!(group = %group, "feed: a table was truncated; dropped the group");
+                continue;
+            }
             self.core.invalidate_from_feed(*group, key, *xid);
             metrics::histogram!("geecache_feed_delay_seconds").record(*delay);
         }
@@ -265,25 +296,86 @@ impl Follower {
             return;
         }
         self.last_record = Instant::now();
-        let Some(prev) = &self.prev else { return };
-        let position = prev.oldest_unseen().to_string();
         let retention = format!("{} milliseconds", self.settings.retention.as_millis());
-        let sql = "INSERT INTO geecache.consumers (consumer, position, updated) \
-                   VALUES ($1, $2::text::xid8, now()) \
-                   ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, updated = now()";
-        if let Err(e) = client
-            .execute(sql, &[&self.settings.consumer, &position])
-            .await
-        {
-            tracing::debug!(error = %e, "feed: could not record the position");
-            return;
+        if let Some(prev) = &self.prev {
+            let position = prev.oldest_unseen().to_string();
+            let sql = "SELECT geecache.record($1, $2::text::xid8)";
+            if let Err(e) = client
+                .execute(sql, &[&self.settings.consumer, &position])
+                .await
+            {
+                tracing::warn!(error = %e, "feed: could not record the position");
+                return;
+            }
         }
+        // Also when no poll has completed (this runs before each connection's first poll): a
+        // feed that no poll gets through is still pruned past the retention, and the node
+        // then drops its groups and goes on from there.
         if let Err(e) = client
             .execute("SELECT geecache.prune($1::text::interval)", &[&retention])
             .await
         {
-            tracing::debug!(error = %e, "feed: prune failed");
+            tracing::warn!(error = %e, "feed: prune failed");
         }
+    }
+
+    /// Checks, at most every `TRIGGER_CHECK_EVERY` (and 4 times per `max_staleness`), that
+    /// each feed-backed group's triggers are in place and firing. A group whose triggers are
+    /// missing or disabled would never hear of a change: it is dropped and caches nothing
+    /// (every read is a load) until they are back. A trigger that was dropped and created
+    /// again between two checks has a new OID: changes in between may have been missed, so
+    /// the group is dropped too.
+    async fn check_triggers(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        let every =
+            Duration::from_millis(self.state().max_staleness_ms.load(Ordering::Relaxed) / 4)
+                .clamp(self.settings.poll_every, TRIGGER_CHECK_EVERY);
+        if self.last_trigger_check.is_some_and(|t| t.elapsed() < every) {
+            return Ok(());
+        }
+        self.last_trigger_check = Some(Instant::now());
+        for g in &mut self.triggers {
+            let (tables, names) = feed_db::present_args(&g.entries);
+            let rows = client
+                .query(feed_db::PRESENT_SQL, &[&tables, &names])
+                .await?;
+            let now: Vec<Option<i64>> = rows.iter().map(|r| r.get(1)).collect();
+            let missing: Vec<&str> = names
+                .iter()
+                .zip(&now)
+                .filter(|(_, oid)| oid.is_none())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let was_missing = g
+                .seen
+                .as_ref()
+                .is_some_and(|s| s.iter().any(Option::is_none));
+            let renewed = g.seen.as_ref().is_some_and(|s| {
+                s.iter()
+                    .zip(&now)
+                    .any(|(a, b)| a.is_some() && b.is_some() && a != b)
+            });
+            let group = g.group;
+            if !missing.is_empty() {
+                if !self.core.unfed(group) {
+                    self.core.set_unfed(group, true);
+                    self.core.drop_group(group);
+                    tracing::error!(group = %group, ?missing,
+                        "feed: the group's triggers are missing or disabled (geecache db feed install); it caches nothing until they are back");
+                }
+            } else if was_missing || renewed || self.core.unfed(group) {
+                // Back (or replaced): loads begun before now are not kept, then it caches.
+                self.core.drop_group(group);
+                self.core.set_unfed(group, false);
+                tracing::info!(group = %group, "feed: the group's triggers are in place; it caches again");
+            }
+            metrics::gauge!("geecache_feed_triggers_missing", "group" => group.name())
+                .set(missing.len() as f64);
+            g.seen = Some(now);
+        }
+        Ok(())
     }
 }
 
@@ -312,12 +404,28 @@ pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
     if groups.is_empty() {
         return;
     }
+    let triggers = groups
+        .values()
+        .filter_map(|&group| match feed_db::group_entries(group) {
+            Ok(entries) => Some(GroupTriggers {
+                group,
+                entries,
+                seen: None,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "feed: cannot check the group's triggers");
+                None
+            }
+        })
+        .collect();
     let mut f = Follower {
         core,
         settings,
         groups,
         prev: None,
         last_record: Instant::now() - RECORD_EVERY,
+        triggers,
+        last_trigger_check: None,
     };
     let mut first = true;
     loop {
@@ -358,6 +466,17 @@ async fn session(f: &mut Follower, first: bool) -> &'static str {
             _ = tick.tick() => {}
             _ = &mut conn => break "connection_closed",
         }
+        if tokio::time::timeout(POLL_TIMEOUT, f.record(&client))
+            .await
+            .is_err()
+        {
+            break "record_timeout";
+        }
+        match tokio::time::timeout(POLL_TIMEOUT, f.check_triggers(&client)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break "poll_failed",
+            Err(_) => break "poll_timeout",
+        }
         match tokio::time::timeout(POLL_TIMEOUT, f.poll(&client, &mut prepared)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
@@ -370,150 +489,10 @@ async fn session(f: &mut Follower, first: bool) -> &'static str {
             Ok(Err(_)) => break "poll_failed",
             Err(_) => break "poll_timeout",
         }
-        f.record(&client).await;
     };
     conn.abort();
     cause
 }
-
-/// The DDL of `geecache db feed install`, for `groups`.
-pub fn install_sql(groups: Groups) -> Result<String, String> {
-    let mut sql = String::from(SCHEMA);
-    let mut wanted = Vec::new();
-    for group in groups.all() {
-        for (n, (table, key)) in group.def().invalidate.iter().enumerate() {
-            check_table(table)?;
-            let alias = table.rsplit('.').next().unwrap_or(table);
-            let name = format!("geecache_{}_{n}", group.name().replace('-', "_"));
-            let lit = group.name().replace('\'', "''");
-            // The key of a row, as `key` computes it over the row (aliased as the table, so
-            // that qualified column names work too); an UPDATE that changes it writes both.
-            let key_of = |row: &str, into: &str| {
-                format!("SELECT ({key})::text INTO {into} FROM (SELECT {row}.*) AS {alias};")
-            };
-            let put = |var: &str| {
-                format!(
-                    "IF {var} IS NOT NULL THEN INSERT INTO geecache.changes (grp, key) \
-                     VALUES ('{lit}', {var}); END IF;"
-                )
-            };
-            let ins = format!("{} {}", key_of("NEW", "n"), put("n"));
-            let del = format!("{} {}", key_of("OLD", "o"), put("o"));
-            let upd = format!(
-                "{} {} {} IF n IS DISTINCT FROM o THEN {} END IF;",
-                key_of("OLD", "o"),
-                key_of("NEW", "n"),
-                put("o"),
-                put("n")
-            );
-            sql.push_str(&format!(
-                "CREATE OR REPLACE FUNCTION geecache.{name}_ins() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-                 DECLARE n text; BEGIN {ins} RETURN NULL; END $f$;\n\
-                 CREATE OR REPLACE FUNCTION geecache.{name}_upd() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-                 DECLARE o text; n text; BEGIN {upd} RETURN NULL; END $f$;\n\
-                 CREATE OR REPLACE FUNCTION geecache.{name}_del() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-                 DECLARE o text; BEGIN {del} RETURN NULL; END $f$;\n\
-                 DROP TRIGGER IF EXISTS {name}_ins ON {table};\n\
-                 DROP TRIGGER IF EXISTS {name}_upd ON {table};\n\
-                 DROP TRIGGER IF EXISTS {name}_del ON {table};\n\
-                 CREATE TRIGGER {name}_ins AFTER INSERT ON {table} FOR EACH ROW \
-                 EXECUTE FUNCTION geecache.{name}_ins();\n\
-                 CREATE TRIGGER {name}_upd AFTER UPDATE ON {table} FOR EACH ROW \
-                 EXECUTE FUNCTION geecache.{name}_upd();\n\
-                 CREATE TRIGGER {name}_del AFTER DELETE ON {table} FOR EACH ROW \
-                 EXECUTE FUNCTION geecache.{name}_del();\n"
-            ));
-            wanted.push(format!("'{name}_ins', '{name}_upd', '{name}_del'"));
-        }
-    }
-    // Triggers of entries no longer configured go.
-    let keep = if wanted.is_empty() {
-        "''".to_owned()
-    } else {
-        wanted.join(", ")
-    };
-    sql.push_str(&format!(
-        "DO $d$ DECLARE t record; BEGIN \
-         FOR t IN SELECT tgname, tgrelid::regclass AS rel FROM pg_trigger \
-             WHERE tgname LIKE 'geecache\\_%' AND tgname NOT IN ({keep}) LOOP \
-           EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel); \
-         END LOOP; END $d$;\n"
-    ));
-    Ok(sql)
-}
-
-/// The schema, the prune function, the bookkeeping tables (idempotent).
-const SCHEMA: &str = "
-CREATE SCHEMA IF NOT EXISTS geecache;
-CREATE TABLE IF NOT EXISTS geecache.changes (
-    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    grp text NOT NULL,
-    key text NOT NULL,
-    at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE INDEX IF NOT EXISTS changes_xid ON geecache.changes (xid);
-CREATE TABLE IF NOT EXISTS geecache.consumers (
-    consumer text PRIMARY KEY,
-    position xid8 NOT NULL,
-    updated timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS geecache.feed_state (
-    id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
-    pruned_below xid8 NOT NULL DEFAULT '0'
-);
-INSERT INTO geecache.feed_state DEFAULT VALUES ON CONFLICT DO NOTHING;
-CREATE OR REPLACE FUNCTION geecache.prune(retention interval) RETURNS void LANGUAGE plpgsql AS $p$
-DECLARE
-    bound xid8;
-    forced xid8;
-BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('geecache.prune')) THEN
-        RETURN;
-    END IF;
-    -- What every consumer seen in the last minute has read, and no further than what has ended.
-    SELECT least(min(position), pg_snapshot_xmin(pg_current_snapshot())) INTO bound
-        FROM geecache.consumers WHERE updated > now() - interval '1 minute';
-    -- Past the retention, whatever the consumers (a consumer that was away drops its groups).
-    SELECT max(xid) INTO forced FROM geecache.changes WHERE at < now() - retention;
-    IF forced IS NOT NULL AND (bound IS NULL OR forced >= bound) THEN
-        bound := (forced::text::numeric + 1)::text::xid8;
-    END IF;
-    IF bound IS NULL THEN
-        RETURN;
-    END IF;
-    DELETE FROM geecache.changes WHERE xid < bound;
-    UPDATE geecache.feed_state SET pruned_below = greatest(pruned_below, bound);
-    DELETE FROM geecache.consumers WHERE updated < now() - interval '1 day';
-END $p$;
-";
-
-/// A table name as the triggers take it: `name` or `schema.name`, plain identifiers.
-pub fn check_table(table: &str) -> Result<(), String> {
-    let ident = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    };
-    let ok = match table.split_once('.') {
-        Some((schema, name)) => ident(schema) && ident(name),
-        None => ident(table),
-    };
-    ok.then_some(())
-        .ok_or_else(|| format!("{table:?} is not a table name (name or schema.name)"))
-}
-
-/// The DDL of `geecache db feed uninstall`: every trigger, function and table of the feed.
-pub const UNINSTALL_SQL: &str = "
-DO $d$ DECLARE t record; BEGIN
-  FOR t IN SELECT tgname, tgrelid::regclass AS rel FROM pg_trigger WHERE tgname LIKE 'geecache\\_%' LOOP
-    EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
-  END LOOP;
-END $d$;
-DROP SCHEMA IF EXISTS geecache CASCADE;
-";
 
 /// `geecache db feed status`: the consumers, and what the table holds.
 pub const STATUS_SQL: &str = "SELECT c.consumer, c.position::text, \
@@ -544,19 +523,11 @@ mod tests {
     }
 
     #[test]
-    fn table_names_are_plain_identifiers() {
-        for ok in ["users", "public.users", "_t1"] {
-            assert!(check_table(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "users; DROP TABLE x",
-            "a.b.c",
-            "1users",
-            "us-ers",
-            "\"users\"",
-        ] {
-            assert!(check_table(bad).is_err(), "{bad}");
-        }
+    fn the_poll_reads_one_page() {
+        assert!(POLL.contains(&format!("LIMIT {}", PAGE_ROWS + 1)));
+        assert!(POLL.contains(&format!(
+            "octet_length(key) <= {}",
+            crate::cache::group::MAX_KEY_BYTES
+        )));
     }
 }

@@ -2,6 +2,18 @@
 //! prepared once per connection (tokio-postgres's statement cache), its one column read as the
 //! group's value (`source::values`).
 //!
+//! **Loads cannot write.** Every session is read-only (`default_transaction_read_only`), and at
+//! startup each group's query runs once in a transaction that is rolled back: a query that
+//! writes (`DELETE … RETURNING`, a data-modifying `WITH`, `nextval`) is refused there, naming
+//! the group, and never runs at a client's request.
+//!
+//! **Values are bounded while they are read.** A value of a variable-length type is read
+//! through `SELECT CASE WHEN octet_length(v) > max THEN NULL ELSE v END, octet_length(v) FROM
+//! (query) AS geecache_value(v)`: a row over `--max-value-bytes` crosses the wire as its length
+//! alone (PostgreSQL reads a stored value's length from its header), so the node never holds
+//! it, and it is remembered as too large for `TOO_LARGE_FOR` so that a storm of requests does
+//! not ask again each time.
+//!
 //! The connections are split into lanes, one pool per loader: a tokio-postgres connection is a
 //! task on the runtime that opened it, so with one shared pool a query sent from one loader's
 //! thread was often written and read by another thread, and every query of the node used to be
@@ -13,6 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use moka::sync::Cache as Moka;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
@@ -33,7 +46,13 @@ pub struct PostgresConfig {
     pub pipeline: usize,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
+    /// Values larger than this are refused without being read (`--max-value-bytes`).
+    pub max_value_bytes: usize,
 }
+
+/// How long a key whose value was too large answers so without asking PostgreSQL again. A row
+/// made smaller is read again at most this long after.
+const TOO_LARGE_FOR: Duration = Duration::from_secs(5);
 
 /// A lane's connections, each taking up to `depth` queries at once. tokio-postgres pipelines
 /// the queries of one connection (writes them together, reads the answers in order), so a
@@ -130,6 +149,17 @@ pub struct PostgresSource {
     groups: Groups,
     /// Client-side bound on one fetch: the statement timeout plus the wait for a connection.
     deadline: Duration,
+    max_value_bytes: usize,
+    /// Keys (group index, key) whose value was over `max_value_bytes`, and why.
+    too_large: Moka<(usize, String), SourceError>,
+}
+
+/// A group's query, prepared: the statement run, the value's type, and whether the statement
+/// is the size-guarded wrapper (its second column the value's length).
+struct Prepared {
+    stmt: tokio_postgres::Statement,
+    ty: Type,
+    guarded: bool,
 }
 
 impl PostgresSource {
@@ -143,7 +173,7 @@ impl PostgresSource {
         pg.connect_timeout(config.connect_timeout);
         pg.application_name("geecache");
         pg.options(format!(
-            "-c statement_timeout={}",
+            "-c statement_timeout={} -c default_transaction_read_only=on",
             config.statement_timeout.as_millis()
         ));
         let lanes = config.lanes.clamp(1, config.pool_size.max(1));
@@ -176,12 +206,17 @@ impl PostgresSource {
             statement_timeout: config.statement_timeout,
             groups,
             deadline: config.statement_timeout + config.connect_timeout,
+            max_value_bytes: config.max_value_bytes,
+            too_large: Moka::builder()
+                .max_capacity(10_000)
+                .time_to_live(TOO_LARGE_FOR)
+                .build(),
         })
     }
 
     /// Prepares `group`'s query on `client` and checks its result: one column of a value type.
     /// The first success tells the group its content type.
-    async fn statement(
+    async fn plain(
         client: &deadpool_postgres::Client,
         group: Group,
     ) -> Result<(tokio_postgres::Statement, Type), SourceError> {
@@ -205,25 +240,93 @@ impl PostgresSource {
         Ok((stmt, ty))
     }
 
+    /// The group's query as it is run: for a variable-length value, wrapped so that a value
+    /// over `max` bytes is not sent (see the module's doc).
+    async fn statement(
+        client: &deadpool_postgres::Client,
+        group: Group,
+        max: usize,
+    ) -> Result<Prepared, SourceError> {
+        let (stmt, ty) = Self::plain(client, group).await?;
+        let Some(sql) = guarded_sql(&group.def().query, &ty, max) else {
+            return Ok(Prepared {
+                stmt,
+                ty,
+                guarded: false,
+            });
+        };
+        let stmt = client
+            .prepare_typed_cached(&sql, &[Type::TEXT])
+            .await
+            .map_err(|e| {
+                SourceError::Query(format!(
+                    "group {group}: its query cannot be read as a subquery, which bounds its \
+                     values' size ({})",
+                    query_error(e)
+                ))
+            })?;
+        Ok(Prepared {
+            stmt,
+            ty,
+            guarded: true,
+        })
+    }
+
     async fn query(
         lane: Arc<Lane>,
         group: Group,
         key: String,
+        max: usize,
     ) -> Result<Option<Bytes>, SourceError> {
         let claim = lane.claim().await?;
         let client = &claim.0.client;
-        let (stmt, ty) = Self::statement(client, group).await?;
+        let p = Self::statement(client, group, max).await?;
         let row = client
-            .query_opt(&stmt, &[&key])
+            .query_opt(&p.stmt, &[&key])
             .await
             .map_err(query_error)?;
         let Some(row) = row else { return Ok(None) };
-        match row.try_get::<_, Option<Raw>>(0).map_err(query_error)? {
+        let value = row.try_get::<_, Option<Raw>>(0).map_err(query_error)?;
+        if p.guarded
+            && value.is_none()
+            && let Some(len) = row.try_get::<_, Option<i64>>(1).map_err(query_error)?
+        {
+            return Err(too_large(len as u64, max));
+        }
+        match value {
             // A NULL value is no value: the key is not found.
             None => Ok(None),
-            Some(Raw(raw)) => values::to_bytes(&ty, raw)
+            Some(Raw(raw)) => values::to_bytes(&p.ty, raw)
                 .map(Some)
                 .map_err(|e| SourceError::Query(format!("group {group}: {e}"))),
+        }
+    }
+
+    /// Runs the group's query once in a transaction that is rolled back; whether PostgreSQL
+    /// refused it as a write in a read-only session (the reason, naming the group). Any other
+    /// error of the probe (e.g. its key `''` is not of the key's type) says nothing about
+    /// writing, and is left to the requests.
+    async fn refuse_writes(
+        client: &mut deadpool_postgres::Client,
+        group: Group,
+    ) -> Result<(), String> {
+        let (stmt, _) = Self::plain(client, group)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        // A generic plan: with the probe's key folded into a custom plan, a cast of it (`''` as
+        // an `int`) would fail while planning, before the executor checks for writes.
+        tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            .await
+            .map_err(|e| e.to_string())?;
+        match tx.query(&stmt, &[&""]).await {
+            Err(e) if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => Err(format!(
+                "group {group}: its query writes ({}); a group's query must only read, and \
+                 the nodes' sessions are read-only",
+                e.as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_owned())
+            )),
+            _ => Ok(()), // dropped: rolled back
         }
     }
 }
@@ -249,6 +352,28 @@ fn build_pool(
         .recycle_timeout(Some(connect_timeout))
         .build()
         .map_err(|e| SourceError::Unavailable(format!("cannot build pool: {e}")))
+}
+
+/// The size-guarded form of `query` for a value of type `ty` (see the module's doc), or `None`
+/// for a type whose values are small (numbers, booleans). The query's own trailing `;` would
+/// end the subquery, and a trailing `--` comment would hide its closing parenthesis.
+fn guarded_sql(query: &str, ty: &Type, max: usize) -> Option<String> {
+    let len = match *ty {
+        Type::BYTEA | Type::TEXT | Type::VARCHAR | Type::BPCHAR => "octet_length(v)",
+        Type::JSON | Type::JSONB => "octet_length(v::text)",
+        _ => return None,
+    };
+    let query = query.trim_end().trim_end_matches(';');
+    Some(format!(
+        "SELECT CASE WHEN {len} > {max} THEN NULL ELSE v END, {len}::int8 \
+         FROM ({query}\n) AS geecache_value(v)"
+    ))
+}
+
+fn too_large(len: u64, max: usize) -> SourceError {
+    SourceError::TooLarge(format!(
+        "the value is {len} bytes, larger than --max-value-bytes {max}"
+    ))
 }
 
 fn pool_error(e: PoolError) -> SourceError {
@@ -277,17 +402,25 @@ fn query_error(e: tokio_postgres::Error) -> SourceError {
 impl Source for PostgresSource {
     fn fetch(&self, lane: usize, group: Group, key: &str) -> SourceFuture {
         let pool = self.pools[lane % self.pools.len()].clone();
-        let fut = Self::query(pool, group, key.to_owned());
-        let deadline = self.deadline;
+        let (max, remembered) = (self.max_value_bytes, (group.index(), key.to_owned()));
+        if let Some(e) = self.too_large.get(&remembered) {
+            return Box::pin(async move { Err(e) });
+        }
+        let fut = Self::query(pool, group, key.to_owned(), max);
+        let (deadline, too_large_keys) = (self.deadline, self.too_large.clone());
         Box::pin(async move {
-            tokio::time::timeout(deadline, fut)
+            let fetched = tokio::time::timeout(deadline, fut)
                 .await
                 .unwrap_or_else(|_| {
                     Err(SourceError::Timeout(format!(
                         "no answer within {} ms",
                         deadline.as_millis()
                     )))
-                })
+                });
+            if let Err(e @ SourceError::TooLarge(_)) = &fetched {
+                too_large_keys.insert(remembered, e.clone());
+            }
+            fetched
         })
     }
 
@@ -300,10 +433,10 @@ impl Source for PostgresSource {
     /// thread's runtime, and a lane's queries would hop to it.
     fn prepare(&self) -> PrepareFuture {
         let pool = build_pool(&self.pg, 1, self.connect_timeout, self.statement_timeout);
-        let groups = self.groups;
+        let (groups, max) = (self.groups, self.max_value_bytes);
         Box::pin(async move {
             let pool = pool.map_err(|e| e.to_string())?;
-            let client = match pool.get().await {
+            let mut client = match pool.get().await {
                 Ok(client) => client,
                 Err(e) => {
                     tracing::warn!(error = %pool_error(e), "database not reachable at startup; misses answer 503 until it is");
@@ -311,8 +444,12 @@ impl Source for PostgresSource {
                 }
             };
             for group in groups.all() {
-                match Self::statement(&client, group).await {
-                    Ok(_) => {}
+                let checked = match Self::refuse_writes(&mut client, group).await {
+                    Err(why) if why.starts_with("group ") => return Err(why),
+                    _ => Self::statement(&client, group, max).await.map(drop),
+                };
+                match checked {
+                    Ok(()) => {}
                     Err(SourceError::Query(why)) if why.starts_with("group ") => return Err(why),
                     Err(SourceError::Query(why)) => {
                         return Err(format!(
@@ -366,6 +503,7 @@ mod tests {
                 pipeline: 32,
                 connect_timeout: Duration::from_secs(1),
                 statement_timeout: Duration::from_secs(1),
+                max_value_bytes: 1 << 20,
             };
             let source = PostgresSource::new(&config, Groups::demo()).unwrap();
             source.pools().iter().map(|p| p.max).collect::<Vec<_>>()

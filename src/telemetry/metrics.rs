@@ -136,6 +136,10 @@ fn describe() {
             "Misses served from what a leaving neighbour sent",
         ),
         (
+            "geecache_handoff_copies_dropped_total",
+            "Copies in the handoff store of entries the main store holds, dropped to make room for entries held nowhere else",
+        ),
+        (
             "geecache_raft_entries_skipped_total",
             "Committed Raft entries skipped because they fail validation",
         ),

@@ -173,6 +173,34 @@ impl Pg {
         format!("postgres://postgres@127.0.0.1:{port}/geecache")
     }
 
+    /// The URL of the test database for another role (trust authentication: no password).
+    pub fn url_as(&self, role: &str) -> String {
+        format!("postgres://{role}@127.0.0.1:{}/geecache", self.port)
+    }
+
+    /// Runs SQL through psql as `role` on the test database: its output, or PostgreSQL's
+    /// error.
+    pub fn psql_as(&self, role: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(pg_bin().join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", role])
+            .args([
+                "-d",
+                "geecache",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Runs SQL through psql and returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(pg_bin().join("psql"))
