@@ -493,7 +493,7 @@ async fn key_changes_deletes_and_inserts_reach_the_cache() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Status shows the node, uninstall removes everything.
+    // Status shows the node, uninstall --all removes everything.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
         .args(["db", "feed", "status", "--database-url", &p.pg.url()])
         .output()
@@ -502,7 +502,14 @@ async fn key_changes_deletes_and_inserts_reach_the_cache() {
     assert!(status.status.success() && text.contains("(node)"), "{text}");
     drop(node);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
-        .args(["db", "feed", "uninstall", "--database-url", &p.pg.url()])
+        .args([
+            "db",
+            "feed",
+            "uninstall",
+            "--all",
+            "--database-url",
+            &p.pg.url(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -510,6 +517,13 @@ async fn key_changes_deletes_and_inserts_reach_the_cache() {
         p.pg.psql(
             "geecache",
             "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'geecache\\_%'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        p.pg.psql(
+            "geecache",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'geecache'"
         ),
         "0"
     );

@@ -176,6 +176,8 @@ struct Follower {
     /// The previous poll's snapshot.
     prev: Option<Snapshot>,
     last_record: Instant,
+    /// Whether this node's position has been recorded since it started.
+    recorded: bool,
     /// The triggers each feed-backed group needs (`feed_db`), and what the last check found.
     triggers: Vec<GroupTriggers>,
     last_trigger_check: Option<Instant>,
@@ -292,11 +294,14 @@ impl Follower {
 
     /// Records this node's position; one node at a time prunes what every consumer has read.
     async fn record(&mut self, client: &tokio_postgres::Client) {
-        if self.last_record.elapsed() < RECORD_EVERY {
+        // Every RECORD_EVERY, and once as soon as there is a position to record.
+        let first = self.prev.is_some() && !self.recorded;
+        if self.last_record.elapsed() < RECORD_EVERY && !first {
             return;
         }
         self.last_record = Instant::now();
         let retention = format!("{} milliseconds", self.settings.retention.as_millis());
+        self.recorded |= self.prev.is_some();
         if let Some(prev) = &self.prev {
             let position = prev.oldest_unseen().to_string();
             let sql = "SELECT geecache.record($1, $2::text::xid8)";
@@ -424,6 +429,7 @@ pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
         groups,
         prev: None,
         last_record: Instant::now() - RECORD_EVERY,
+        recorded: false,
         triggers,
         last_trigger_check: None,
     };

@@ -392,8 +392,12 @@ pub fn uninstall_sql(groups: Groups) -> String {
 /// group, and the schema.
 pub const UNINSTALL_ALL_SQL: &str = "
 DO $d$ DECLARE t record; BEGIN
-  FOR t IN SELECT tgname, tgrelid::regclass AS rel FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-      WHERE p.pronamespace = 'geecache'::regnamespace AND NOT tgisinternal LOOP
+  IF to_regnamespace('geecache') IS NULL THEN
+    RETURN;
+  END IF;
+  FOR t IN SELECT tr.tgname, tr.tgrelid::regclass AS rel FROM pg_trigger tr
+      JOIN pg_proc p ON p.oid = tr.tgfoid
+      WHERE p.pronamespace = 'geecache'::regnamespace AND NOT tr.tgisinternal LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
   END LOOP;
 END $d$;

@@ -183,6 +183,10 @@ fn describe() {
             "The change feed's applied position (the last poll's snapshot xmin)",
         ),
         (
+            "geecache_feed_triggers_missing",
+            "Triggers a feed-backed group needs that are missing or disabled (the group caches nothing meanwhile)",
+        ),
+        (
             "geecache_http_connections_open",
             "Open client connections, by listener",
         ),
