@@ -547,3 +547,50 @@ async fn rows_over_the_value_limit_are_never_read_into_the_node() {
     // The README's bound: --cache-bytes plus 64 MiB.
     assert!(peak < (64 << 20) + (64 << 20), "peak RSS {peak}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_pruned_while_no_poll_gets_through() {
+    let c = client();
+    let pg = Pg::start();
+    pg.psql(
+        "geecache",
+        "CREATE ROLE cache LOGIN; CREATE TABLE t_a (id int PRIMARY KEY, v text); \
+         INSERT INTO t_a VALUES (1, 'a0'); GRANT SELECT ON t_a TO cache;",
+    );
+    let file = config(ALPHA);
+    feed("install", &file, &pg.url(), &["--grant", "cache"]);
+    let n = NodeProc::spawn(&[
+        "--config",
+        &file.path,
+        "--source",
+        "postgres",
+        "--database-url",
+        &pg.url_as("cache"),
+        "--max-staleness",
+        "1s",
+        "--feed-retention",
+        "1s",
+    ]);
+    let at = format!("{}/api/alpha/1", n.api);
+    warm(&c, &at).await;
+    // The node's polls fail from now on (it may not read the feed), but it may still prune.
+    pg.psql("geecache", "REVOKE SELECT ON geecache.changes FROM cache");
+    pg.psql("geecache", "UPDATE t_a SET v = 'a1' WHERE id = 1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg.psql("geecache", "SELECT count(*) FROM geecache.changes") != "0" {
+        assert!(Instant::now() < deadline, "not pruned:\n{}", n.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Meanwhile the value is not answered as fresh; once polls get through again, the node
+    // finds the rows it missed pruned, drops the group, and serves the change.
+    let (_, cache, body) = read(&c, &at).await;
+    assert!(cache != "HIT" || body == "a1", "{cache} {body}");
+    pg.psql("geecache", "GRANT SELECT ON geecache.changes TO cache");
+    until(&c, &at, "a1", Duration::from_secs(5)).await;
+    assert_eq!(warm(&c, &at).await, "a1");
+    assert!(
+        n.metric(&c, "geecache_feed_drops_total{cause=\"pruned\"}")
+            .await
+            >= 1.0
+    );
+}
