@@ -378,6 +378,24 @@ async fn tables_are_named_as_postgresql_names_them() {
         err.contains("upper") && err.contains("invalidate") && err.contains("folds"),
         "{err}"
     );
+    // A table that does not exist: the group and the table are named.
+    let missing = config(
+        "[[group]]\nname = \"ghost\"\nquery = \"SELECT v FROM users WHERE id = $1::int\"\n\
+         invalidate = [{ table = \"app.ghosts\", key = \"id::text\" }]\n",
+    );
+    let (ok, _, err) = geecache(&[
+        "db",
+        "feed",
+        "install",
+        "--config",
+        &missing.path,
+        "--database-url",
+        &pg.url(),
+    ]);
+    assert!(
+        !ok && err.contains("group ghost") && err.contains("\"app\".\"ghosts\""),
+        "{err}"
+    );
     let file = config(
         r#"
 [[group]]

@@ -193,6 +193,24 @@ pub async fn feed_install(
     grants: &[String],
 ) -> anyhow::Result<usize> {
     let sql = feed_db::install_sql(groups, grants).map_err(|e| anyhow::anyhow!(e))?;
+    // Each table exists, or the install says which group names which missing table.
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the database")?;
+    tokio::spawn(connection);
+    for e in feed_db::entries(groups).map_err(|e| anyhow::anyhow!(e))? {
+        let found: Option<String> = client
+            .query_one("SELECT to_regclass($1)::text", &[&e.table.sql()])
+            .await?
+            .get(0);
+        anyhow::ensure!(
+            found.is_some(),
+            "group {}: invalidate: no table {} in this database",
+            e.group,
+            e.table.sql()
+        );
+    }
+    drop(client);
     execute(database_url, &sql)
         .await
         .context("installing the change feed")?;
