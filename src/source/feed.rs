@@ -341,14 +341,24 @@ impl Follower {
             return Ok(());
         }
         self.last_trigger_check = Some(Instant::now());
+        // One query for every group's triggers, two per entry, in the groups' order.
+        let entries: Vec<_> = self
+            .triggers
+            .iter()
+            .flat_map(|g| g.entries.clone())
+            .collect();
+        let (tables, names) = feed_db::present_args(&entries);
+        let rows = client
+            .query(feed_db::PRESENT_SQL, &[&tables, &names])
+            .await?;
+        let mut oids = rows.iter().map(|r| r.get::<_, Option<i64>>(1));
+        let mut names = names.iter();
         for g in &mut self.triggers {
-            let (tables, names) = feed_db::present_args(&g.entries);
-            let rows = client
-                .query(feed_db::PRESENT_SQL, &[&tables, &names])
-                .await?;
-            let now: Vec<Option<i64>> = rows.iter().map(|r| r.get(1)).collect();
+            let n = 2 * g.entries.len();
+            let now: Vec<Option<i64>> = oids.by_ref().take(n).collect();
             let missing: Vec<&str> = names
-                .iter()
+                .by_ref()
+                .take(n)
                 .zip(&now)
                 .filter(|(_, oid)| oid.is_none())
                 .map(|(n, _)| n.as_str())
