@@ -379,6 +379,11 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
     }
     // up made a secret of its own for the cluster and said where it is; the peer port wants it.
     let out = std::fs::read_to_string(&log_path).unwrap();
+    // Quiet: its banner, and from the nodes only warnings (RUST_LOG unset), no colour codes
+    // in a file.
+    assert!(out.contains("GeeCache-rs local cluster up"), "{out}");
+    assert!(!out.contains("\"level\":\"INFO\""), "{out}");
+    assert!(!out.contains('\x1b'), "{out}");
     let secret_file = out
         .lines()
         .find_map(|l| l.strip_prefix("Peer secret (made for this cluster): "))
@@ -436,6 +441,35 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
         .unwrap();
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{status:?}");
+    // A reader that is gone before it prints (`| head` that exited) ends it quietly.
+    let mut gone = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
+        .args(["cluster", "status", "--addr", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(gone.stdout.take());
+    let ended = gone.wait_with_output().unwrap();
+    assert!(
+        ended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ended.stderr)
+    );
+    // Pointed at a peer port, it says which port it wants.
+    let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
+        .args([
+            "cluster",
+            "status",
+            "--addr",
+            &format!("127.0.0.1:{peer_port}"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && err.contains("peer port") && err.contains("client API"),
+        "{err}"
+    );
     for i in 0..3 {
         let row = table
             .lines()

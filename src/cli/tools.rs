@@ -13,6 +13,14 @@ use crate::peer::wire::RAFT_COMMAND;
 use crate::peer::{Changed, PeerClient, PeerSettings};
 use crate::source::feed_db;
 
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 fn base_url(addr: &str) -> String {
     let addr = addr.trim_end_matches('/');
     if addr.starts_with("http://") || addr.starts_with("https://") {
@@ -31,18 +39,35 @@ async fn cluster_view(addr: &str) -> anyhow::Result<Value> {
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
+    if res.status() == reqwest::StatusCode::UNAUTHORIZED {
+        // The peer port answers 401 to anything without the peer secret.
+        anyhow::bail!(
+            "{url} answered 401: that is a peer port; give the client API's address instead \
+             (--api-addr, 9999 by default; 9001.. under `geecache up`)"
+        );
+    }
     Ok(res.error_for_status()?.json().await?)
+}
+
+/// Writes a command's output to stdout; a reader that went away (`| head`) ends it quietly
+/// instead of a panic on the broken pipe.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// `geecache cluster status`: a node's view of the cluster as a table.
 pub async fn cluster_status(addr: &str) -> anyhow::Result<()> {
     let v = cluster_view(addr).await?;
+    let mut out = String::new();
     let show = |k: &str| match &v[k] {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    println!(
+    outln!(
+        out,
         "node {}  role {}  membership {}  leader {}  term {}  epoch {}",
         show("node_id"),
         show("role"),
@@ -51,9 +76,13 @@ pub async fn cluster_status(addr: &str) -> anyhow::Result<()> {
         show("term"),
         show("epoch")
     );
-    println!(
+    outln!(
+        out,
         "{:<20} {:<28} {:<28} {:<8} STATE",
-        "ID", "PEER", "API", "ROLE"
+        "ID",
+        "PEER",
+        "API",
+        "ROLE"
     );
     for m in v["members"].as_array().into_iter().flatten() {
         let s = |k: &str| match &m[k] {
@@ -61,7 +90,8 @@ pub async fn cluster_status(addr: &str) -> anyhow::Result<()> {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        println!(
+        outln!(
+            out,
             "{:<20} {:<28} {:<28} {:<8} {}",
             s("id"),
             s("peer_url"),
@@ -70,6 +100,7 @@ pub async fn cluster_status(addr: &str) -> anyhow::Result<()> {
             s("state"),
         );
     }
+    emit(&out);
     Ok(())
 }
 
@@ -239,14 +270,20 @@ pub async fn feed_status(database_url: &str, groups: Option<Groups>) -> anyhow::
         .query(feed_db::TRIGGERS_SQL, &[])
         .await
         .context("reading the feed (is it installed? geecache db feed install)")?;
-    println!(
+    let mut out = String::new();
+    outln!(
+        out,
         "{:<24} {:<32} {:<40} {:<16} FIRES",
-        "GROUP", "TABLE", "TRIGGER", "OWNER"
+        "GROUP",
+        "TABLE",
+        "TRIGGER",
+        "OWNER"
     );
     for r in triggers {
         let (table, trigger, group, owner, fires): (String, String, String, String, bool) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        println!(
+        outln!(
+            out,
             "{group:<24} {table:<32} {trigger:<40} {owner:<16} {}",
             if fires { "yes" } else { "NO (disabled)" }
         );
@@ -263,17 +300,19 @@ pub async fn feed_status(database_url: &str, groups: Option<Groups>) -> anyhow::
         .await?;
     let (count, oldest, pruned, now): (i64, Option<f64>, Option<String>, String) =
         (head.get(0), head.get(1), head.get(2), head.get(3));
-    println!(
+    outln!(
+        out,
         "feed: {count} rows (oldest {}), pruned below xid {}, database at xid {now}",
         oldest.map_or("-".into(), |s| format!("{s:.1} s ago")),
         pruned.unwrap_or_else(|| "-".into())
     );
-    println!("{:<48} {:>14} {:>12}", "NODE", "POSITION", "SEEN");
+    outln!(out, "{:<48} {:>14} {:>12}", "NODE", "POSITION", "SEEN");
     for r in rows {
         let (node, position, seen): (String, String, f64) = (r.get(0), r.get(1), r.get(2));
-        println!("{node:<48} {position:>14} {:>10.1} s", seen);
+        outln!(out, "{node:<48} {position:>14} {:>10.1} s", seen);
     }
     let Some(groups) = groups else {
+        emit(&out);
         return Ok(());
     };
     let entries = feed_db::entries(groups).map_err(|e| anyhow::anyhow!(e))?;
@@ -285,13 +324,17 @@ pub async fn feed_status(database_url: &str, groups: Option<Groups>) -> anyhow::
     for ((table, trigger), row) in tables.iter().zip(&names).zip(&present) {
         if row.get::<_, Option<i64>>(1).is_none() {
             missing += 1;
-            println!("missing: trigger {trigger} on {table} (or it is disabled)");
+            outln!(
+                out,
+                "missing: trigger {trigger} on {table} (or it is disabled)"
+            );
         }
     }
+    emit(&out);
     anyhow::ensure!(
         missing == 0,
         "{missing} triggers the config needs are missing: run geecache db feed install with it"
     );
-    println!("every trigger the config needs is in place");
+    emit("every trigger the config needs is in place\n");
     Ok(())
 }

@@ -33,6 +33,9 @@ struct Proc {
     reported: bool,
 }
 
+/// The nodes' log filter under `up` when `RUST_LOG` is not set.
+const UP_LOG_FILTER: &str = "warn";
+
 fn spawn(name: &str, args: Vec<String>, api: String) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe().context("cannot find my own executable")?;
     let mut cmd = Command::new(exe);
@@ -44,6 +47,11 @@ fn spawn(name: &str, args: Vec<String>, api: String) -> anyhow::Result<Proc> {
     // If `up` dies (even by SIGKILL), its nodes get SIGTERM and drain instead of keeping
     // every port of the next `up` (`node::die_with_parent`).
     cmd.env(PARENT_ENV, std::process::id().to_string());
+    // Quiet unless asked: the banner first, then only what goes wrong (`RUST_LOG=info` for
+    // the nodes' whole logs).
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", UP_LOG_FILTER);
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
@@ -265,6 +273,9 @@ impl Plan {
         );
         if let Some(path) = &self.secret {
             println!("Peer secret (made for this cluster): {}", path.display());
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            println!("Logs: warnings and errors below; RUST_LOG=info geecache up for everything");
         }
         let n = args.nodes as usize + 1;
         println!(

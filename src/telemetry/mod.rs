@@ -26,13 +26,20 @@ pub async fn emit_emf(metrics: PrometheusHandle, every: Duration) {
     }
 }
 
-/// Logs on stdout, as `--log-format` says; `RUST_LOG` filters (default `info`).
+/// The log filter when `RUST_LOG` is not set: this crate's INFO, the libraries' (raft-rs,
+/// actix) warnings only.
+pub const DEFAULT_LOG_FILTER: &str = "warn,geecache=info";
+
+/// Logs on stdout, as `--log-format` says; `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
+/// Colours only on a terminal.
 pub fn init_logs(format: crate::cli::config::LogFormat) {
     use crate::cli::config::LogFormat;
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
     match format {
         LogFormat::Json => builder
