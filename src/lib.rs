@@ -40,3 +40,6 @@ pub mod raft;
 pub mod ring;
 pub mod source;
 pub mod telemetry;
+
+/// The largest request head a listener takes (431 past it).
+pub use http::MAX_HEAD_BYTES;

@@ -40,19 +40,12 @@ fn start_cluster(pg: Option<&Pg>, extra: &[&str]) -> Cluster {
     Cluster { nodes, peers }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_agree_on_owners_and_values() {
     let pg = Pg::start();
     pg.seed(1000);
     let c = start_cluster(Some(&pg), &[]);
-    let client = client();
+    let client = common::client();
 
     // Every node answers every key with the same bytes (and the embedded rows' bytes).
     for id in (1..=1000).step_by(7).chain([1001, 0]) {
@@ -115,7 +108,7 @@ async fn six_hundred_misses_over_three_nodes_cost_one_query() {
     );
     // Each node's startup ran each query once (the check that it does not write).
     pg.psql("geecache", "SELECT pg_stat_statements_reset()");
-    let client = client();
+    let client = common::client();
     let db = common::lock_products(&pg).await;
 
     let requests: Vec<_> = (0..600)
@@ -161,7 +154,7 @@ async fn a_killed_node_does_not_fail_its_keys() {
     let pg = Pg::start();
     pg.seed(1000);
     let mut c = start_cluster(Some(&pg), &["--peer-timeout", "1s"]);
-    let client = client();
+    let client = common::client();
     let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
     let victim = c.peers[2].clone();
     let owned: Vec<u64> = (1..=1000)
@@ -190,7 +183,7 @@ async fn a_killed_node_does_not_fail_its_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_port_is_guarded_and_strict() {
     let c = start_cluster(None, &["--embedded-latency", "0ms"]);
-    let client = client();
+    let client = common::client();
     let peer = &c.peers[0];
     let url = format!("{peer}/_geecache/scores/Tom");
 
@@ -231,7 +224,7 @@ async fn the_peer_port_is_guarded_and_strict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_remote_key_is_served_from_the_hot_cache() {
     let c = start_cluster(None, &["--embedded-latency", "0ms", "--hot-min-qps", "5"]);
-    let client = client();
+    let client = common::client();
     let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
     let remote = (1..)
         .map(|i: u64| i.to_string())
@@ -259,7 +252,7 @@ async fn remote_loads_reuse_the_peer_connections() {
         None,
         &["--embedded-latency", "0ms", "--hot-min-qps", "1e12"],
     );
-    let client = client();
+    let client = common::client();
     let ring = Ring::new(RingHash::Crc32, 150, c.peers.iter().map(|p| Member::new(p)));
     let owned_by_1: Vec<String> = (1..5000)
         .map(|i: u64| i.to_string())
@@ -284,7 +277,7 @@ async fn remote_loads_reuse_the_peer_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_answers_like_get_without_a_body() {
     let node = NodeProc::spawn(&["--embedded-latency", "0ms"]);
-    let client = client();
+    let client = common::client();
     for path in [
         "/api/products/7",
         "/api?key=Tom",
@@ -366,7 +359,7 @@ async fn up_runs_a_local_cluster_behind_a_frontend() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let client = client();
+    let client = common::client();
     assert_eq!(
         get(&client, &format!("{front}/api?key=Tom")).await,
         (200, b"630".to_vec())
@@ -595,7 +588,7 @@ async fn a_fetch_batch_answers_each_fetch_and_a_hit_does_not_wait_for_a_load() {
     use geecache::peer::wire::{Fetch, FetchAnswer, FetchBatch};
     use prost::Message;
     let c = start_cluster(None, &["--embedded-latency", "1500ms"]);
-    let client = client();
+    let client = common::client();
     let owner = &c.nodes[1];
     let keys = owned_by(&c.peers, &c.peers[1], 1, 2);
     let (warm, cold) = (&keys[0], &keys[1]);
@@ -698,7 +691,7 @@ async fn fetches_for_a_busy_owner_share_requests_and_hits_pass_its_loads() {
         None,
         &["--embedded-latency", "1500ms", "--hot-min-qps", "1e12"],
     );
-    let client = &client();
+    let client = &common::client();
     let (asker, owner) = (&c.nodes[0], &c.nodes[1]);
     let keys = owned_by(&c.peers, &c.peers[1], 1, 240);
     let missing = owned_by(&c.peers, &c.peers[1], 2_000_000, 10);
@@ -809,7 +802,7 @@ async fn a_peer_without_batches_is_asked_one_key_at_a_time() {
             "1e12",
         ],
     );
-    let client = &client();
+    let client = &common::client();
     let keys = owned_by(&peers, &go, 1, 100);
     let node = &node;
     for round in 0..2 {
@@ -852,7 +845,7 @@ async fn peer_batch_one_sends_every_fetch_alone() {
             "1",
         ],
     );
-    let client = &client();
+    let client = &common::client();
     let keys = owned_by(&c.peers, &c.peers[1], 1, 200);
     let api = &c.nodes[0].api;
     for _ in 0..2 {

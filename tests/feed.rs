@@ -8,33 +8,9 @@ use std::time::{Duration, Instant};
 use common::raft::{Raft, converged};
 use common::{NodeProc, Pg, get};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// Polls `url` until it answers `want`; how long that took.
-async fn until(client: &reqwest::Client, url: &str, want: &[u8], within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let (status, body) = get(client, url).await;
-        if status == 200 && body == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{url} still answers {status} {:?}",
-            String::from_utf8_lossy(&body)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_update_reaches_every_node_and_the_frontend() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(100);
     let url = pg.url();
@@ -64,14 +40,17 @@ async fn a_committed_update_reaches_every_node_and_the_frontend() {
         .chain([front.api.clone()])
         .collect();
     for api in &apis {
-        assert_eq!(warm(&c, &format!("{api}/api?key=Tom")).await, b"630");
+        assert_eq!(
+            common::warm(&c, &format!("{api}/api?key=Tom")).await,
+            b"630"
+        );
     }
     pg.psql(
         "geecache",
         "UPDATE scores SET value = '700' WHERE name = 'Tom'",
     );
     for api in &apis {
-        let took = until(
+        let took = common::until(
             &c,
             &format!("{api}/api?key=Tom"),
             b"700",
@@ -80,41 +59,6 @@ async fn a_committed_update_reaches_every_node_and_the_frontend() {
         .await;
         eprintln!("{api}: the update served after {took:?}");
     }
-}
-
-/// GETs `url` until it is a HIT (the node follows the feed once it caches); its body.
-async fn warm(c: &reqwest::Client, url: &str) -> Vec<u8> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = c.get(url).send().await.unwrap();
-        let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
-        let body = r.bytes().await.unwrap().to_vec();
-        if hit {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "{url} never cached");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The node's metric `name`, summed over its label sets.
-async fn metric_sum(c: &reqwest::Client, api: &str, name: &str) -> f64 {
-    let text = c
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l.as_bytes().get(name.len()) == Some(&b' ')
-                    || l.as_bytes().get(name.len()) == Some(&b'{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// One node on PostgreSQL through a proxy that can cut it off.
@@ -141,15 +85,15 @@ use common::Proxy;
 /// the lag (time since the last poll) rises toward it between polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_poll_sets_how_often_a_node_reads_the_feed() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let node = pg.node(&["--feed-poll", "1s"]);
     let url = format!("{}/api?key=Tom", node.api);
-    assert_eq!(warm(&c, &url).await, b"630");
+    assert_eq!(common::warm(&c, &url).await, b"630");
     let mut most: f64 = 0.0;
     for _ in 0..25 {
-        most = most.max(metric_sum(&c, &node.api, "geecache_feed_lag_seconds").await);
+        most = most.max(common::metric_sum(&c, &node.api, "geecache_feed_lag_seconds").await);
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     assert!(
@@ -161,17 +105,17 @@ async fn feed_poll_sets_how_often_a_node_reads_the_feed() {
         "geecache",
         "UPDATE scores SET value = '777' WHERE name = 'Tom'",
     );
-    until(&c, &url, b"777", Duration::from_secs(3)).await;
+    common::until(&c, &url, b"777", Duration::from_secs(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_feed_connection_replays_what_it_missed() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let node = pg.node(&[]);
     let url = format!("{}/api?key=Tom", node.api);
-    assert_eq!(warm(&c, &url).await, b"630");
+    assert_eq!(common::warm(&c, &url).await, b"630");
     // Kill the feed's connection and change the row before it can be back.
     let killed = pg.psql(
         "geecache",
@@ -182,18 +126,18 @@ async fn a_killed_feed_connection_replays_what_it_missed() {
         "geecache",
         "UPDATE scores SET value = '701' WHERE name = 'Tom'",
     );
-    until(&c, &url, b"701", Duration::from_secs(5)).await;
-    assert!(metric_sum(&c, &node.api, "geecache_feed_replays_total").await >= 1.0);
+    common::until(&c, &url, b"701", Duration::from_secs(5)).await;
+    assert!(common::metric_sum(&c, &node.api, "geecache_feed_replays_total").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_restart_loses_no_change() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let node = pg.node(&[]);
     let url = format!("{}/api?key=Jack", node.api);
-    assert_eq!(warm(&c, &url).await, b"589");
+    assert_eq!(common::warm(&c, &url).await, b"589");
     pg.stop();
     pg.restart();
     // Changed the moment PostgreSQL is back, before the node's feed reconnects.
@@ -201,19 +145,19 @@ async fn a_postgresql_restart_loses_no_change() {
         "geecache",
         "UPDATE scores SET value = '590' WHERE name = 'Jack'",
     );
-    until(&c, &url, b"590", Duration::from_secs(8)).await;
+    common::until(&c, &url, b"590", Duration::from_secs(8)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_starts_from_the_database() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let args = ["--source", "postgres", "--database-url", &pg.url()];
     let (api_port, peer_port) = (common::free_port(), common::free_port());
     let node = NodeProc::spawn_on(api_port, peer_port, &args);
     let url = format!("{}/api?key=Sam", node.api);
-    assert_eq!(warm(&c, &url).await, b"567");
+    assert_eq!(common::warm(&c, &url).await, b"567");
     drop(node);
     pg.psql(
         "geecache",
@@ -225,25 +169,25 @@ async fn a_restarted_node_starts_from_the_database() {
         "geecache",
         "UPDATE scores SET value = '569' WHERE name = 'Sam'",
     );
-    until(&c, &url, b"569", Duration::from_secs(3)).await;
+    common::until(&c, &url, b"569", Duration::from_secs(3)).await;
     drop(node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_healing() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let proxy = Proxy::to(pg.port);
     let node = proxied_node(&pg, &proxy, "1s");
     let url = format!("{}/api?key=Tom", node.api);
-    assert_eq!(warm(&c, &url).await, b"630");
+    assert_eq!(common::warm(&c, &url).await, b"630");
     // The polls are the feed's heartbeat: on an idle database its lag stays near the poll
     // interval, and it grows while the feed cannot be read.
     let lag = "geecache_feed_lag_seconds";
-    let idle = metric_sum(&c, &node.api, lag).await;
+    let idle = common::metric_sum(&c, &node.api, lag).await;
     assert!(idle < 0.5, "an idle feed's lag: {idle}");
-    let position = metric_sum(&c, &node.api, "geecache_feed_position").await;
+    let position = common::metric_sum(&c, &node.api, "geecache_feed_position").await;
     assert!(position > 0.0, "no feed position: {position}");
     proxy.cut(true);
     pg.psql(
@@ -252,7 +196,7 @@ async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_hea
     );
     // Past max_staleness (1 s) without the feed, the old value is not answered as fresh.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let cut = metric_sum(&c, &node.api, lag).await;
+    let cut = common::metric_sum(&c, &node.api, lag).await;
     assert!(cut >= 1.0, "the lag of a feed cut off for 1.5 s: {cut}");
     let r = c.get(&url).send().await.unwrap();
     let cache = r
@@ -265,12 +209,12 @@ async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_hea
         "answered the old value as fresh without the feed"
     );
     proxy.cut(false);
-    until(&c, &url, b"800", Duration::from_secs(8)).await;
+    common::until(&c, &url, b"800", Duration::from_secs(8)).await;
     // The feed's own connection comes back too (its stalled poll ends, or times out after 2 s
     // and it reconnects), and its lag falls back to the poll interval.
     let healed_at = Instant::now();
     loop {
-        let healed = metric_sum(&c, &node.api, lag).await;
+        let healed = common::metric_sum(&c, &node.api, lag).await;
         if healed < 0.5 {
             break;
         }
@@ -280,7 +224,7 @@ async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_hea
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let moved = metric_sum(&c, &node.api, "geecache_feed_position").await;
+    let moved = common::metric_sum(&c, &node.api, "geecache_feed_position").await;
     assert!(
         moved > position,
         "the position after the update: {moved} <= {position}"
@@ -302,13 +246,13 @@ async fn a_node_cut_off_from_postgresql_stops_answering_fresh_and_replays_on_hea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_pruned_past_a_node_drops_its_groups() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let proxy = Proxy::to(pg.port);
     let node = proxied_node(&pg, &proxy, "30s");
     let url = format!("{}/api/products/3", node.api);
-    warm(&c, &url).await;
+    common::warm(&c, &url).await;
     proxy.cut(true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     pg.psql(
@@ -322,8 +266,8 @@ async fn a_feed_pruned_past_a_node_drops_its_groups() {
         "0"
     );
     proxy.cut(false);
-    until(&c, &url, b"gone-3", Duration::from_secs(8)).await;
-    let drops = metric_sum(&c, &node.api, "geecache_feed_drops_total").await;
+    common::until(&c, &url, b"gone-3", Duration::from_secs(8)).await;
+    let drops = common::metric_sum(&c, &node.api, "geecache_feed_drops_total").await;
     assert_eq!(drops, 1.0, "dropped, counted by cause");
 }
 
@@ -332,14 +276,14 @@ async fn a_feed_pruned_past_a_node_drops_its_groups() {
 /// has not read are kept.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_retention_prunes_past_a_node_that_is_away() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let _pruner = pg.node(&["--feed-retention", "1s"]);
     let proxy = Proxy::to(pg.port);
     let away = proxied_node(&pg, &proxy, "30s");
     let url = format!("{}/api/products/4", away.api);
-    warm(&c, &url).await;
+    common::warm(&c, &url).await;
     proxy.cut(true);
     pg.psql(
         "geecache",
@@ -352,8 +296,8 @@ async fn feed_retention_prunes_past_a_node_that_is_away() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     proxy.cut(false);
-    until(&c, &url, b"pruned-4", Duration::from_secs(8)).await;
-    let drops = metric_sum(&c, &away.api, "geecache_feed_drops_total").await;
+    common::until(&c, &url, b"pruned-4", Duration::from_secs(8)).await;
+    let drops = common::metric_sum(&c, &away.api, "geecache_feed_drops_total").await;
     assert_eq!(drops, 1.0, "dropped, counted by cause");
 }
 
@@ -450,11 +394,11 @@ fn people_node(p: &People) -> NodeProc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_changes_deletes_and_inserts_reach_the_cache() {
-    let c = client();
+    let c = common::client();
     let p = people();
     let node = people_node(&p);
     let at = |k: &str| format!("{}/api/people/{k}", node.api);
-    assert_eq!(warm(&c, &at("ada")).await, b"Ada");
+    assert_eq!(common::warm(&c, &at("ada")).await, b"Ada");
     // A missing row is remembered for 60 s ...
     assert_eq!(get(&c, &at("cy")).await.0, 404);
     let r = c.get(at("cy")).send().await.unwrap();
@@ -467,14 +411,14 @@ async fn key_changes_deletes_and_inserts_reach_the_cache() {
     );
     // ... and its INSERT is served at once, not after the window.
     p.pg.psql("geecache", "INSERT INTO people VALUES ('cy', 'Cy')");
-    until(&c, &at("cy"), b"Cy", Duration::from_secs(2)).await;
+    common::until(&c, &at("cy"), b"Cy", Duration::from_secs(2)).await;
     // An UPDATE of the key column invalidates the old key and the new one.
     assert_eq!(get(&c, &at("bobby")).await.0, 404);
     p.pg.psql(
         "geecache",
         "UPDATE people SET id = 'bobby' WHERE id = 'bob'",
     );
-    until(&c, &at("bobby"), b"Bob", Duration::from_secs(2)).await;
+    common::until(&c, &at("bobby"), b"Bob", Duration::from_secs(2)).await;
     let start = Instant::now();
     while get(&c, &at("bob")).await.0 != 404 {
         assert!(
@@ -532,12 +476,12 @@ async fn key_changes_deletes_and_inserts_reach_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_that_read_the_row_before_a_committed_change_caches_nothing() {
-    let c = client();
+    let c = common::client();
     let p = people();
     let node = people_node(&p);
     // Following the feed (the node caches) before the race begins.
     assert_eq!(
-        warm(&c, &format!("{}/api/slow/ada", node.api)).await,
+        common::warm(&c, &format!("{}/api/slow/ada", node.api)).await,
         b"Ada"
     );
     let url = format!("{}/api/slow/slow1", node.api);
@@ -554,14 +498,14 @@ async fn a_load_that_read_the_row_before_a_committed_change_caches_nothing() {
     assert_eq!(early.await.unwrap(), b"old", "began before the change");
     // The old value was not cached: the next read returns the new row.
     assert_eq!(get(&c, &url).await.1, b"new");
-    assert!(metric_sum(&c, &node.api, "geecache_fills_discarded_total").await >= 1.0);
+    assert!(common::metric_sum(&c, &node.api, "geecache_fills_discarded_total").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_value_survives_3_5_3_while_rows_change() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(300);
     let url = pg.url();
@@ -677,7 +621,7 @@ async fn no_stale_value_survives_3_5_3_while_rows_change() {
 /// prepare there, as its text did before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_feed_installed_a_node_says_so_and_caches_nothing() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     pg.psql("geecache", "DROP SCHEMA geecache CASCADE");

@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::{NodeProc, Pg};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(16)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
 struct ConfigFile {
     _dir: tempfile::TempDir,
     path: String,
@@ -90,51 +82,19 @@ async fn read(c: &reqwest::Client, url: &str) -> (u16, String, String) {
     (r.status().as_u16(), cache, r.text().await.unwrap())
 }
 
-/// GETs `url` until it is a HIT; its body.
-async fn warm(c: &reqwest::Client, url: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, cache, body) = read(c, url).await;
-        if status == 200 && cache == "HIT" {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} never cached: {status} {cache} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `url` until it answers `want`; how long that took (at most `within`).
-async fn until(c: &reqwest::Client, url: &str, want: &str, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let (status, cache, body) = read(c, url).await;
-        if status == 200 && body == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{url} still answers {status} {cache} {body:?}, not {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Warms `url`, runs `update` (which sets the row to `want`), and checks that the new value is
 /// served within `within` of the update's commit.
 async fn fresh(c: &reqwest::Client, url: &str, update: impl FnOnce(), want: &str) -> Duration {
-    warm(c, url).await;
+    common::warm(c, url).await;
     update();
-    let took = until(c, url, want, Duration::from_secs(1)).await;
+    let took = common::until(c, url, want.as_bytes(), Duration::from_secs(1)).await;
     eprintln!("{url}: {want} served {took:?} after the commit");
     took
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_role_with_only_its_table_rights_writes_and_its_changes_reach_the_cache() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     // The installer owns the table (as a migration role would); the application has its
     // table rights and nothing else; the nodes' role reads.
@@ -232,7 +192,7 @@ const BETA: &str = "[[group]]\nname = \"beta\"\nquery = \"SELECT v FROM t_b WHER
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_installs_in_one_database_leave_each_other_alone() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.psql(
         "geecache",
@@ -308,7 +268,7 @@ async fn two_installs_in_one_database_leave_each_other_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_row_in_the_feed_wedges_it() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(10);
     let n = pg.node(&["--max-staleness", "1s"]);
@@ -348,7 +308,7 @@ async fn no_row_in_the_feed_wedges_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_are_named_as_postgresql_names_them() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.psql(
         "geecache",
@@ -505,7 +465,7 @@ fn peak_rss(n: &NodeProc) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_over_the_value_limit_are_never_read_into_the_node() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     // 8 rows of 100 MB (and one small), of text and of bytea.
     pg.psql(
@@ -568,7 +528,7 @@ async fn rows_over_the_value_limit_are_never_read_into_the_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_is_pruned_while_no_poll_gets_through() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.psql(
         "geecache",
@@ -590,7 +550,7 @@ async fn the_feed_is_pruned_while_no_poll_gets_through() {
         "1s",
     ]);
     let at = format!("{}/api/alpha/1", n.api);
-    warm(&c, &at).await;
+    common::warm(&c, &at).await;
     // The node's polls fail from now on (it may not read the feed), but it may still prune.
     pg.psql("geecache", "REVOKE SELECT ON geecache.changes FROM cache");
     pg.psql("geecache", "UPDATE t_a SET v = 'a1' WHERE id = 1");
@@ -604,8 +564,8 @@ async fn the_feed_is_pruned_while_no_poll_gets_through() {
     let (_, cache, body) = read(&c, &at).await;
     assert!(cache != "HIT" || body == "a1", "{cache} {body}");
     pg.psql("geecache", "GRANT SELECT ON geecache.changes TO cache");
-    until(&c, &at, "a1", Duration::from_secs(5)).await;
-    assert_eq!(warm(&c, &at).await, "a1");
+    common::until(&c, &at, b"a1", Duration::from_secs(5)).await;
+    assert_eq!(common::warm(&c, &at).await, b"a1");
     assert!(
         n.metric(&c, "geecache_feed_drops_total{cause=\"pruned\"}")
             .await

@@ -114,14 +114,6 @@ fn pg_node(pg: &Pg, file: &ConfigFile, extra: &[&str]) -> NodeProc {
     NodeProc::spawn(&args)
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// Status, `X-Cache`, `Content-Type` and body of a GET.
 async fn fetch(client: &reqwest::Client, url: &str) -> (u16, String, String, String) {
     let r = client.get(url).send().await.unwrap();
@@ -150,7 +142,7 @@ async fn a_table_of_your_own_is_served_with_its_content_type() {
     tables(&pg);
     let file = config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
-    let c = client();
+    let c = common::client();
     let api = &node.api;
     let cases = [
         (
@@ -236,7 +228,7 @@ async fn ttl_expires_within_its_jitter_and_spreads_the_expiry() {
     tables(&pg);
     let file = config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
-    let c = client();
+    let c = common::client();
     let keys: Vec<String> = (1..=1000).map(|i| format!("k{i}")).collect();
     let url = |k: &str| format!("{}/api/jitter/{k}", node.api);
     // Fill all at once, noting when each was filled.
@@ -315,7 +307,7 @@ async fn stale_while_revalidate_answers_at_once_and_reloads_once() {
     tables(&pg);
     let file = config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
-    let c = client();
+    let c = common::client();
     let url = format!("{}/api/swr/k1", node.api);
     assert_eq!(fetch(&c, &url).await.3, "v1");
     pg.psql("geecache", "UPDATE notes SET body = 'v2' WHERE id = 'k1'");
@@ -367,7 +359,7 @@ async fn stale_if_error_covers_an_outage_within_its_window() {
         &file,
         &["--connect-timeout", "300ms", "--statement-timeout", "300ms"],
     );
-    let c = client();
+    let c = common::client();
     let url = format!("{}/api/sie/k1", node.api);
     assert_eq!(fetch(&c, &url).await.3, "v1");
     let filled = Instant::now();
@@ -404,7 +396,7 @@ async fn a_missing_row_is_remembered_for_negative_ttl() {
     tables(&pg);
     let file = config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
-    let c = client();
+    let c = common::client();
     let url = format!("{}/api/neg/ghost", node.api);
     let before = calls(&pg, "FROM notes WHERE id = $1");
     let started = Instant::now();
@@ -454,7 +446,7 @@ struct Cluster {
 }
 
 async fn cluster(pg: &Pg, file: &ConfigFile) -> Cluster {
-    let c = client();
+    let c = common::client();
     let url = pg.url();
     let args = [
         "--config",
@@ -522,7 +514,7 @@ async fn delete_needs_the_admin_token_and_reaches_every_node_and_the_frontend() 
     let pg = Pg::start();
     tables(&pg);
     let file = config(GROUPS);
-    let c = client();
+    let c = common::client();
     // Without a configured token: 403.
     let lone = pg_node(&pg, &file, &[]);
     let r = delete(&c, &lone.api, "/api/text/a", Some(ADMIN)).await;
@@ -611,7 +603,7 @@ async fn a_load_that_read_the_old_row_before_a_delete_caches_nothing() {
     );
     let file = config(GROUPS);
     let cl = cluster(&pg, &file).await;
-    let c = client();
+    let c = common::client();
     // Through a non-owner, so that the owner loads and the asker waits on it.
     let ring = geecache::ring::Ring::new(
         geecache::ring::RingHash::Crc32,
@@ -790,7 +782,7 @@ async fn startup_checks_the_queries_but_not_the_database_being_up() {
     let file = config(GROUPS);
     pg.stop();
     let node = pg_node(&pg, &file, &["--connect-timeout", "300ms"]);
-    let c = client();
+    let c = common::client();
     let (s, _, _, body) = fetch(&c, &format!("{}/api/text/a", node.api)).await;
     assert_eq!(s, 503, "{body}");
     pg.restart();
@@ -815,7 +807,7 @@ async fn a_hot_copy_lives_no_longer_than_its_ttl() {
     tables(&pg);
     let file = config(GROUPS);
     let cl = cluster(&pg, &file).await;
-    let c = client();
+    let c = common::client();
     // The frontend owns nothing: every value it holds is a hot copy (--hot-ttl is 10 s).
     let url = format!("{}/api/short/k7", cl.front.api);
     for _ in 0..5 {
@@ -839,7 +831,7 @@ async fn a_hot_copy_lives_no_longer_than_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_with_other_groups_is_flagged_and_keeps_serving() {
-    let c = client();
+    let c = common::client();
     let raft = Raft::new(1, "30s");
     let (_nodes, _) = raft.form(&c, 1).await;
     let other = config(
@@ -875,7 +867,7 @@ async fn a_delete_reaches_a_node_that_left_and_still_drains() {
     let pg = Pg::start();
     tables(&pg);
     let file = config(GROUPS);
-    let c = client();
+    let c = common::client();
     let url = pg.url();
     let base = [
         "--config",

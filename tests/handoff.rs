@@ -10,13 +10,6 @@ use common::{NodeProc, Pg, Proxy, TEST_SECRET, get, metrics_text};
 use geecache::ring::{Member, Ring, RingHash};
 use geecache::source::demo::product_value;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 fn ring(raft: &Raft, ids: &[u64]) -> Ring {
     Ring::new(
         RingHash::Crc32,
@@ -50,14 +43,6 @@ async fn warm(c: &reqwest::Client, url: &str) {
     }
 }
 
-async fn metric(c: &reqwest::Client, api: &str, series: &str) -> f64 {
-    metrics_text(c, api)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Nodes 1-3 of `raft` started with `args`, ready and agreed on one ring.
 async fn three_nodes(c: &reqwest::Client, raft: &Raft, args: &[&str]) -> Vec<NodeProc> {
     let nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, args)).collect();
@@ -88,7 +73,7 @@ async fn seeded_three(c: &reqwest::Client, extra: &[&str]) -> (Pg, Raft, Vec<Nod
 /// Waits (10 s at most) until `series` at `api` reaches `at_least`; else fails with `what`.
 async fn until_metric(c: &reqwest::Client, api: &str, series: &str, at_least: f64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(c, api, series).await < at_least {
+    while common::metric(c, api, series).await < at_least {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -175,7 +160,7 @@ async fn node_four_joins(c: &reqwest::Client, three_args: &[&str], four_args: &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
-    let c = client();
+    let c = common::client();
     // Peeks alone: the others do not send node 4 what they hold for it.
     let joined = node_four_joins(&c, &["--handoff-send", "false"], &[]).await;
     let (pg, four, keys) = (&joined.pg, &joined.four, &joined.keys[..]);
@@ -193,7 +178,7 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
         before,
         "no query: node 4 took them from node 1"
     );
-    let accepted = metric(
+    let accepted = common::metric(
         &c,
         &four.api,
         "geecache_handoff_peeks_total{group=\"products\",outcome=\"accepted\"}",
@@ -201,7 +186,7 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
     .await;
     assert_eq!(accepted, 20.0);
     assert!(
-        metric(
+        common::metric(
             &c,
             &four.api,
             "geecache_handoff_bytes_total{group=\"products\"}"
@@ -223,11 +208,14 @@ async fn a_node_that_joins_takes_moved_keys_from_their_old_owners() {
 /// and node 1 no longer holds them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_is_sent_what_the_others_hold_for_it() {
-    let c = client();
+    let c = common::client();
     let joined = node_four_joins(&c, &[], &[]).await;
     let (pg, four, raft, keys) = (&joined.pg, &joined.four, &joined.raft, &joined.keys[..]);
     until_four_kept(&c, four, keys.len()).await;
-    assert!(metric(&c, &raft.api(1), "geecache_handoff_pushed_total").await >= keys.len() as f64);
+    assert!(
+        common::metric(&c, &raft.api(1), "geecache_handoff_pushed_total").await
+            >= keys.len() as f64
+    );
     let before = products_queries(pg);
     for (k, hit) in keys.iter().zip(hits_at(&c, four, keys).await) {
         assert!(hit, "{k} is in node 4's own store");
@@ -254,19 +242,19 @@ async fn a_node_that_joins_is_sent_what_the_others_hold_for_it() {
 /// key's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_herd_on_a_moved_key_costs_one_peek_and_peeks_are_not_forwarded() {
-    let c = client();
+    let c = common::client();
     let joined = node_four_joins(&c, &["--handoff-send", "false"], &[]).await;
     let (pg, four, raft) = (&joined.pg, &joined.four, &joined.raft);
     let answered = "geecache_handoff_peeks_served_total{outcome=\"answered\"}";
     let (before_queries, before_peeks) = (
         products_queries(pg),
-        metric(&c, &raft.api(1), answered).await,
+        common::metric(&c, &raft.api(1), answered).await,
     );
     let url = format!("{}/api/products/{}", four.api, joined.keys[0]);
     let herd = futures_util::future::join_all((0..50).map(|_| get(&c, &url))).await;
     assert!(herd.iter().all(|(s, _)| *s == 200));
     assert_eq!(
-        metric(&c, &raft.api(1), answered).await - before_peeks,
+        common::metric(&c, &raft.api(1), answered).await - before_peeks,
         1.0,
         "one peek"
     );
@@ -274,10 +262,10 @@ async fn a_herd_on_a_moved_key_costs_one_peek_and_peeks_are_not_forwarded() {
 
     // Node 2 is asked for a key node 1 holds (and owned before node 4 joined): not held there.
     let served = "geecache_server_requests_total{group=\"products\"}";
-    let before_served = metric(&c, &raft.api(1), served).await;
+    let before_served = common::metric(&c, &raft.api(1), served).await;
     let peeks_at_one = "geecache_handoff_peeks_served_total{outcome=\"not_held\"}";
-    let before_at_one =
-        metric(&c, &raft.api(1), peeks_at_one).await + metric(&c, &raft.api(1), answered).await;
+    let before_at_one = common::metric(&c, &raft.api(1), peeks_at_one).await
+        + common::metric(&c, &raft.api(1), answered).await;
     let r = c
         .get(format!(
             "{}/_geecache/products/{}",
@@ -291,12 +279,12 @@ async fn a_herd_on_a_moved_key_costs_one_peek_and_peeks_are_not_forwarded() {
         .unwrap();
     assert_eq!(r.status(), 404, "node 2 does not hold it");
     assert_eq!(
-        metric(&c, &raft.api(1), served).await,
+        common::metric(&c, &raft.api(1), served).await,
         before_served,
         "not forwarded"
     );
-    let after_at_one =
-        metric(&c, &raft.api(1), peeks_at_one).await + metric(&c, &raft.api(1), answered).await;
+    let after_at_one = common::metric(&c, &raft.api(1), peeks_at_one).await
+        + common::metric(&c, &raft.api(1), answered).await;
     assert_eq!(
         after_at_one, before_at_one,
         "not forwarded as a peek either"
@@ -307,7 +295,7 @@ async fn a_herd_on_a_moved_key_costs_one_peek_and_peeks_are_not_forwarded() {
 /// `--handoff-grace 0s`: the new owner never peeks; every moved key is a load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_grace_window_a_new_owner_loads_moved_keys() {
-    let c = client();
+    let c = common::client();
     let joined = node_four_joins(&c, &[], &["--handoff-grace", "0s"]).await;
     let (pg, four) = (&joined.pg, &joined.four);
     let before = products_queries(pg);
@@ -329,7 +317,7 @@ async fn without_a_grace_window_a_new_owner_loads_moved_keys() {
     )
     .await;
     let kept = "geecache_handoff_received_total{outcome=\"kept\"}";
-    assert_eq!(metric(&c, &four.api, kept).await, 0.0);
+    assert_eq!(common::metric(&c, &four.api, kept).await, 0.0);
     let peeks = metrics_text(&c, &four.api).await;
     assert!(
         !peeks.contains("geecache_handoff_peeks_total{"),
@@ -339,7 +327,7 @@ async fn without_a_grace_window_a_new_owner_loads_moved_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(2000);
     let url = pg.url();
@@ -397,7 +385,7 @@ async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let refused = metric(
+    let refused = common::metric(
         &c,
         &four.api,
         "geecache_handoff_peeks_total{group=\"products\",outcome=\"refused_stale\"}",
@@ -422,7 +410,7 @@ async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_hands_its_keys_to_its_successors() {
-    let c = client();
+    let c = common::client();
     // Pull alone: the leaving node sends nothing, its successors peek at it.
     let (pg, raft, mut nodes) = seeded_three(&c, &["--handoff-send", "false"]).await;
     // Node 3's hot keys, requested through the others.
@@ -476,7 +464,7 @@ async fn a_leaving_node_hands_its_keys_to_its_successors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peek_never_loads_and_never_forwards() {
-    let c = client();
+    let c = common::client();
     let pg = Pg::start();
     pg.seed(100);
     let node = NodeProc::spawn(&["--source", "postgres", "--database-url", &pg.url()]);
@@ -508,7 +496,7 @@ async fn a_peek_never_loads_and_never_forwards() {
 /// once, then skips it for a while instead of paying a connection attempt per moved key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
-    let c = client();
+    let c = common::client();
     let (_pg, raft, mut nodes) = seeded_three(&c, &[]).await;
     // A ring current for under a second is one of a burst of changes, and skipped.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -535,7 +523,7 @@ async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
         for (i, outcome) in ["failed", "skipped"].iter().enumerate() {
             let series =
                 format!("geecache_handoff_peeks_total{{group=\"products\",outcome=\"{outcome}\"}}");
-            outcomes[i] += metric(&c, &raft.api(id), &series).await;
+            outcomes[i] += common::metric(&c, &raft.api(id), &series).await;
         }
     }
     let [failed, skipped] = outcomes;
@@ -551,7 +539,7 @@ async fn a_previous_owner_that_is_gone_is_tried_once_then_skipped() {
 /// the rest back, through its peeks, when node 3 comes back with an empty cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
-    let c = client();
+    let c = common::client();
     let (pg, raft, mut nodes) = seeded_three(&c, &[]).await;
     let (r3, r2) = (ring(&raft, &[1, 2, 3]), ring(&raft, &[1, 2]));
     let keys: Vec<String> = (1..=2000)
@@ -705,7 +693,7 @@ async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
 /// owns push the 20 it was sent out of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_sent_to_a_joining_node_outlive_its_main_stores_evictions() {
-    let c = client();
+    let c = common::client();
     let joined = node_four_joins(&c, &[], &["--cache-bytes", "12000"]).await;
     let (pg, four, raft, keys) = (&joined.pg, &joined.four, &joined.raft, &joined.keys[..]);
     until_four_kept(&c, four, keys.len()).await;

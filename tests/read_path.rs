@@ -11,33 +11,9 @@ use common::raft::{Raft, converged};
 use common::{NodeProc, Pg, TEST_SECRET, free_port, get};
 use geecache::ring::{Member, Ring, RingHash};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// Polls `url` until it answers `want`, for up to `within`.
-async fn eventually(client: &reqwest::Client, url: &str, want: &[u8], within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, body) = get(client, url).await;
-        if status == 200 && body == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} still answers {status} {:?}",
-            String::from_utf8_lossy(&body)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_purge_drops_the_group_on_every_node_and_the_frontend() {
-    let client = client();
+    let client = common::client();
     let pg = Pg::start();
     pg.seed(100);
     let url = pg.url();
@@ -127,7 +103,7 @@ async fn a_committed_purge_drops_the_group_on_every_node_and_the_frontend() {
     for api in &apis {
         for id in &keys {
             let want = format!("new-{id}").into_bytes();
-            eventually(
+            common::until(
                 &client,
                 &format!("{api}/api/products/{id}"),
                 &want,
@@ -162,7 +138,7 @@ async fn a_committed_purge_drops_the_group_on_every_node_and_the_frontend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_on_an_old_ring_catches_up_when_the_owner_says_so() {
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(3, "30s");
     let (nodes, leader) = raft.form(&client, 3).await;
     // The frontend follows only X; stopping X freezes the frontend's ring.

@@ -15,13 +15,6 @@ use raft::prelude::{Entry, HardState, Message as RaftMessage, MessageType};
 use raft::storage::Storage as _;
 use serde_json::{Value, json};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
-}
-
 async fn view(client: &reqwest::Client, raft: &Raft, id: u64) -> Value {
     common::cluster_view(client, &raft.api(id)).await.unwrap()
 }
@@ -68,7 +61,7 @@ fn a_node_without_a_peer_secret_does_not_start_and_open_mode_warns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_on_the_peer_port_needs_the_secret() {
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(1, "10s");
     let (_nodes, _) = raft.form(&client, 1).await;
     let peer = raft.peer(1);
@@ -146,7 +139,7 @@ async fn every_call_on_the_peer_port_needs_the_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_changes_are_refused_before_they_are_proposed() {
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(1, "10s");
     let (_nodes, _) = raft.form(&client, 1).await;
     let epoch = view(&client, &raft, 1).await["epoch"].clone();
@@ -258,7 +251,7 @@ fn append_committed(dir: &std::path::Path, data: &[Vec<u8>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_holding_poison_entries_replays_without_a_crash() {
     use geecache::raft::membership::{RingCommand, SetWeight, command};
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(1, "10s");
     let (mut nodes, _) = raft.form(&client, 1).await;
     let epoch = view(&client, &raft, 1).await["epoch"].as_u64().unwrap();
@@ -324,7 +317,7 @@ async fn a_log_holding_poison_entries_replays_without_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_raft_messages_from_non_members_change_nothing() {
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(3, "3s");
     let (_nodes, leader) = raft.form(&client, 3).await;
     let before = view(&client, &raft, 1).await;
@@ -415,7 +408,7 @@ async fn forged_raft_messages_from_non_members_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_data_dir_is_from_another_cluster_is_refused() {
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(1, "10s");
     // Cluster A: nodes 1 and 2.
     let (mut nodes, _) = raft.form(&client, 1).await;
@@ -468,7 +461,7 @@ async fn a_node_whose_data_dir_is_from_another_cluster_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_voter_survives_sigterm_and_restart() {
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(1, "10s");
     let (mut nodes, _) = raft.form(&client, 1).await;
     let epoch = view(&client, &raft, 1).await["epoch"].as_u64().unwrap();
@@ -498,7 +491,7 @@ async fn the_last_voter_survives_sigterm_and_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_without_a_leader_is_not_ready() {
-    let client = client();
+    let client = common::client();
     let raft = Raft::new(3, "30s");
     let (mut nodes, _) = raft.form(&client, 3).await;
     for n in &mut nodes[1..] {
@@ -564,7 +557,7 @@ fn oversized_peer(size: usize) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_answer_over_the_value_bound_is_refused() {
-    let client = client();
+    let client = common::client();
     let fake = format!("http://127.0.0.1:{}", oversized_peer(8 << 20));
     let peer_port = free_port();
     let me = format!("http://127.0.0.1:{peer_port}");

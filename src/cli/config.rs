@@ -781,7 +781,7 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_does_not_change_the_defaults() {
+    fn flags_have_variables_and_the_defaults_do_not_read_them() {
         // clap_defaults ignores GEECACHE_* variables (they would make the test above flaky).
         let with = clap::Command::new("x").no_binary_name(true);
         let args = Config::augment_args(with);

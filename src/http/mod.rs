@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use actix::Addr;
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{Next, from_fn};
@@ -165,11 +165,39 @@ async fn timed<B: MessageBody>(
     route: &'static str,
     req: ServiceRequest,
     next: Next<B>,
-) -> Result<ServiceResponse<B>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     let started = Instant::now();
-    let res = next.call(req).await?;
+    if let Some(size) = head_too_large(req.head()) {
+        use actix_web::ResponseError;
+        let refused = ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "head_too_large",
+            format!("the request's head is {size} bytes, over the limit of {MAX_HEAD_BYTES}"),
+        )
+        .error_response();
+        let res = req.into_response(refused).map_into_right_body();
+        observe(route, res.status(), started);
+        return Ok(res);
+    }
+    let res = next.call(req).await?.map_into_left_body();
     observe(route, res.status(), started);
     Ok(res)
+}
+
+/// The largest request head (request line and headers) a listener takes; a larger one is 431.
+/// (actix-http's own decoder refuses, without a body, a request line over about 64 KiB and a
+/// head over its 128 KiB buffer, before any handler runs.)
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// The head's size as sent (`METHOD URI HTTP/1.1`, `name: value` lines), when over
+/// [`MAX_HEAD_BYTES`].
+fn head_too_large(head: &actix_web::dev::RequestHead) -> Option<usize> {
+    let uri = head.uri.path().len() + head.uri.query().map_or(0, |q| q.len() + 1);
+    let mut size = head.method.as_str().len() + uri + 11;
+    for (name, value) in head.headers.iter() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    (size > MAX_HEAD_BYTES).then_some(size)
 }
 
 /// A JSON 404 for paths nothing serves.

@@ -462,7 +462,7 @@ impl DataPath {
 }
 
 /// How many exchanges a peer's batcher keeps under way at once (per loader).
-const BATCH_IN_FLIGHT: usize = 2;
+pub const BATCH_IN_FLIGHT: usize = 2;
 /// How long a peer that does not serve batches (a GeeCache (Go) node, or one of ours from
 /// before them) is asked one key per request before batching is tried again.
 const SINGLES_FOR: Duration = Duration::from_secs(60);

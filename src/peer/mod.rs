@@ -4,4 +4,4 @@
 pub mod client;
 pub mod wire;
 
-pub use client::{Changed, PeerAnswer, PeerClient, PeerError, PeerSettings};
+pub use client::{BATCH_IN_FLIGHT, Changed, PeerAnswer, PeerClient, PeerError, PeerSettings};

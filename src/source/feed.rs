@@ -54,7 +54,7 @@ const RECORD_EVERY: Duration = Duration::from_secs(5);
 /// no cache key, and the poll skips them without reading them), a poll reads at most about
 /// 10 MiB, however large the transaction or the rows someone wrote into the feed: no row or
 /// transaction makes every poll time out. `POLL` says `LIMIT PAGE_ROWS + 1`.
-const PAGE_ROWS: usize = 10_000;
+pub const PAGE_ROWS: usize = 10_000;
 /// At most this often, and at least 4 times per `max_staleness`, a node checks that the
 /// triggers of its feed-backed groups are in place and firing.
 const TRIGGER_CHECK_EVERY: Duration = Duration::from_secs(1);

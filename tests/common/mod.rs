@@ -281,6 +281,70 @@ impl Drop for Pg {
     }
 }
 
+/// The tests' HTTP client: a pool large enough for a test's concurrent requests, and a
+/// timeout past any deadline a test sets its nodes.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Polls `url` until it answers 200 with `want`, for up to `within`; how long that took.
+pub async fn until(client: &reqwest::Client, url: &str, want: &[u8], within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(client, url).await;
+        if status == 200 && body == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{url} still answers {status} {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// GETs `url` until it is a HIT (`X-Cache`), for up to 5 s; its body.
+pub async fn warm(client: &reqwest::Client, url: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client.get(url).send().await.unwrap();
+        let hit = r.headers().get("x-cache").is_some_and(|v| v == "HIT");
+        let body = r.bytes().await.unwrap().to_vec();
+        if hit {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{url} never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One series of the node at `api` (exact name and labels as `/metrics` prints them; 0 when
+/// absent).
+pub async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
+    metrics_text(client, api)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A metric of the node at `api`, summed over its label sets.
+pub async fn metric_sum(client: &reqwest::Client, api: &str, name: &str) -> f64 {
+    metrics_text(client, api)
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The peer secret test nodes share unless a test gives its own.
 pub const TEST_SECRET: &str = "geecache-test-secret-0123456789";
 
@@ -304,9 +368,20 @@ impl NodeProc {
         node
     }
 
+    /// [`NodeProc::spawn`] with environment variables set for the process.
+    pub fn spawn_env(env: &[(&str, &str)], args: &[&str]) -> NodeProc {
+        let node = Self::start(free_port(), free_port(), env, args);
+        node.wait_ready();
+        node
+    }
+
     /// Starts the process without waiting for `/ready` (nodes that must see each other first).
     /// Every node gets `TEST_SECRET` as its peer secret unless `args` bring their own.
     pub fn spawn_unready(api_port: u16, peer_port: u16, args: &[&str]) -> NodeProc {
+        Self::start(api_port, peer_port, &[], args)
+    }
+
+    fn start(api_port: u16, peer_port: u16, env: &[(&str, &str)], args: &[&str]) -> NodeProc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("node.log");
         let own = args.iter().any(|a| {
@@ -329,6 +404,7 @@ impl NodeProc {
             .args(["--workers", "2"])
             .args(secret)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
@@ -360,11 +436,7 @@ impl NodeProc {
 
     /// The value of one metric series from `/metrics` (0 when absent).
     pub async fn metric(&self, client: &reqwest::Client, series: &str) -> f64 {
-        metrics_text(client, &self.api)
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        metric(client, &self.api, series).await
     }
 
     pub fn signal(&self, sig: &str) {
@@ -499,7 +571,6 @@ impl Proxy {
 }
 
 /// The Prometheus text of the node whose client API is at `api`.
-#[allow(dead_code)] // not every test binary scrapes
 pub async fn metrics_text(client: &reqwest::Client, api: &str) -> String {
     client
         .get(format!("{api}/metrics"))
