@@ -33,6 +33,7 @@ pub mod cache;
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handoff;
 mod http;
 pub mod node;
 pub mod peer;

@@ -19,8 +19,8 @@ use crate::cache::group::{Groups, GroupsDigest};
 use crate::cache::hot::HotPolicy;
 use crate::cache::{Cache, Core, Loader, Stores};
 use crate::cli::config::{Config, Role, SourceKind};
+use crate::handoff;
 use crate::http::{self, AppState, Health};
-use crate::peer::wire::HandoffBatch;
 use crate::peer::{PeerClient, PeerSettings};
 use crate::raft::boot::{MemberLoop, follow_ring, leave, run_member};
 use crate::raft::discovery::{Discovery, Seeds};
@@ -437,7 +437,12 @@ fn start_membership(
     if config.handoff_send {
         let core = Arc::clone(&state.cache.core);
         let budget = config.cache_bytes;
-        actix_rt::spawn(push_on_join(core, peers()?, budget, config.handoff_drain));
+        actix_rt::spawn(handoff::push_on_join(
+            core,
+            peers()?,
+            budget,
+            config.handoff_drain,
+        ));
     }
     actix_rt::spawn(run_member(MemberLoop {
         raft: addr.clone(),
@@ -563,58 +568,6 @@ impl Node {
         Ok(())
     }
 
-    /// After leaving the ring: sends this node's fresh values to their new owners (within
-    /// half of `--handoff-drain`), which keep them in their main store while it has room, else
-    /// for `--handoff-grace` in a store of their own: their misses on those keys are answered
-    /// from it, and if this node comes back (a rolling restart) they send them back
-    /// ([`push_on_join`]). True when every value went (see `handoff_batches`).
-    async fn push_handoff(&self, peers: &PeerClient) -> bool {
-        let core = &self.core;
-        if core.handoff_grace_ms.load(Ordering::Relaxed) == 0 || !self.config.handoff_send {
-            return false;
-        }
-        let started = std::time::Instant::now();
-        let ring = match core.cluster.self_name() {
-            Some(me) => core.cluster.view().ring.without(me),
-            None => return false,
-        };
-        let (batches, whole) =
-            core.handoff_batches(&ring, self.config.cache_bytes, false, |_| true);
-        let sent = send_handoff(
-            peers,
-            &batches,
-            started + self.config.handoff_drain / 2,
-            |_, _| {},
-        )
-        .await;
-        sent.log(
-            "handoff: entries sent to their new owners",
-            &batches,
-            started,
-        );
-        whole && sent.complete
-    }
-
-    /// After leaving the ring: the successors now own this node's keys and peek at it for
-    /// them; answer while they do (until 1 s passes without a peek), until `drain` after
-    /// `started` (the sending of this node's values came first).
-    async fn handoff_drain(&self, started: std::time::Instant, drain: Duration) {
-        let (mut last, mut quiet_since) = (
-            self.core.peeks_served.load(Ordering::Relaxed),
-            std::time::Instant::now(),
-        );
-        while started.elapsed() < drain {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = self.core.peeks_served.load(Ordering::Relaxed);
-            if now != last {
-                (last, quiet_since) = (now, std::time::Instant::now());
-            } else if quiet_since.elapsed() >= Duration::from_secs(1) {
-                break;
-            }
-        }
-        tracing::info!(peeks = last, took = ?started.elapsed(), "handoff drain over");
-    }
-
     /// Graceful stop: leave the ring, then `/ready` says 503 for `drain_delay` (so a load
     /// balancer stops sending), then the listeners stop accepting and in-flight requests get
     /// `shutdown_timeout`.
@@ -630,12 +583,20 @@ impl Node {
                 // `not held` (under a Zipf load, the tail's misses peek all the time, so
                 // "1 s without a peek" never came and every restart stayed away the whole
                 // --handoff-drain). Only the peeks begun before the batches landed are left.
-                let drain = if self.push_handoff(&r.peers).await {
+                let pushed = self.config.handoff_send
+                    && handoff::push_on_leave(
+                        &self.core,
+                        &r.peers,
+                        self.config.cache_bytes,
+                        self.config.handoff_drain,
+                    )
+                    .await;
+                let drain = if pushed {
                     HANDOFF_SETTLE.min(self.config.handoff_drain)
                 } else {
                     self.config.handoff_drain
                 };
-                self.handoff_drain(started, drain).await;
+                handoff::answer_peeks(&self.core, started, drain).await;
             }
         }
         self.health.start_draining();
@@ -644,159 +605,6 @@ impl Node {
         }
         tokio::join!(self.api.stop(true), self.peer.stop(true));
         tracing::info!("node stopped");
-    }
-}
-
-/// What a handoff sent.
-struct Sent {
-    entries: u64,
-    kept: u64,
-    bytes: u64,
-    /// Every batch arrived.
-    complete: bool,
-}
-
-impl Sent {
-    const NOTHING: Sent = Sent {
-        entries: 0,
-        kept: 0,
-        bytes: 0,
-        complete: true,
-    };
-
-    fn log(
-        &self,
-        what: &'static str,
-        batches: &crate::cache::OwnersBatches,
-        started: std::time::Instant,
-    ) {
-        metrics::counter!("geecache_handoff_pushed_total").increment(self.entries);
-        metrics::counter!("geecache_handoff_pushed_bytes_total").increment(self.bytes);
-        tracing::info!(
-            entries = self.entries,
-            kept = self.kept,
-            bytes = self.bytes,
-            owners = batches.len(),
-            complete = self.complete,
-            took = ?started.elapsed(),
-            "{what}"
-        );
-    }
-}
-
-/// Sends each owner's batches in order, the owners at once, until `deadline`; calls `arrived`
-/// with each batch its owner took, and how many of its entries the owner kept.
-async fn send_handoff(
-    peers: &PeerClient,
-    batches: &crate::cache::OwnersBatches,
-    deadline: std::time::Instant,
-    arrived: impl Fn(&HandoffBatch, u64),
-) -> Sent {
-    let arrived = &arrived;
-    let sends = batches.iter().map(|(owner, batches)| async move {
-        let mut sent = Sent::NOTHING;
-        for batch in batches {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let answer = match tokio::time::timeout(left, peers.hand_off(owner, batch)).await {
-                Ok(answer) => answer,
-                Err(_) => Err(crate::peer::PeerError::Transport("out of time".into())),
-            };
-            match answer {
-                Ok(k) => {
-                    arrived(batch, k);
-                    sent.entries += batch.entries.len() as u64;
-                    sent.kept += k;
-                    sent.bytes += batch
-                        .entries
-                        .iter()
-                        .map(|e| e.value.len() as u64)
-                        .sum::<u64>();
-                }
-                Err(e) => {
-                    tracing::warn!(%owner, error = %e, "handoff: a batch failed");
-                    sent.complete = false;
-                    break;
-                }
-            }
-        }
-        sent
-    });
-    let mut total = Sent::NOTHING;
-    for s in futures_util::future::join_all(sends).await {
-        total.entries += s.entries;
-        total.kept += s.kept;
-        total.bytes += s.bytes;
-        total.complete &= s.complete;
-    }
-    total
-}
-
-/// How long after a node joined the others wait before they send it what they hold for it:
-/// the feed position a batch carries must come from a poll begun after the joiner's first
-/// one (it polls before it joins, every `--feed-poll`), or the joiner refuses the batch as
-/// possibly older than its record of changes (`Core::caught_up`).
-const JOIN_PUSH_DELAY: Duration = Duration::from_millis(200);
-
-/// A member's side of a node joining (or coming back, in a rolling restart): once the ring
-/// gives keys to a node it did not have, send that node the fresh values this node holds for
-/// them, from its main store and from its handoff store (what the node sent as it left), and
-/// drop them here, where they now only take the room of this node's own keys. Without it, the
-/// joiner peeks at this node for each key it is asked for (within `--handoff-grace`); what
-/// nobody asks for meanwhile is lost, and what moved into this node's main store while the
-/// other was away evicted entries of this node's own. Watches the ring every 100 ms.
-async fn push_on_join(core: Arc<Core>, peers: PeerClient, budget: u64, drain: Duration) {
-    let mut last = core.cluster.view();
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let view = core.cluster.view();
-        if view.epoch == last.epoch {
-            continue;
-        }
-        let before = std::mem::replace(&mut last, Arc::clone(&view));
-        let Some(me) = core.cluster.self_name() else {
-            return;
-        };
-        let has =
-            |ring: &crate::ring::Ring, name: &str| ring.members().iter().any(|m| &*m.name == name);
-        if before.epoch == 0 || !has(&before.ring, me) || !has(&view.ring, me) {
-            continue; // this node's own join or leave, or its first agreed ring
-        }
-        let joined: Vec<Arc<str>> = view
-            .ring
-            .members()
-            .iter()
-            .filter(|m| !has(&before.ring, &m.name))
-            .map(|m| Arc::clone(&m.name))
-            .collect();
-        if joined.is_empty() || core.handoff_grace_ms.load(Ordering::Relaxed) == 0 {
-            continue;
-        }
-        tokio::time::sleep(JOIN_PUSH_DELAY).await;
-        let started = std::time::Instant::now();
-        let ring = &core.cluster.view().ring;
-        let (batches, _) = core.handoff_batches(ring, budget, true, |owner| {
-            joined.iter().any(|j| **j == *owner)
-        });
-        // Only a batch the joiner kept whole: an entry it refused (not as fresh as a load, by
-        // the feed positions of that moment) may still be taken by its peek a moment later,
-        // when its position has moved on; dropped here, it would be a query there.
-        let drop_here = |batch: &HandoffBatch, kept: u64| {
-            if kept < batch.entries.len() as u64 {
-                return;
-            }
-            for e in &batch.entries {
-                if let Some(group) = core.groups.get(&e.group) {
-                    core.stores.main(group).remove(group, &e.key);
-                    core.stores.handoff().remove(group, &e.key);
-                }
-            }
-        };
-        let sent = send_handoff(&peers, &batches, started + drain, drop_here).await;
-        sent.log(
-            "handoff: entries sent to a node that joined",
-            &batches,
-            started,
-        );
     }
 }
 

@@ -43,6 +43,7 @@ use futures_util::future::join_all;
 
 use crate::actors::ask;
 use crate::actors::loader::{Load, Loaders};
+use crate::handoff;
 use crate::peer::{PeerClient, PeerError};
 use crate::ring::{Cluster, Route};
 use crate::source::Source;
@@ -213,7 +214,7 @@ impl Stores {
 }
 
 /// What a store holds for a key, as the read path sees it.
-enum Found {
+pub(crate) enum Found {
     Fresh(Entry),
     /// Past its ttl, within the group's stale windows (values only).
     Stale(Entry),
@@ -242,36 +243,10 @@ pub struct Core {
     /// Peeks this node answered (a leaving node drains while they come).
     pub peeks_served: AtomicU64,
     /// Previous owners whose last peek failed, not asked again for a while.
-    pub peek_backoff: PeekBackoff,
+    pub peek_backoff: crate::handoff::PeekBackoff,
     /// Per group: its triggers are missing from the database, so the feed would not tell of
     /// its changes; it caches nothing meanwhile (`feed::Follower::check_triggers`).
     unfed: Vec<AtomicBool>,
-}
-
-/// Previous owners whose last peek failed: a node that left and has exited, or one cut off. They
-/// are not asked again for [`PeekBackoff::BACKOFF_MS`], so that after a scale-in the rest of the
-/// grace window does not cost every miss on the leaver's keys a connection attempt (up to the
-/// peek's 250 ms where a gone address drops the SYN, as in a VPC, instead of refusing it).
-#[derive(Default)]
-pub struct PeekBackoff {
-    until_ms: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
-}
-
-impl PeekBackoff {
-    pub const BACKOFF_MS: u64 = 5_000;
-
-    fn skips(&self, peer: &str, now: u64) -> bool {
-        let until = self.until_ms.lock().unwrap_or_else(|e| e.into_inner());
-        until.get(peer).is_some_and(|&u| now < u)
-    }
-
-    fn failed(&self, peer: &Arc<str>, now: u64) {
-        let mut until = self.until_ms.lock().unwrap_or_else(|e| e.into_inner());
-        if until.len() >= 1024 {
-            until.retain(|_, u| *u > now);
-        }
-        until.insert(Arc::clone(peer), now.saturating_add(Self::BACKOFF_MS));
-    }
 }
 
 impl Core {
@@ -297,7 +272,7 @@ impl Core {
             dropped_at_ms: per_group(),
             handoff_grace_ms: AtomicU64::new(0),
             peeks_served: AtomicU64::new(0),
-            peek_backoff: PeekBackoff::default(),
+            peek_backoff: Default::default(),
             unfed: groups.all().map(|_| AtomicBool::new(false)).collect(),
         }
     }
@@ -323,7 +298,7 @@ impl Core {
         }
     }
 
-    fn find(&self, store: &Store, group: Group, key: &str, now: u64) -> Found {
+    pub(crate) fn find(&self, store: &Store, group: Group, key: &str, now: u64) -> Found {
         let Some(entry) = store.get(group, key) else {
             return Found::Absent;
         };
@@ -431,233 +406,22 @@ impl Core {
     /// read after this node's last invalidation of the key. `asked_ms` must be no later than
     /// when the other node counted the age, so that the fill time it gives is no later than
     /// the real one: this errs towards "no".
-    fn read_after_invalidation(&self, group: Group, key: &str, asked_ms: u64, age_ms: u64) -> bool {
+    pub(crate) fn read_after_invalidation(
+        &self,
+        group: Group,
+        key: &str,
+        asked_ms: u64,
+        age_ms: u64,
+    ) -> bool {
         let bumped = self.versions.bumped_ms(group, key);
         bumped == 0
             || asked_ms
                 .checked_sub(age_ms)
                 .is_some_and(|filled| filled > bumped)
     }
-
-    /// This node's fresh values whose owners under `ring` pass `to`, cut into batches for
-    /// those owners, at most `budget` bytes (as a store weighs entries) for each: what
-    /// `POST /_handoff` sends (see [`Core::receive_handoff`]). As a node leaves: its main
-    /// stores, under the ring without it, to every owner. As a node joins: what the others
-    /// hold for it, from their main and handoff stores, under the new ring. With the batches,
-    /// whether they hold every such value (none left out for the budget or its size): then,
-    /// once they are sent, a peek at this node has nothing more to give.
-    pub fn handoff_batches(
-        &self,
-        ring: &crate::ring::Ring,
-        budget: u64,
-        with_handoff_store: bool,
-        to: impl Fn(&str) -> bool,
-    ) -> (OwnersBatches, bool) {
-        use crate::peer::wire::{
-            HANDOFF_BATCH_BYTES, HANDOFF_MAX_VALUE, HandoffBatch, HandoffEntry,
-        };
-        let now = clock::now_ms();
-        let feed_xmin = self.feed.applied_xmin();
-        let mut out: Vec<(Arc<str>, Vec<HandoffBatch>, usize, u64)> = Vec::new();
-        let mut complete = true;
-        let mains = self.groups.all().map(|g| self.stores.main(g));
-        let handoff = with_handoff_store.then(|| self.stores.handoff());
-        let mut seen: Vec<&Store> = Vec::new();
-        for store in mains.chain(handoff) {
-            if seen.iter().any(|s| std::ptr::eq(*s, store)) {
-                continue; // groups without a budget of their own share the main store
-            }
-            seen.push(store);
-            for (group, key, _) in store.values(self.groups) {
-                if handoff.is_some_and(|h| std::ptr::eq(h, store))
-                    && self.stores.main(group).holds(group, &key)
-                {
-                    continue; // sent from the main store (a handed-off entry's copy)
-                }
-                let Found::Fresh(entry) = self.find(store, group, &key, now) else {
-                    continue;
-                };
-                let Some(value) = entry.value.clone() else {
-                    continue;
-                };
-                let Some(owner) = ring.owner(&key) else {
-                    return (Vec::new(), false);
-                };
-                if !to(&owner.name) {
-                    continue;
-                }
-                if value.len() > HANDOFF_MAX_VALUE {
-                    complete = false;
-                    continue;
-                }
-                // Counted as the receiver's handoff store weighs it (the group's prefix
-                // character is 3 bytes), so that what is sent fits there.
-                let size = store::entry_weight(key.len() + 3, value.len()) as usize;
-                let i = match out.iter().position(|o| o.0 == owner.name) {
-                    Some(i) => i,
-                    None => {
-                        out.push((Arc::clone(&owner.name), Vec::new(), 0, 0));
-                        out.len() - 1
-                    }
-                };
-                let o = &mut out[i];
-                if o.3 + size as u64 > budget {
-                    complete = false;
-                    continue;
-                }
-                if o.1.is_empty() || o.2 + size > HANDOFF_BATCH_BYTES {
-                    o.1.push(HandoffBatch {
-                        entries: Vec::new(),
-                        feed_xmin,
-                    });
-                    o.2 = 0;
-                }
-                o.2 += size;
-                o.3 += size as u64;
-                o.1.last_mut().expect("a batch").entries.push(HandoffEntry {
-                    group: group.name().to_owned(),
-                    age_ms: entry.age_ms(now),
-                    fresh_ms: fresh_left(&entry, now),
-                    generation: entry.generation,
-                    key,
-                    value,
-                });
-            }
-        }
-        let batches = out
-            .into_iter()
-            .map(|(owner, batches, _, _)| (owner, batches))
-            .collect();
-        (batches, complete)
-    }
-
-    /// Entries a neighbour sent (`POST /_handoff`) as it left, or as this node joined. Each
-    /// goes into the handoff store, for this node's misses and for the peeks of the
-    /// neighbour if it comes back, and also into the key's main store while that has room (a
-    /// node that just joined: its store is empty, and moka admits freely below its bound).
-    /// Not into a full main store: that would refuse it (moka admits a key over a resident
-    /// only if it was asked for more often) or evict this node's own entries for it. An entry is
-    /// kept only if it is as fresh as a load would be, as a peeked value (`handed_off`); the
-    /// batch may have been under way up to `transit_ms`, which counts against its age. With
-    /// `--handoff-grace 0s`, nothing is kept. Returns (kept, refused).
-    ///
-    /// The handoff store's room goes first to entries held nowhere else on this node (a
-    /// leaving neighbour's, for keys its full main store cannot take), then to copies (of
-    /// entries its main store holds). A copy is not inserted into a full handoff store, and
-    /// when a sole entry does not fit, the copies there are dropped first. Traced in a rolling
-    /// restart (BENCHMARKS.md, issue 15): a node that had rejoined 10 s before held a copy of
-    /// everything it was sent back, which filled its handoff store for the grace, and its
-    /// neighbour's restart then lost about 860 of the 1,566 entries it sent there; the
-    /// neighbour, back, loaded them again.
-    pub fn receive_handoff(
-        &self,
-        entries: impl IntoIterator<Item = crate::peer::wire::HandoffEntry>,
-        feed_xmin: u64,
-        transit_ms: u64,
-    ) -> (u64, u64) {
-        let (mut kept, mut refused) = (0, 0);
-        let now = clock::now_ms();
-        let off = self.handoff_grace_ms.load(Ordering::Relaxed) == 0;
-        // The room of each main store as of now, less what this batch put there.
-        let mut room: Vec<(*const Store, u64)> = Vec::new();
-        let handoff = self.stores.handoff();
-        handoff.maintain();
-        let mut handoff_left = handoff.room();
-        let mut copies_dropped = false;
-        for e in entries {
-            let Some(group) = self.groups.get(&e.group) else {
-                refused += 1;
-                continue;
-            };
-            let lease = self.lease(group, &e.key);
-            let fresh = validate_key(&e.key).is_ok()
-                && e.fresh_ms.is_none_or(|f| f > 0)
-                && e.generation >= lease.generation
-                && self.read_after_invalidation(
-                    group,
-                    &e.key,
-                    now.saturating_sub(transit_ms),
-                    e.age_ms,
-                )
-                && self.caught_up(group, &e.key, feed_xmin);
-            if off || !fresh {
-                refused += 1;
-                continue;
-            }
-            let weight = u64::from(store::entry_weight(e.key.len() + 3, e.value.len()));
-            let entry = Entry {
-                value: Some(e.value),
-                generation: lease.generation,
-                filled_ms: now.saturating_sub(e.age_ms),
-                fresh_until_ms: e.fresh_ms.map_or(u64::MAX, |f| now.saturating_add(f)),
-            };
-            let main = self.stores.main(group);
-            let left = match room.iter_mut().find(|(p, _)| std::ptr::eq(*p, main)) {
-                Some((_, left)) => left,
-                None => {
-                    main.maintain();
-                    room.push((main, main.room()));
-                    &mut room.last_mut().expect("just pushed").1
-                }
-            };
-            let in_main = *left >= weight;
-            let store = if in_main {
-                *left -= weight;
-                main
-            } else {
-                if handoff_left < weight && !copies_dropped {
-                    copies_dropped = true;
-                    handoff_left = self.drop_handoff_copies();
-                }
-                handoff_left = handoff_left.saturating_sub(weight);
-                handoff
-            };
-            // A copy in the handoff store too (the value's bytes are shared), for the grace:
-            // the main store's TinyLFU sketch is as new as the node and knows none of these
-            // keys, so the first keys asked for once outweigh them and moka evicts handed-off
-            // entries before their first read. Traced in a rolling restart (BENCHMARKS.md,
-            // issue 15): 8-10 keys of rank below 1,000 a second were evicted that way and
-            // loaded again, against under 1 before the restart. From the handoff store, a
-            // miss takes them back without a query (`Loader::pushed`).
-            let copy = (in_main && handoff_left >= weight).then(|| entry.clone());
-            if self.fill(store, group, &e.key, entry, lease) {
-                kept += 1;
-                if let Some(copy) = copy {
-                    handoff_left -= weight;
-                    self.fill(handoff, group, &e.key, copy, lease);
-                }
-            } else {
-                refused += 1;
-            }
-        }
-        metrics::counter!("geecache_handoff_received_total", "outcome" => "kept").increment(kept);
-        metrics::counter!("geecache_handoff_received_total", "outcome" => "refused")
-            .increment(refused);
-        (kept, refused)
-    }
-
-    /// Removes from the handoff store every entry whose key the main store holds too (a
-    /// joiner's copy, or a handed-off entry a miss has taken into the main store) and returns
-    /// the handoff store's room after it (see [`Core::receive_handoff`]).
-    fn drop_handoff_copies(&self) -> u64 {
-        let handoff = self.stores.handoff();
-        let mut dropped = 0u64;
-        for (group, key, _) in handoff.values(self.groups) {
-            if self.stores.main(group).holds(group, &key) {
-                handoff.remove(group, &key);
-                dropped += 1;
-            }
-        }
-        handoff.maintain();
-        metrics::counter!("geecache_handoff_copies_dropped_total").increment(dropped);
-        handoff.room()
-    }
 }
 
-/// Handoff batches by the peer base URL of the owner they go to.
-pub type OwnersBatches = Vec<(Arc<str>, Vec<crate::peer::wire::HandoffBatch>)>;
-
-fn fresh_left(entry: &Entry, now: u64) -> Option<u64> {
+pub(crate) fn fresh_left(entry: &Entry, now: u64) -> Option<u64> {
     (entry.fresh_until_ms != u64::MAX).then(|| entry.fresh_until_ms.saturating_sub(now))
 }
 
@@ -818,44 +582,6 @@ impl Cache {
         })
     }
 
-    /// A peek (a warm handoff's question): the value this node's main store holds of the
-    /// key, fresh, without a load; `None` when it holds none.
-    pub fn peek(&self, group: Group, key: &str) -> Option<PeerHit> {
-        validate_key(key).ok()?;
-        let core = &self.core;
-        let now = clock::now_ms();
-        let held = match core.find(core.stores.main(group), group, key, now) {
-            Found::Fresh(entry) => Found::Fresh(entry),
-            // What a neighbour handed this node as it left, for that neighbour when it is
-            // back (a rolling restart) as much as for this node's own misses.
-            _ => core.find(core.stores.handoff(), group, key, now),
-        };
-        let hit = match held {
-            Found::Fresh(entry) => {
-                let (age_ms, fresh_ms) = (entry.age_ms(now), fresh_left(&entry, now));
-                entry.value.map(|value| PeerHit {
-                    loaded: Loaded {
-                        value,
-                        age_ms,
-                        fresh_ms,
-                        stale: false,
-                    },
-                    minute_qps: 0.0,
-                    generation: core.cluster.generation(group),
-                })
-            }
-            _ => None,
-        };
-        let outcome = if hit.is_some() {
-            "answered"
-        } else {
-            "not_held"
-        };
-        metrics::counter!("geecache_handoff_peeks_served_total", "outcome" => outcome).increment(1);
-        core.peeks_served.fetch_add(1, Ordering::Relaxed);
-        hit
-    }
-
     /// Joins or opens the key's flight at its loader and waits for it, up to the deadline
     /// (the flight goes on for the other waiters).
     async fn load(&self, group: Group, key: &str, local_only: bool) -> LoadResult {
@@ -991,109 +717,16 @@ impl Loader {
     /// A load of a key this node owns: from its previous owner if the ring just moved it here
     /// and that one still holds it fresh (a warm handoff), else from the source.
     async fn as_owner(&self, group: Group, key: &str, lease: Lease) -> LoadResult {
-        if let Some(loaded) = self.pushed(group, key, lease) {
+        if let Some(loaded) = handoff::from_handoff_store(&self.core, group, key, lease) {
             return Ok(loaded);
         }
-        if let Some(loaded) = self.handed_off(group, key, lease).await {
+        if let Some(loaded) =
+            handoff::ask_previous_owner(&self.core, &self.peers, group, key, lease).await
+        {
             return Ok(loaded);
         }
         self.locally(group, key, self.core.stores.main(group), lease)
             .await
-    }
-
-    /// The key from the handoff store (a neighbour sent it as it left, or as this node
-    /// joined), copied to the main store.
-    fn pushed(&self, group: Group, key: &str, lease: Lease) -> Option<Loaded> {
-        let core = &self.core;
-        let now = clock::now_ms();
-        let Found::Fresh(entry) = core.find(core.stores.handoff(), group, key, now) else {
-            return None;
-        };
-        let value = entry.value.clone()?;
-        let loaded = Loaded {
-            value,
-            age_ms: entry.age_ms(now),
-            fresh_ms: fresh_left(&entry, now),
-            stale: false,
-        };
-        metrics::counter!("geecache_handoff_used_total", "group" => group.name()).increment(1);
-        let entry = Entry {
-            generation: lease.generation,
-            ..entry
-        };
-        // The handoff store keeps its copy for the grace: the main store may evict this entry
-        // again before its sketch knows the key (see `Core::receive_handoff`).
-        self.core
-            .fill(core.stores.main(group), group, key, entry, lease);
-        Some(loaded)
-    }
-
-    /// Peeks at the key's previous owner (under the ring before the last change, within the
-    /// grace window), and takes its value only if it is as fresh as a load would be: within its
-    /// ttl, not from before a purge we have, and, for a feed-backed group, from an owner that
-    /// has applied every change to the key this node has seen.
-    async fn handed_off(&self, group: Group, key: &str, lease: Lease) -> Option<Loaded> {
-        let core = &self.core;
-        let grace = core.handoff_grace_ms.load(Ordering::Relaxed);
-        if grace == 0 {
-            return None;
-        }
-        let previous = core.cluster.previous_owner(key, grace)?;
-        let outcome = |o: &'static str| {
-            metrics::counter!("geecache_handoff_peeks_total", "group" => group.name(), "outcome" => o)
-                .increment(1);
-        };
-        if core.peek_backoff.skips(&previous, clock::now_ms()) {
-            outcome("skipped");
-            return None;
-        }
-        let asked_ms = clock::now_ms();
-        let answer = match self.peers.peek(&previous, group, key).await {
-            Ok(Some(answer)) => answer,
-            Ok(None) => {
-                outcome("not_held");
-                return None;
-            }
-            Err(e) => {
-                tracing::debug!(%previous, error = %e, "handoff peek failed");
-                core.peek_backoff.failed(&previous, clock::now_ms());
-                outcome("failed");
-                return None;
-            }
-        };
-        // Read from the source after this node's last invalidation of the key: the previous
-        // owner may have missed the DELETE (it left, or was unreachable, and the fan-out to
-        // nodes that left is best effort). Its fill time here is at most `asked - age` (the
-        // age is counted when it answers, after we asked), so this never errs towards old.
-        let read_after_invalidation =
-            core.read_after_invalidation(group, key, asked_ms, answer.age_ms);
-        let current = answer.fresh_ms.is_none_or(|f| f > 0)
-            && !answer.stale
-            && answer.generation >= lease.generation
-            && read_after_invalidation
-            && core.caught_up(group, key, answer.feed_xmin);
-        if !current {
-            outcome("refused_stale");
-            return None;
-        }
-        outcome("accepted");
-        metrics::counter!("geecache_handoff_bytes_total", "group" => group.name())
-            .increment(answer.value.len() as u64);
-        let now = clock::now_ms();
-        let loaded = Loaded {
-            value: answer.value,
-            age_ms: answer.age_ms,
-            fresh_ms: answer.fresh_ms,
-            stale: false,
-        };
-        let entry = Entry {
-            value: Some(loaded.value.clone()),
-            generation: lease.generation,
-            filled_ms: now.saturating_sub(loaded.age_ms),
-            fresh_until_ms: loaded.fresh_ms.map_or(u64::MAX, |f| now.saturating_add(f)),
-        };
-        self.populate(core.stores.main(group), group, key, entry, lease);
-        Some(loaded)
     }
 
     async fn get_from_peer(&self, group: Group, key: &str, peer: &str, lease: Lease) -> LoadResult {
@@ -1413,154 +1046,5 @@ mod tests {
             c.stores.main(g).recheck(g, "k").unwrap().value.unwrap(),
             "v2"
         );
-    }
-
-    /// Everything a neighbour with the same --cache-bytes sends from its full main store to
-    /// this node, whose main store is full too, is kept until it goes back: with the handoff
-    /// store at half of --cache-bytes, moka evicted part of it.
-    #[test]
-    fn a_full_neighbours_handoff_fits_beside_a_full_main_store() {
-        let c = core();
-        c.handoff_grace_ms.store(60_000, Ordering::Relaxed);
-        let g = c.groups.get("products").unwrap();
-        let v = Bytes::from(vec![b'x'; 1000]);
-        let weight = u64::from(store::entry_weight(8 + 3, v.len()));
-        // What fills a main store (7/8 of the 1 MiB cache; the rest is the hot cache).
-        let main_bytes = (1u64 << 20) - (1 << 20) / 8;
-        let n = (main_bytes / weight) as usize;
-        for i in 0..n + 50 {
-            let key = format!("own{i:05}");
-            let lease = c.lease(g, &key);
-            let e = Entry::loaded(Some(v.clone()), 0, clock::now_ms(), None);
-            c.fill(c.stores.main(g), g, &key, e, lease);
-        }
-        c.stores.main(g).maintain();
-        assert!(c.stores.main(g).room() < weight, "the main store is full");
-        let sent = (0..n).map(|i| crate::peer::wire::HandoffEntry {
-            group: "products".into(),
-            key: format!("got{i:05}"),
-            value: v.clone(),
-            age_ms: 10,
-            fresh_ms: None,
-            generation: 0,
-        });
-        let (kept, refused) = c.receive_handoff(sent, 0, 0);
-        assert_eq!((kept, refused), (n as u64, 0));
-        c.stores.handoff().maintain();
-        let held = (0..n)
-            .filter(|i| {
-                c.stores
-                    .handoff()
-                    .recheck(g, &format!("got{i:05}"))
-                    .is_some()
-            })
-            .count();
-        assert_eq!(
-            held, n,
-            "entries handed off were evicted before they could go back"
-        );
-    }
-
-    /// A node that rejoined holds a copy of what it was sent back in its handoff store; when
-    /// a neighbour leaves within the grace, its entries (which this node's full main store
-    /// cannot take, and which no other node holds) take the room of those copies, not lose
-    /// to them (see `Core::receive_handoff`).
-    #[test]
-    fn a_leaving_neighbours_entries_displace_a_joiners_copies() {
-        let c = core();
-        c.handoff_grace_ms.store(60_000, Ordering::Relaxed);
-        let g = c.groups.get("products").unwrap();
-        let v = Bytes::from(vec![b'x'; 1000]);
-        let weight = u64::from(store::entry_weight(8 + 3, v.len()));
-        let entries = |prefix: &'static str, n: usize| {
-            let v = v.clone();
-            (0..n).map(move |i| crate::peer::wire::HandoffEntry {
-                group: "products".into(),
-                key: format!("{prefix}{i:05}"),
-                value: v.clone(),
-                age_ms: 10,
-                fresh_ms: None,
-                generation: 0,
-            })
-        };
-        // Rejoined: sent back what fills its main store (7/8 of the 1 MiB cache), each entry
-        // into the main store and a copy into the handoff store (1 MiB).
-        let main_bytes = (1u64 << 20) - (1 << 20) / 8;
-        let back = (main_bytes / weight) as usize - 2;
-        assert_eq!(
-            c.receive_handoff(entries("bck", back), 0, 0),
-            (back as u64, 0)
-        );
-        c.stores.handoff().maintain();
-        assert!(
-            c.stores.handoff().room() < (back as u64 / 2) * weight,
-            "the copies fill most of the handoff store"
-        );
-        // Its neighbour leaves: half a handoff store of entries for a full main store.
-        let left = ((1u64 << 20) / weight / 2) as usize;
-        let (kept, refused) = c.receive_handoff(entries("nbr", left), 0, 0);
-        assert_eq!((kept, refused), (left as u64, 0));
-        c.stores.handoff().maintain();
-        // (The main store's last room takes the first two.)
-        let held = (0..left)
-            .map(|i| format!("nbr{i:05}"))
-            .filter(|k| c.stores.handoff().recheck(g, k).is_some() || c.stores.main(g).holds(g, k))
-            .count();
-        assert_eq!(held, left, "the neighbour's entries lost to copies");
-        let in_main = (0..back)
-            .filter(|i| c.stores.main(g).holds(g, &format!("bck{i:05}")))
-            .count();
-        assert_eq!(
-            in_main, back,
-            "only the copies went, not the main store's entries"
-        );
-    }
-
-    /// What a node is sent as it joins goes into its main store and, for the grace, into
-    /// its handoff store too (see `Core::receive_handoff`); when it hands off in turn, each
-    /// key goes once.
-    #[test]
-    fn a_joiners_entries_are_kept_twice_and_sent_once() {
-        let c = core();
-        c.handoff_grace_ms.store(60_000, Ordering::Relaxed);
-        let g = c.groups.get("products").unwrap();
-        let sent = (0..40).map(|i| crate::peer::wire::HandoffEntry {
-            group: "products".into(),
-            key: format!("k{i}"),
-            value: Bytes::from_static(b"v"),
-            age_ms: 10,
-            fresh_ms: None,
-            generation: 0,
-        });
-        assert_eq!(c.receive_handoff(sent, 0, 0), (40, 0));
-        for i in 0..40 {
-            let key = format!("k{i}");
-            assert!(c.stores.main(g).recheck(g, &key).is_some(), "{key} in main");
-            assert!(
-                c.stores.handoff().recheck(g, &key).is_some(),
-                "{key} in handoff"
-            );
-        }
-        let ring = crate::ring::Ring::new(
-            crate::ring::RingHash::Crc32,
-            150,
-            [crate::ring::Member::new("http://other")],
-        );
-        let (batches, complete) = c.handoff_batches(&ring, u64::MAX, true, |_| true);
-        assert!(complete);
-        let mut keys: Vec<String> = batches
-            .iter()
-            .flat_map(|(_, b)| {
-                b.iter()
-                    .flat_map(|b| b.entries.iter().map(|e| e.key.clone()))
-            })
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let count: usize = batches
-            .iter()
-            .flat_map(|(_, b)| b.iter().map(|b| b.entries.len()))
-            .sum();
-        assert_eq!((keys.len(), count), (40, 40), "each key sent once");
     }
 }

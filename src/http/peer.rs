@@ -120,7 +120,7 @@ async fn fetch_one(state: &AppState, index: u32, fetch: Fetch) -> FetchAnswer {
 }
 
 /// `POST /_handoff`: a leaving neighbour's entries for keys this node now owns (see
-/// `Core::receive_handoff`); answers `{"kept": N, "refused": M}`.
+/// `handoff::receive`); answers `{"kept": N, "refused": M}`.
 async fn receive_handoff(
     body: web::Bytes,
     state: web::Data<AppState>,
@@ -128,10 +128,8 @@ async fn receive_handoff(
     let batch = HandoffBatch::decode(body)
         .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
     let transit = crate::cache::clock::ms(HANDOFF_TIMEOUT);
-    let (kept, refused) = state
-        .cache
-        .core
-        .receive_handoff(batch.entries, batch.feed_xmin, transit);
+    let (kept, refused) =
+        crate::handoff::receive(&state.cache.core, batch.entries, batch.feed_xmin, transit);
     Ok(HttpResponse::Ok().json(serde_json::json!({"kept": kept, "refused": refused})))
 }
 
@@ -245,7 +243,7 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
 /// A peek: what this node's store holds of the key, never a load, never forwarded.
 fn peek(state: &AppState, group: Group, key: &str) -> HttpResponse {
     use actix_web::ResponseError;
-    match state.cache.peek(group, key) {
+    match crate::handoff::answer(&state.cache.core, group, key) {
         Some(hit) => answer(state, group, hit),
         None => ApiError::new(
             StatusCode::NOT_FOUND,

@@ -60,6 +60,8 @@ pub struct Cluster {
     groups: Groups,
     /// Purge generation of each group, by `Group::index`; bumped by a committed purge.
     generations: Vec<AtomicU64>,
+    /// The epoch of each ring published, for those who act on a change (`subscribe`).
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl Cluster {
@@ -82,7 +84,14 @@ impl Cluster {
             }),
             groups,
             generations: groups.all().map(|_| AtomicU64::new(0)).collect(),
+            published: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Wakes on each ring published after this call (its epoch); a receiver that falls behind
+    /// sees the latest.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Static membership from flags: `peers`, plus this node unless it is a frontend.
@@ -180,6 +189,9 @@ impl Cluster {
                 members: Arc::clone(&members),
             })
         });
+        if published {
+            self.published.send_replace(epoch);
+        }
         published
     }
 
