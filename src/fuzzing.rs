@@ -4,8 +4,8 @@
 
 use prost::Message as _;
 
-use crate::cache::group::{Groups, validate_key};
 use crate::cli::config::Config;
+use crate::group::{Groups, validate_key};
 use crate::http::api::{parse_path, parse_query};
 use crate::http::peer::parse_data_path;
 use crate::peer::wire::{RaftBatch, Response, data_path};

@@ -31,9 +31,11 @@
 mod actors;
 pub mod cache;
 pub mod cli;
+pub mod clock;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handoff;
+pub mod group;
 mod http;
 pub mod node;
 pub mod peer;

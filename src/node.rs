@@ -15,11 +15,11 @@ use actix::Actor as _;
 use crate::actors::loader::Loaders;
 use crate::actors::raft::RaftSettings;
 use crate::actors::{DbActor, LoaderActor, RaftActor, ShardActor};
-use crate::cache::group::{Groups, GroupsDigest};
+use crate::cache::handoff;
 use crate::cache::hot::HotPolicy;
 use crate::cache::{Cache, Core, Loader, Stores};
 use crate::cli::config::{Config, Role, SourceKind};
-use crate::handoff;
+use crate::group::{Groups, GroupsDigest};
 use crate::http::{self, AppState, Health};
 use crate::peer::{PeerClient, PeerSettings};
 use crate::raft::boot::{MemberLoop, follow_ring, leave, run_member};
@@ -107,11 +107,11 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
         config.hot_ttl,
     );
     core.feed.max_staleness_ms.store(
-        crate::cache::clock::ms(config.max_staleness),
+        crate::clock::ms(config.max_staleness),
         std::sync::atomic::Ordering::Relaxed,
     );
     core.handoff_grace_ms.store(
-        crate::cache::clock::ms(config.handoff_grace),
+        crate::clock::ms(config.handoff_grace),
         std::sync::atomic::Ordering::Relaxed,
     );
     Arc::new(core)

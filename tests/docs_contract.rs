@@ -178,7 +178,7 @@ fn the_docs_quote_the_codes_limits() {
         (
             "api",
             &api,
-            format!("key over {}", kib(geecache::cache::group::MAX_KEY_BYTES)),
+            format!("key over {}", kib(geecache::group::MAX_KEY_BYTES)),
         ),
         (
             "api",
@@ -196,7 +196,7 @@ fn the_docs_quote_the_codes_limits() {
         (
             "change-feed",
             &feed,
-            format!("keys over {}", kib(geecache::cache::group::MAX_KEY_BYTES)),
+            format!("keys over {}", kib(geecache::group::MAX_KEY_BYTES)),
         ),
     ] {
         assert!(

@@ -293,8 +293,8 @@ fn read_events(path: &std::path::Path, t0: Instant) -> anyhow::Result<Vec<report
 }
 
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
-    use geecache::cache::group::Groups;
     use geecache::cache::store::{Entry, Store, entry_weight};
+    use geecache::group::Groups;
     use geecache::source::demo::product_value;
 
     let keys = Keys::parse(&a.keys)?;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::cache::error::LoadError;
 use crate::cache::flights::{Flights, Joined, TooManyFlights};
-use crate::cache::group::Group;
 use crate::cache::{Lease, LoadResult, Loader};
+use crate::error::LoadError;
+use crate::group::Group;
 
 /// Loads a key that missed the cache, joining the flight already open for it if any.
 #[derive(Message)]
@@ -160,8 +160,8 @@ mod tests {
     use super::*;
     use crate::actors::ask;
     use crate::cache::Core;
-    use crate::cache::error::SourceError;
-    use crate::cache::group::Groups;
+    use crate::error::SourceError;
+    use crate::group::Groups;
     use crate::peer::{PeerClient, PeerSettings};
     use crate::source::{Source, SourceFuture};
     use bytes::Bytes;

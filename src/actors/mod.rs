@@ -12,7 +12,7 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::cache::error::LoadError;
+use crate::error::LoadError;
 
 pub use db::DbActor;
 pub use loader::LoaderActor;

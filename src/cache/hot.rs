@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cache::group::Group;
+use crate::group::Group;
 
 /// Counts requests and decides promotion to the hot cache.
 pub struct HotPolicy {
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn rate_follows_the_request_rate() {
-        let demo = crate::cache::group::Groups::demo();
+        let demo = crate::group::Groups::demo();
         let (products, scores) = (demo.get("products").unwrap(), demo.get("scores").unwrap());
         let t = RateTracker::new(Duration::from_secs(1));
         let start = Instant::now();
@@ -172,7 +172,7 @@ mod tests {
     /// rate stays its own.
     #[test]
     fn many_keys_inflate_a_rate_little() {
-        let products = crate::cache::group::Groups::demo().get("products").unwrap();
+        let products = crate::group::Groups::demo().get("products").unwrap();
         let t = RateTracker::new(Duration::from_secs(60));
         let at = t.start + Duration::from_secs(30);
         for i in 0..WIDTH {

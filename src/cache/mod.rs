@@ -13,8 +13,8 @@
 //!       Loader::as_owner       owner is me, and the ring just moved the key here -> the
 //!                              handoff store, else a peek at its previous owner (`handoff`)
 //!       Loader::get_from_peer  owner is another member -> its peer port; keep a copy if hot;
-//!                              its ring is newer -> catch up, retry once; fails -> from_source
-//!       Loader::from_source    owner is me -> the source, on the loader's own lane of it
+//!                              its ring is newer -> catch up, retry once; fails -> load_from_source
+//!       Loader::load_from_source    owner is me -> the source, on the loader's own lane of it
 //!                              (its connections live on that thread); populate the store,
 //!                              unless the key was invalidated or purged while it loaded
 //!   the load failed, a fallback is kept       -> STALE (stale-if-error)
@@ -29,10 +29,8 @@
 //! [`hot`] (the hot-cache policy), [`group`] (configured groups, key validation), [`clock`],
 //! [`error`].
 
-pub mod clock;
-pub mod error;
 pub mod flights;
-pub mod group;
+pub mod handoff;
 pub mod hot;
 mod shared;
 pub mod store;
@@ -47,12 +45,12 @@ use futures_util::future::join_all;
 
 use crate::actors::ask;
 use crate::actors::loader::{Load, Loaders};
-use crate::handoff;
+use crate::clock;
+use crate::error::{LoadError, SourceError};
+use crate::group::{Group, validate_key};
 use crate::peer::{PeerClient, PeerError};
 use crate::ring::Route;
 use crate::source::Source;
-use error::{LoadError, SourceError};
-use group::{Group, validate_key};
 use store::{Entry, Store};
 
 pub use shared::{Core, Lease, Stores};
@@ -424,7 +422,7 @@ impl Loader {
         {
             return Ok(loaded);
         }
-        self.from_source(group, key, self.core.stores.main(group), lease)
+        self.load_from_source(group, key, self.core.stores.main(group), lease)
             .await
     }
 
@@ -488,7 +486,7 @@ impl Loader {
                         tracing::warn!(%peer, group = %group, key, error = %e, held_back, "peer load failed; loading locally");
                     }
                     let hot = core.stores.hot(group);
-                    return self.from_source(group, key, hot, lease).await;
+                    return self.load_from_source(group, key, hot, lease).await;
                 }
             }
         }
@@ -530,7 +528,13 @@ impl Loader {
 
     /// Fetches from the source on this loader's lane, on this thread, and fills `into` (a "no
     /// such row" too, when the group remembers those).
-    async fn from_source(&self, group: Group, key: &str, into: &Store, lease: Lease) -> LoadResult {
+    async fn load_from_source(
+        &self,
+        group: Group,
+        key: &str,
+        into: &Store,
+        lease: Lease,
+    ) -> LoadResult {
         let counters = self.core.counters.group(group);
         counters.loads.increment(1);
         let f = group.def().freshness;

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::error::LoadError;
-use super::group::{Group, Groups};
 use super::hot::HotPolicy;
 use super::store::{Entry, Store};
 use super::versions::Versions;
-use super::{LoadResult, Loaded, clock};
+use super::{LoadResult, Loaded};
+use crate::clock;
+use crate::error::LoadError;
+use crate::group::{Group, Groups};
 use crate::ring::Cluster;
 use crate::source::feed::FeedState;
 use crate::telemetry::metrics::Counters;
@@ -129,7 +130,7 @@ pub struct Core {
     /// Peeks this node answered (a leaving node drains while they come).
     pub peeks_served: AtomicU64,
     /// Previous owners whose last peek failed, not asked again for a while.
-    pub peek_backoff: crate::handoff::PeekBackoff,
+    pub peek_backoff: crate::cache::handoff::PeekBackoff,
     /// Per group: its triggers are missing from the database, so the feed would not tell of
     /// its changes; it caches nothing meanwhile (`feed::Follower::check_triggers`).
     unfed: Vec<AtomicBool>,

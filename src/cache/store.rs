@@ -14,7 +14,7 @@ use bytes::Bytes;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
-use super::group::{Group, Groups};
+use crate::group::{Group, Groups};
 
 /// Bytes moka and the allocator spend per entry beyond key and value: the entry's Arcs, its
 /// access-order deque node, its hash-table bucket, deferred frees, allocator slack. Measured by

@@ -16,8 +16,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::clock;
-use super::group::Group;
+use crate::clock;
+use crate::group::Group;
 
 const BUCKETS: usize = 1 << 16;
 
@@ -82,7 +82,7 @@ impl Versions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::group::Groups;
+    use crate::group::Groups;
 
     #[test]
     fn a_bump_moves_only_the_key_forward() {

@@ -15,7 +15,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::group::{GroupConfig, Groups, check_groups};
+use crate::group::{GroupConfig, Groups, check_groups};
 use crate::ring::RingHash;
 
 /// Shortest peer secret accepted: long enough that it cannot be guessed over the network.

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use super::SecretArgs;
-use crate::cache::group::Groups;
+use crate::group::Groups;
 use crate::peer::wire::RAFT_COMMAND;
 use crate::peer::{Changed, PeerClient, PeerSettings};
 use crate::source::feed_db;

@@ -12,7 +12,7 @@ use super::{
     AppState, get_delete_resource, group_named, method_not_allowed_response, reply_response,
     subtree,
 };
-use crate::cache::group::{Group, Groups};
+use crate::group::{Group, Groups};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_delete_resource("/api", get_by_query, delete_by_query))
@@ -166,13 +166,13 @@ mod tests {
                 latency: Duration::ZERO,
                 error_rate: 0.0,
             },
-            crate::cache::group::Groups::demo(),
+            crate::group::Groups::demo(),
         );
         let config = Config {
             insecure_open_peer_port: true,
             ..Config::default()
         };
-        let groups = crate::cache::group::Groups::demo();
+        let groups = crate::group::Groups::demo();
         actix_web::web::Data::new(build_state(&config, groups, Arc::new(source)).unwrap())
     }
 

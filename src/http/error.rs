@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 
-use crate::cache::error::{LoadError, SourceError};
+use crate::error::{LoadError, SourceError};
 
 /// An error the HTTP layer returns: a status, a stable code, and a reason for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,7 @@ mod tests {
     #[test]
     fn every_load_error_maps_to_its_status() {
         let cases = [
-            (LoadError::BadKey(crate::cache::group::KeyError::Empty), 400),
+            (LoadError::BadKey(crate::group::KeyError::Empty), 400),
             (LoadError::NotFound, 404),
             (LoadError::NotOwner(3), 421),
             (SourceError::Unavailable("x".into()).into(), 503),

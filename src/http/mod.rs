@@ -28,9 +28,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use actix_web::http::header::{HeaderName, HeaderValue};
 
 use crate::actors::RaftActor;
-use crate::cache::group::{Group, Groups, GroupsDigest};
 use crate::cache::{Cache, Reply};
 use crate::cli::config::Role;
+use crate::group::{Group, Groups, GroupsDigest};
 use error::ApiError;
 
 /// Liveness and readiness, as a load balancer sees them.

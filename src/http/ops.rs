@@ -7,7 +7,7 @@ use serde_json::json;
 use super::decode::query_pairs;
 use super::error::ApiError;
 use super::{AppState, get_resource};
-use crate::cache::group::validate_key;
+use crate::group::validate_key;
 use crate::ring::Route;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -106,7 +106,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         let at = feed
             .fresh_as_of_ms
             .load(std::sync::atomic::Ordering::Acquire);
-        let lag = crate::cache::clock::now_ms().saturating_sub(at) as f64 / 1000.0;
+        let lag = crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0;
         metrics::gauge!("geecache_feed_lag_seconds").set(lag);
     }
     if let Some(n) = listen_overflows() {

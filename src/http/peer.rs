@@ -15,8 +15,8 @@ use prost::Message;
 use super::decode::{DecodeError, decode};
 use super::error::ApiError;
 use super::{AppState, group_named, method_not_allowed_response, subtree};
-use crate::cache::error::LoadError;
-use crate::cache::group::{Group, Groups};
+use crate::error::LoadError;
+use crate::group::{Group, Groups};
 use crate::peer::client::HANDOFF_TIMEOUT;
 use crate::peer::wire::{
     DATA_PREFIX, EPOCH_HEADER, FETCH_BATCH, FETCH_BATCH_MAX, Fetch, FetchAnswer, FetchBatch,
@@ -127,9 +127,9 @@ async fn receive_handoff(
 ) -> Result<HttpResponse, ApiError> {
     let batch = HandoffBatch::decode(body)
         .map_err(|e| ApiError::bad_request("bad_batch", e.to_string()))?;
-    let transit = crate::cache::clock::ms(HANDOFF_TIMEOUT);
+    let transit = crate::clock::ms(HANDOFF_TIMEOUT);
     let (kept, refused) =
-        crate::handoff::receive(&state.cache.core, batch.entries, batch.feed_xmin, transit);
+        crate::cache::handoff::receive(&state.cache.core, batch.entries, batch.feed_xmin, transit);
     Ok(HttpResponse::Ok().json(serde_json::json!({"kept": kept, "refused": refused})))
 }
 
@@ -243,7 +243,7 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
 /// A peek: what this node's store holds of the key, never a load, never forwarded.
 fn peek(state: &AppState, group: Group, key: &str) -> HttpResponse {
     use actix_web::ResponseError;
-    match crate::handoff::answer(&state.cache.core, group, key) {
+    match crate::cache::handoff::answer(&state.cache.core, group, key) {
         Some(hit) => answer(state, group, hit),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -282,7 +282,7 @@ async fn invalidate(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, key) = group_and_key(&req, &state)?;
-    crate::cache::group::validate_key(&key).map_err(LoadError::from)?;
+    crate::group::validate_key(&key).map_err(LoadError::from)?;
     state.cache.core.invalidate(group, &key);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -31,8 +31,8 @@ use super::wire::{
     FetchAnswer, FetchBatch, HANDOFF, HandoffBatch, PEEK_HEADER, RAFT_INFO, RAFT_MEMBERS,
     RAFT_MESSAGES, RaftBatch, RaftStatus, Response, RingMembers, data_path,
 };
-use crate::cache::clock;
-use crate::cache::group::Group;
+use crate::clock;
+use crate::group::Group;
 
 /// How long a membership change may take (the server gives up after 10 s).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(12);
@@ -751,7 +751,7 @@ async fn read_bounded(mut res: reqwest::Response, max: usize) -> Result<Bytes, P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::group::Groups;
+    use crate::group::Groups;
 
     /// A previous owner that accepts the peek and never answers costs the miss at most
     /// PEEK_TIMEOUT, not the peer timeout.

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::cache::group::Group;
+use crate::group::Group;
 use crate::raft::membership::MemberInfo;
 
 /// The caller's ring epoch on data fetches; an owner's epoch on its `421 stale_epoch` answer.
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn paths_escape_what_would_change_meaning() {
-        let demo = crate::cache::group::Groups::demo();
+        let demo = crate::group::Groups::demo();
         let (scores, products) = (demo.get("scores").unwrap(), demo.get("products").unwrap());
         assert_eq!(data_path(scores, "Tom"), "/_geecache/scores/Tom");
         assert_eq!(

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::discovery::Discovery;
 use super::membership::MemberInfo;
 use crate::actors::raft::{Bootstrap, RaftActor, RemoveMember, Status};
-use crate::cache::group::GroupsDigest;
+use crate::group::GroupsDigest;
 use crate::peer::wire::{RAFT_JOIN, RAFT_REMOVE, RaftStatus};
 use crate::peer::{Changed, PeerClient};
 use crate::ring::Cluster;

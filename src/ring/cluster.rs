@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::{Member, Ring, RingHash};
-use crate::cache::group::{Group, Groups};
+use crate::group::{Group, Groups};
 use crate::raft::membership::MemberInfo;
 
 /// A ring and the epoch it belongs to.
@@ -174,7 +174,7 @@ impl Cluster {
             let previous = if moved && !before.is_empty() {
                 let replaced = Previous {
                     ring: Arc::new(before),
-                    replaced_ms: crate::cache::clock::now_ms(),
+                    replaced_ms: crate::clock::now_ms(),
                 };
                 std::iter::once(replaced)
                     .chain(current.previous.iter().take(HISTORY - 1).cloned())
@@ -200,7 +200,7 @@ impl Cluster {
     /// under all of them.
     pub fn previous_owner(&self, key: &str, grace_ms: u64) -> Option<Arc<str>> {
         let view = self.view.load();
-        let now = crate::cache::clock::now_ms();
+        let now = crate::clock::now_ms();
         previous_owner_in(
             &view.previous,
             self.self_name.as_deref(),
@@ -215,7 +215,7 @@ impl Cluster {
     /// reach them too.
     pub fn departed(&self, grace_ms: u64) -> Vec<Arc<str>> {
         let view = self.view.load();
-        let now = crate::cache::clock::now_ms();
+        let now = crate::clock::now_ms();
         let mut gone: Vec<Arc<str>> = Vec::new();
         for p in view
             .previous

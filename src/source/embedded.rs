@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::demo::{SCORES, product_id, product_value};
 use super::{PrepareFuture, Source, SourceFuture};
-use crate::cache::error::SourceError;
-use crate::cache::group::{Demo, Group, Groups};
+use crate::error::SourceError;
+use crate::group::{Demo, Group, Groups};
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {

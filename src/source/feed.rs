@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 use crate::cache::Core;
-use crate::cache::clock;
-use crate::cache::group::Group;
+use crate::clock;
+use crate::group::Group;
 
 use super::feed_db;
 
@@ -543,7 +543,7 @@ mod tests {
         assert!(POLL.contains(&format!("LIMIT {}", PAGE_ROWS + 1)));
         assert!(POLL.contains(&format!(
             "octet_length(key) <= {}",
-            crate::cache::group::MAX_KEY_BYTES
+            crate::group::MAX_KEY_BYTES
         )));
     }
 }

@@ -20,7 +20,7 @@
 //! (`"Users"`, `app."Order Lines"`); an unquoted part with an upper-case letter is refused,
 //! since PostgreSQL would fold it to another table's name.
 
-use crate::cache::group::{Group, Groups, MAX_KEY_BYTES};
+use crate::group::{Group, Groups, MAX_KEY_BYTES};
 
 /// A table as the config names it, each part as PostgreSQL has it (folded or quoted).
 #[derive(Debug, Clone, PartialEq, Eq)]

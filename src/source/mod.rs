@@ -17,8 +17,8 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::cache::error::SourceError;
-use crate::cache::group::Group;
+use crate::error::SourceError;
+use crate::group::Group;
 
 /// One lane's pool, as `DbActor` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

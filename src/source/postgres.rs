@@ -32,8 +32,8 @@ use tokio_postgres::types::Type;
 
 use super::values::{self, Raw};
 use super::{PrepareFuture, Source, SourceFuture};
-use crate::cache::error::SourceError;
-use crate::cache::group::{Group, Groups};
+use crate::error::SourceError;
+use crate::group::{Group, Groups};
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {

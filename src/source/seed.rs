@@ -84,7 +84,7 @@ pub async fn seed(database_url: &str, rows: u64, progress: bool) -> anyhow::Resu
         .batch_execute("ANALYZE products; ANALYZE scores;")
         .await?;
     // The fresh products table has no triggers: (re)install the feed for the demo groups.
-    let feed = super::feed_db::install_sql(crate::cache::group::Groups::demo(), &[])
+    let feed = super::feed_db::install_sql(crate::group::Groups::demo(), &[])
         .map_err(|e| anyhow::anyhow!(e))?;
     let tx = client.transaction().await?;
     tx.batch_execute(&feed).await?;

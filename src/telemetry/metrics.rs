@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, counter};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::cache::group::{Group, Groups};
+use crate::group::{Group, Groups};
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::cache::store::{self, Store};
-use crate::cache::{Core, Found, clock, fresh_left};
+use crate::cache::{Core, Found, fresh_left};
+use crate::clock;
 use crate::peer::PeerClient;
 use crate::peer::wire::HandoffBatch;
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Offered, may_keep};
-use crate::cache::group::{Group, validate_key};
 use crate::cache::store::Entry;
-use crate::cache::{Core, Found, Lease, Loaded, PeerHit, clock, fresh_left};
+use crate::cache::{Core, Found, Lease, Loaded, PeerHit, fresh_left};
+use crate::clock;
+use crate::group::{Group, validate_key};
 use crate::peer::PeerClient;
 
 /// Previous owners whose last peek failed: a node that left and has exited, or one cut off. They

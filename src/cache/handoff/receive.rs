@@ -3,8 +3,9 @@
 use std::sync::atomic::Ordering;
 
 use super::{Offered, may_keep};
+use crate::cache::Core;
 use crate::cache::store::{self, Store};
-use crate::cache::{Core, clock};
+use crate::clock;
 
 /// Entries a neighbour sent (`POST /_handoff`) as it left, or as this node joined. Each
 /// goes into the handoff store, for this node's misses and for the peeks of the
@@ -262,7 +263,8 @@ mod tests {
             150,
             [crate::ring::Member::new("http://other")],
         );
-        let (batches, complete) = crate::handoff::batches(&c, &ring, u64::MAX, true, |_| true);
+        let (batches, complete) =
+            crate::cache::handoff::batches(&c, &ring, u64::MAX, true, |_| true);
         assert!(complete);
         let mut keys: Vec<String> = batches
             .iter()

@@ -26,9 +26,9 @@ pub use send::{OwnersBatches, answer_peeks, batches, push_on_join, push_on_leave
 
 use bytes::Bytes;
 
-use crate::cache::group::{Group, validate_key};
 use crate::cache::store::Entry;
 use crate::cache::{Core, Lease};
+use crate::group::{Group, validate_key};
 
 /// What another node says of a value it offers (in a batch or a peek's answer).
 #[derive(Debug, Clone, Copy)]
