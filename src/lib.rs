@@ -33,6 +33,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod feed;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod group;

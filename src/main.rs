@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logs(LogFormat::Pretty);
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let report = actix_rt::System::new().block_on(geecache::source::seed::seed(
+            let report = actix_rt::System::new().block_on(geecache::cli::seed::seed(
                 &database_url,
                 rows,
                 progress,

@@ -28,7 +28,7 @@ use crate::raft::membership::MemberInfo;
 use crate::raft::node::RaftNode;
 use crate::ring::{Cluster, Frontends};
 use crate::source::embedded::EmbeddedConfig;
-use crate::source::feed::FeedSettings;
+use crate::feed::FeedSettings;
 use crate::source::postgres::PostgresConfig;
 use crate::source::{EmbeddedSource, PostgresSource, Source};
 
@@ -625,8 +625,8 @@ fn start_feed(config: &Config, state: &AppState) {
         retention: config.feed_retention,
         poll_every: config.feed_poll,
     };
-    if crate::source::feed::enable(&state.cache.core) {
-        actix_rt::spawn(crate::source::feed::follow(
+    if crate::feed::enable(&state.cache.core) {
+        actix_rt::spawn(crate::feed::follow(
             Arc::clone(&state.cache.core),
             settings,
         ));

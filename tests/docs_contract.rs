@@ -190,7 +190,7 @@ fn the_docs_quote_the_codes_limits() {
             &feed,
             format!(
                 "at most {} rows",
-                thousands(geecache::source::feed::PAGE_ROWS)
+                thousands(geecache::feed::PAGE_ROWS)
             ),
         ),
         (

@@ -53,7 +53,7 @@ use crate::ring::Route;
 use crate::source::Source;
 use store::{Entry, Store};
 
-pub use shared::{Core, Lease, Stores};
+pub use shared::{Core, FeedState, Lease, Stores};
 pub(crate) use shared::{Found, fresh_left};
 
 /// What a flight hands its waiters: a value, or why there is none (`NotFound` included).

@@ -14,8 +14,50 @@ use crate::clock;
 use crate::error::LoadError;
 use crate::group::{Group, Groups};
 use crate::ring::Cluster;
-use crate::source::feed::FeedState;
 use crate::telemetry::metrics::Counters;
+
+/// What a node knows about its feed, shared with the read path.
+#[derive(Debug, Default)]
+pub struct FeedState {
+    /// Whether any group is feed-backed and the node follows the feed.
+    pub enabled: AtomicBool,
+    /// When the last successful poll was sent (`clock::now_ms`): every change committed before
+    /// then has been applied.
+    pub fresh_as_of_ms: AtomicU64,
+    /// Every transaction below it has been applied (the last poll's `xmin`); 0: not following.
+    pub applied_xmin: AtomicU64,
+    /// Every change of a transaction from this one on has been (or will be) applied here:
+    /// the first poll's `xmax`, moved forward when the groups were dropped for a gap. A copy
+    /// from an owner at a position at least this far can be checked against `last_xid`.
+    pub complete_since: AtomicU64,
+    /// Values of feed-backed groups are not answered as fresh past this long without a poll.
+    pub max_staleness_ms: AtomicU64,
+}
+
+impl FeedState {
+    /// The moment after which values of feed-backed groups count as expired; `u64::MAX`
+    /// while the feed is followed (or not used).
+    pub fn deadline_ms(&self) -> u64 {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return u64::MAX;
+        }
+        let fresh = self.fresh_as_of_ms.load(Ordering::Acquire);
+        let max = self.max_staleness_ms.load(Ordering::Relaxed);
+        if clock::now_ms() < fresh.saturating_add(max) {
+            u64::MAX
+        } else {
+            fresh.saturating_add(max)
+        }
+    }
+
+    pub fn applied_xmin(&self) -> u64 {
+        self.applied_xmin.load(Ordering::Acquire)
+    }
+
+    pub fn complete_since(&self) -> u64 {
+        self.complete_since.load(Ordering::Acquire)
+    }
+}
 
 /// The stores: the node's shared pair, and a pair of its own for each group with a budget;
 /// and the entries handed to this node by neighbours that left.

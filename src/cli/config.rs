@@ -63,21 +63,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Json => "json",
-            LogFormat::Pretty => "pretty",
-        }
-    }
-}
+pub use crate::telemetry::LogFormat;
 
 /// A rate: a finite number, 0 or more (`NaN`, `inf` and negatives are refused here, by name).
 fn parse_rate(s: &str) -> Result<f64, String> {

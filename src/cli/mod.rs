@@ -3,6 +3,7 @@
 //! operators' tools ([`tools`]).
 
 pub mod config;
+pub mod seed;
 pub mod tools;
 pub mod up;
 

@@ -11,7 +11,7 @@ use super::SecretArgs;
 use crate::group::Groups;
 use crate::peer::wire::RAFT_COMMAND;
 use crate::peer::{Changed, PeerClient, PeerSettings};
-use crate::source::feed_db;
+use crate::feed::db as feed_db;
 
 /// `writeln!` into a `String`, which cannot fail.
 macro_rules! outln {
@@ -288,7 +288,7 @@ pub async fn feed_status(database_url: &str, groups: Option<Groups>) -> anyhow::
             if fires { "yes" } else { "NO (disabled)" }
         );
     }
-    let rows = client.query(crate::source::feed::STATUS_SQL, &[]).await?;
+    let rows = client.query(crate::feed::STATUS_SQL, &[]).await?;
     let head = client
         .query_one(
             "SELECT (SELECT count(*) FROM geecache.changes)::int8, \

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::group::Group;
-use crate::raft::membership::MemberInfo;
+use crate::ring::MemberInfo;
 
 /// The caller's ring epoch on data fetches; an owner's epoch on its `421 stale_epoch` answer.
 pub const EPOCH_HEADER: &str = "x-geecache-epoch";

@@ -22,17 +22,8 @@ pub const MAX_URL_BYTES: usize = 256;
 /// serves at most 64 groups; the rest is room for renamed groups).
 pub const MAX_GENERATIONS: usize = 256;
 
-#[derive(Clone, PartialEq, Eq, prost::Message, serde::Serialize, serde::Deserialize)]
-pub struct MemberInfo {
-    #[prost(uint64, tag = "1")]
-    pub id: u64,
-    #[prost(string, tag = "2")]
-    pub peer_url: String,
-    #[prost(string, tag = "3")]
-    pub api_url: String,
-    #[prost(uint32, tag = "4")]
-    pub weight: u32,
-}
+/// A member of the ring (defined with the ring, which is built from them).
+pub use crate::ring::MemberInfo;
 
 /// Why a change is refused (before proposal) or skipped (at apply).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,11 +108,8 @@ pub fn check_base_url(field: &'static str, url: &str) -> Result<(), Invalid> {
 
 /// A group name as configured: `[a-z0-9_-]{1,64}`.
 pub fn check_group_name(name: &str) -> Result<(), Invalid> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    ok.then_some(())
+    crate::group::valid_name(name)
+        .then_some(())
         .ok_or_else(|| Invalid::GroupName(name.chars().take(80).collect()))
 }
 

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 
 use super::{Member, Ring, RingHash};
 use crate::group::{Group, Groups};
-use crate::raft::membership::MemberInfo;
+use crate::ring::MemberInfo;
 
 /// A ring and the epoch it belongs to.
 #[derive(Debug)]

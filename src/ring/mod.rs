@@ -8,6 +8,20 @@
 
 use std::sync::Arc;
 
+/// A member as the agreed membership records it: its Raft id, peer and client URLs, and its
+/// weight on the ring (validated where membership changes are applied, `raft::membership`).
+#[derive(Clone, PartialEq, Eq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub peer_url: String,
+    #[prost(string, tag = "3")]
+    pub api_url: String,
+    #[prost(uint32, tag = "4")]
+    pub weight: u32,
+}
+
 pub mod cluster;
 
 pub use cluster::{Cluster, Frontends, RingView, Route};

@@ -2,11 +2,7 @@
 //! them and as `geecache db seed` stores them, so that a node on the embedded source and a node
 //! on a seeded PostgreSQL answer every key with the same bytes.
 
-/// The query a PostgreSQL source runs for the demo group `scores`; `$1` is the key as text.
-pub const SCORES_QUERY: &str = "SELECT value FROM scores WHERE name = $1";
-/// The same for `products`. Non-numeric product ids match no row instead of failing the cast.
-pub const PRODUCTS_QUERY: &str = "SELECT value FROM products WHERE id = \
-     (CASE WHEN $1 ~ '^[0-9]{1,18}$' THEN $1::bigint END)";
+pub use crate::group::{PRODUCTS_QUERY, SCORES_QUERY};
 
 /// The seed's sample rows.
 pub const SCORES: [(&str, &str); 3] = [("Tom", "630"), ("Jack", "589"), ("Sam", "567")];

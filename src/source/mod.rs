@@ -6,10 +6,7 @@
 
 pub mod demo;
 pub mod embedded;
-pub mod feed;
-pub mod feed_db;
 pub mod postgres;
-pub mod seed;
 pub mod values;
 
 use std::future::Future;

@@ -26,14 +26,30 @@ pub async fn emit_emf(metrics: PrometheusHandle, every: Duration) {
     }
 }
 
+/// How a node writes its logs (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        }
+    }
+}
+
 /// The log filter when `RUST_LOG` is not set: this crate's INFO, the libraries' (raft-rs,
 /// actix) warnings only.
 pub const DEFAULT_LOG_FILTER: &str = "warn,geecache=info";
 
 /// Logs on stdout, as `--log-format` says; `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
 /// Colours only on a terminal.
-pub fn init_logs(format: crate::cli::config::LogFormat) {
-    use crate::cli::config::LogFormat;
+pub fn init_logs(format: LogFormat) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));

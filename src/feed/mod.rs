@@ -34,16 +34,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
-use crate::cache::Core;
+use crate::cache::{Core, FeedState};
 use crate::clock;
 use crate::group::Group;
 
-use super::feed_db;
+pub mod db;
+
+use self::db as feed_db;
 
 /// A poll that takes longer than this counts as a lost connection.
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -93,49 +95,6 @@ impl Snapshot {
             .min()
             .unwrap_or(self.xmax)
             .min(self.xmax)
-    }
-}
-
-/// What a node knows about its feed, shared with the read path.
-#[derive(Debug, Default)]
-pub struct FeedState {
-    /// Whether any group is feed-backed and the node follows the feed.
-    pub enabled: AtomicBool,
-    /// When the last successful poll was sent (`clock::now_ms`): every change committed before
-    /// then has been applied.
-    pub fresh_as_of_ms: AtomicU64,
-    /// Every transaction below it has been applied (the last poll's `xmin`); 0: not following.
-    pub applied_xmin: AtomicU64,
-    /// Every change of a transaction from this one on has been (or will be) applied here:
-    /// the first poll's `xmax`, moved forward when the groups were dropped for a gap. A copy
-    /// from an owner at a position at least this far can be checked against `last_xid`.
-    pub complete_since: AtomicU64,
-    /// Values of feed-backed groups are not answered as fresh past this long without a poll.
-    pub max_staleness_ms: AtomicU64,
-}
-
-impl FeedState {
-    /// The moment after which values of feed-backed groups count as expired; `u64::MAX`
-    /// while the feed is followed (or not used).
-    pub fn deadline_ms(&self) -> u64 {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return u64::MAX;
-        }
-        let fresh = self.fresh_as_of_ms.load(Ordering::Acquire);
-        let max = self.max_staleness_ms.load(Ordering::Relaxed);
-        if clock::now_ms() < fresh.saturating_add(max) {
-            u64::MAX
-        } else {
-            fresh.saturating_add(max)
-        }
-    }
-
-    pub fn applied_xmin(&self) -> u64 {
-        self.applied_xmin.load(Ordering::Acquire)
-    }
-
-    pub fn complete_since(&self) -> u64 {
-        self.complete_since.load(Ordering::Acquire)
     }
 }
 

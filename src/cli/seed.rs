@@ -10,7 +10,7 @@ use futures_util::SinkExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_postgres::NoTls;
 
-use super::demo::{SCORES, product_value};
+use crate::source::demo::{SCORES, product_value};
 
 /// Rows per COPY chunk: large enough to amortise the sink, small enough to stay in cache.
 const CHUNK_ROWS: u64 = 10_000;
@@ -84,7 +84,7 @@ pub async fn seed(database_url: &str, rows: u64, progress: bool) -> anyhow::Resu
         .batch_execute("ANALYZE products; ANALYZE scores;")
         .await?;
     // The fresh products table has no triggers: (re)install the feed for the demo groups.
-    let feed = super::feed_db::install_sql(crate::group::Groups::demo(), &[])
+    let feed = crate::feed::db::install_sql(crate::group::Groups::demo(), &[])
         .map_err(|e| anyhow::anyhow!(e))?;
     let tx = client.transaction().await?;
     tx.batch_execute(&feed).await?;

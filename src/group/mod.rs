@@ -6,6 +6,8 @@
 //! [`Group`] is a `Copy` handle (`&'static`), its name a `&'static str` fit for metric labels
 //! (bounded by [`MAX_GROUPS`]), and nothing on the request path looks a group up by name twice.
 
+pub mod table;
+
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
@@ -15,6 +17,23 @@ use serde::{Deserialize, Serialize};
 
 /// Longest key accepted anywhere (client API, peer protocol), in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
+
+/// What a group name may be.
+pub const NAME_RULE: &str = "1 to 64 bytes of a-z, 0-9, '_' and '-'";
+
+/// Whether `name` is a group name: [`NAME_RULE`].
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The query a PostgreSQL source runs for the demo group `scores`; `$1` is the key as text.
+pub const SCORES_QUERY: &str = "SELECT value FROM scores WHERE name = $1";
+/// The same for `products`. Non-numeric product ids match no row instead of failing the cast.
+pub const PRODUCTS_QUERY: &str = "SELECT value FROM products WHERE id = \
+     (CASE WHEN $1 ~ '^[0-9]{1,18}$' THEN $1::bigint END)";
 /// Most groups one node serves.
 pub const MAX_GROUPS: usize = 64;
 
@@ -175,8 +194,8 @@ impl Groups {
         static DEMO: OnceLock<Groups> = OnceLock::new();
         *DEMO.get_or_init(|| {
             Groups::demo_with(
-                crate::source::demo::SCORES_QUERY,
-                crate::source::demo::PRODUCTS_QUERY,
+                SCORES_QUERY,
+                PRODUCTS_QUERY,
             )
         })
     }
@@ -404,8 +423,9 @@ impl GroupConfig {
 
     /// Checks the group; its key pattern, compiled.
     fn compile(&self) -> Result<Option<regex::Regex>, GroupError> {
-        crate::raft::membership::check_group_name(&self.name)
-            .map_err(|e| self.error("name", e.to_string()))?;
+        if !valid_name(&self.name) {
+            return Err(self.error("name", NAME_RULE));
+        }
         if self.query.trim().is_empty() {
             return Err(self.error("query", "is empty"));
         }
@@ -435,7 +455,7 @@ impl GroupConfig {
             return Err(self.error("cache_bytes", "must be at least 1024"));
         }
         for inv in &self.invalidate {
-            crate::source::feed_db::TableName::parse(&inv.table)
+            table::TableName::parse(&inv.table)
                 .map_err(|e| self.error("invalidate", e))?;
             if inv.key.trim().is_empty() || inv.key.contains(';') {
                 return Err(self.error(
