@@ -188,10 +188,7 @@ fn the_docs_quote_the_codes_limits() {
         (
             "change-feed",
             &feed,
-            format!(
-                "at most {} rows",
-                thousands(geecache::feed::PAGE_ROWS)
-            ),
+            format!("at most {} rows", thousands(geecache::feed::PAGE_ROWS)),
         ),
         (
             "change-feed",

@@ -51,7 +51,9 @@ pub struct LoaderActor {
 }
 
 impl LoaderActor {
-    /// Starts the actor with its mailbox bound in place (see [`super::start_bounded`]).
+    /// Starts the actor with its mailbox bound in place (see [`super::start_bounded`]), on
+    /// this thread (tests; nodes start theirs on arbiters of their own, [`Self::start_in`]).
+    #[cfg(test)]
     pub fn start_bounded(self) -> Addr<Self> {
         let mailbox = self.mailbox;
         super::start_bounded(self, mailbox)
@@ -106,6 +108,22 @@ impl Loaders {
         } else {
             Err(LoadError::Stopped)
         }
+    }
+}
+
+impl crate::cache::Flights for Loaders {
+    fn join(
+        &self,
+        group: Group,
+        key: &str,
+        local_only: bool,
+    ) -> Result<oneshot::Receiver<LoadResult>, LoadError> {
+        super::ask(&self.of(key)?, "loader", |reply| Load {
+            group,
+            key: key.to_owned(),
+            local_only,
+            reply,
+        })
     }
 }
 

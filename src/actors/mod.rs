@@ -21,6 +21,7 @@ pub use shard::ShardActor;
 
 /// Starts an actor with its mailbox bound already in place: set in `started` it would come too
 /// late for messages sent right after `start` (they see actix's default of 16).
+#[cfg(test)]
 pub fn start_bounded<A>(actor: A, mailbox: usize) -> Addr<A>
 where
     A: Actor<Context = Context<A>>,

@@ -43,8 +43,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use crate::actors::ask;
-use crate::actors::loader::{Load, Loaders};
 use crate::clock;
 use crate::error::{LoadError, SourceError};
 use crate::group::{Group, validate_key};
@@ -55,6 +53,20 @@ use store::{Entry, Store};
 
 pub use shared::{Core, FeedState, Lease, Stores};
 pub(crate) use shared::{Found, fresh_left};
+
+/// Where a miss goes: one flight per key, owned by the loader the key hashes to (the loader
+/// actors, `actors::loader::Loaders`, whose flights run [`Loader::load`]). A trait, so that the
+/// read path does not name the actors that serve it: they sit above the cache and call into it.
+pub trait Flights: Send + Sync {
+    /// Joins the key's flight, or opens one; the receiver gets its result. `Overloaded` when
+    /// the loader's mailbox is full, `Stopped` when the loader is gone.
+    fn join(
+        &self,
+        group: Group,
+        key: &str,
+        local_only: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<LoadResult>, LoadError>;
+}
 
 /// What a flight hands its waiters: a value, or why there is none (`NotFound` included).
 pub type LoadResult = Result<Loaded, LoadError>;
@@ -144,7 +156,7 @@ pub struct Deleted {
 pub struct Cache {
     pub core: Arc<Core>,
     /// Loaders, each owning the flights of the keys that hash to it.
-    pub loaders: Arc<Loaders>,
+    pub loaders: Arc<dyn Flights>,
     /// Deadline of one client request that misses.
     pub request_timeout: Duration,
     /// Tells other nodes and frontends about a DELETE.
@@ -218,15 +230,7 @@ impl Cache {
     /// Starts the key's reload through singleflight without waiting for it (all the stale
     /// answers meanwhile join the same one flight).
     fn revalidate(&self, group: Group, key: &str, local_only: bool) {
-        let Ok(loader) = self.loaders.of(key) else {
-            return;
-        };
-        let _ = ask(&loader, "loader", |reply| Load {
-            group,
-            key: key.to_owned(),
-            local_only,
-            reply,
-        });
+        let _ = self.loaders.join(group, key, local_only);
     }
 
     /// A peer's get: this node's main store, then a load from this node's source; never
@@ -291,12 +295,7 @@ impl Cache {
     /// Joins or opens the key's flight at its loader and waits for it, up to the deadline
     /// (the flight goes on for the other waiters).
     async fn load(&self, group: Group, key: &str, local_only: bool) -> LoadResult {
-        let rx = ask(&self.loaders.of(key)?, "loader", |reply| Load {
-            group,
-            key: key.to_owned(),
-            local_only,
-            reply,
-        })?;
+        let rx = self.loaders.join(group, key, local_only)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Err(_) => Err(LoadError::Timeout),
             Ok(Err(_)) => Err(LoadError::Stopped),

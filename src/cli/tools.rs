@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use super::SecretArgs;
+use crate::feed::db as feed_db;
 use crate::group::Groups;
 use crate::peer::wire::RAFT_COMMAND;
 use crate::peer::{Changed, PeerClient, PeerSettings};
-use crate::feed::db as feed_db;
 
 /// `writeln!` into a `String`, which cannot fail.
 macro_rules! outln {

@@ -192,12 +192,7 @@ impl Groups {
     /// The demo groups with their default queries (one copy per process).
     pub fn demo() -> Groups {
         static DEMO: OnceLock<Groups> = OnceLock::new();
-        *DEMO.get_or_init(|| {
-            Groups::demo_with(
-                SCORES_QUERY,
-                PRODUCTS_QUERY,
-            )
-        })
+        *DEMO.get_or_init(|| Groups::demo_with(SCORES_QUERY, PRODUCTS_QUERY))
     }
 
     pub fn get(self, name: &str) -> Option<Group> {
@@ -455,8 +450,7 @@ impl GroupConfig {
             return Err(self.error("cache_bytes", "must be at least 1024"));
         }
         for inv in &self.invalidate {
-            table::TableName::parse(&inv.table)
-                .map_err(|e| self.error("invalidate", e))?;
+            table::TableName::parse(&inv.table).map_err(|e| self.error("invalidate", e))?;
             if inv.key.trim().is_empty() || inv.key.contains(';') {
                 return Err(self.error(
                     "invalidate",

@@ -6,7 +6,6 @@
 //! - [`node`]: `RawNode` + storage + membership, driven by `RaftActor` or the test harness.
 
 pub mod admission;
-pub mod boot;
 pub mod discovery;
 pub mod membership;
 pub mod node;

@@ -27,7 +27,9 @@ pub async fn emit_emf(metrics: PrometheusHandle, every: Duration) {
 }
 
 /// How a node writes its logs (`--log-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,

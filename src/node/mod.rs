@@ -1,5 +1,8 @@
 //! The composition root of a node: bind the listeners, build the cache and its actors, start
-//! membership, serve, drain. Each step is a function below; `Node::start` lists them.
+//! membership, serve, drain. Each step is a function below; `Node::start` lists them. How a node finds its cluster
+//! (bootstrap, join, leave, a frontend following) is [`membership`].
+
+mod membership;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -19,18 +22,18 @@ use crate::cache::handoff;
 use crate::cache::hot::HotPolicy;
 use crate::cache::{Cache, Core, Loader, Stores};
 use crate::cli::config::{Config, Role, SourceKind};
+use crate::feed::FeedSettings;
 use crate::group::{Groups, GroupsDigest};
 use crate::http::{self, AppState, Health};
 use crate::peer::{PeerClient, PeerSettings};
-use crate::raft::boot::{MemberLoop, follow_ring, leave, run_member};
 use crate::raft::discovery::{Discovery, Seeds};
 use crate::raft::membership::MemberInfo;
 use crate::raft::node::RaftNode;
 use crate::ring::{Cluster, Frontends};
 use crate::source::embedded::EmbeddedConfig;
-use crate::feed::FeedSettings;
 use crate::source::postgres::PostgresConfig;
 use crate::source::{EmbeddedSource, PostgresSource, Source};
+use membership::{MemberLoop, follow_ring, leave, run_member};
 
 /// How long a leaving node that sent all of its values still answers peeks: those begun
 /// before its batches landed at their new owners.
@@ -626,10 +629,7 @@ fn start_feed(config: &Config, state: &AppState) {
         poll_every: config.feed_poll,
     };
     if crate::feed::enable(&state.cache.core) {
-        actix_rt::spawn(crate::feed::follow(
-            Arc::clone(&state.cache.core),
-            settings,
-        ));
+        actix_rt::spawn(crate::feed::follow(Arc::clone(&state.cache.core), settings));
     }
 }
 

@@ -11,13 +11,13 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::discovery::Discovery;
-use super::membership::MemberInfo;
 use crate::actors::raft::{Bootstrap, RaftActor, RemoveMember, Status};
 use crate::group::GroupsDigest;
 use crate::peer::wire::{RAFT_JOIN, RAFT_REMOVE, RaftStatus};
 use crate::peer::{Changed, PeerClient};
+use crate::raft::discovery::Discovery;
 use crate::ring::Cluster;
+use crate::ring::MemberInfo;
 
 /// How often the boot loop and a frontend look again.
 const POLL: Duration = Duration::from_millis(250);
