@@ -24,10 +24,10 @@
 //! ```
 //!
 //! [`Core`] (`shared.rs`) is what every request and flight reads and fills; [`Core::fill`] is
-//! the one way into a store. Leaves beside it: [`store`] (the byte-bounded moka store), [`flights`] (the in-flight
-//! table, owned by `LoaderActor`), [`versions`] (per-key leases against the fill race),
-//! [`hot`] (the hot-cache policy), [`group`] (configured groups, key validation), [`clock`],
-//! [`error`].
+//! the one way into a store. Beside it: [`store`] (the byte-bounded moka store), [`flights`]
+//! (the in-flight table, owned by `LoaderActor`), `versions` (per-key leases against the fill
+//! race), [`hot`] (the hot-cache policy), [`handoff`] (values from the previous owner of a
+//! key the ring moved).
 
 pub mod flights;
 pub mod handoff;
@@ -346,7 +346,7 @@ impl Cache {
         // Nodes that left within the handoff's grace window may still answer peeks while they
         // drain: told too, without waiting (one that has exited may cost a connect timeout,
         // and is not a failure of this DELETE). A new owner does not depend on it: it takes no
-        // peeked value read before its own invalidation of the key (`handed_off`).
+        // peeked value read before its own invalidation of the key (`handoff::may_keep`).
         let grace = core.handoff_grace_ms.load(Ordering::Relaxed);
         let departed: Vec<String> = core
             .cluster
@@ -539,7 +539,7 @@ impl Loader {
         let f = group.def().freshness;
         let started = std::time::Instant::now();
         // The entry's fill time is when the read began, not when it landed: a warm handoff
-        // compares it with invalidations (`handed_off`), and the row may have changed during
+        // compares it with invalidations (`handoff::may_keep`), and the row may have changed during
         // the query.
         let started_ms = clock::now_ms();
         let fetched = self.source.fetch(self.lane, group, key).await;

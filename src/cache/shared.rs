@@ -72,7 +72,7 @@ impl Stores {
     /// `cache_bytes` for the shared pair (1/8 of it hot, all of it on a frontend, which owns
     /// no keys) and each group's own budget split the same way. The handoff store, on top:
     /// up to 1/2 of `cache_bytes` for `handoff_ttl` after a neighbour left (see
-    /// [`Core::receive_handoff`]), empty otherwise.
+    /// [`super::handoff::receive`]), empty otherwise.
     pub fn new(
         groups: Groups,
         cache_bytes: u64,
@@ -373,7 +373,7 @@ impl Core {
         }
     }
 
-    /// Caches `entry` if `lease` is still the key's (see [`versions`]); whether it did.
+    /// Caches `entry` if `lease` is still the key's (see [`super::versions`]); whether it did.
     pub fn fill(&self, store: &Store, group: Group, key: &str, entry: Entry, lease: Lease) -> bool {
         self.fill_racing(store, group, key, entry, lease, || {})
     }

@@ -88,7 +88,7 @@ pub fn receive(
         // entries before their first read. Traced in a rolling restart (BENCHMARKS.md,
         // issue 15): 8-10 keys of rank below 1,000 a second were evicted that way and
         // loaded again, against under 1 before the restart. From the handoff store, a
-        // miss takes them back without a query (`Loader::pushed`).
+        // miss takes them back without a query (`handoff::from_handoff_store`).
         let copy = (in_main && handoff_left >= weight).then(|| entry.clone());
         if core.fill(store, group, &e.key, entry, lease) {
             kept += 1;
@@ -184,7 +184,7 @@ mod tests {
     /// A node that rejoined holds a copy of what it was sent back in its handoff store; when
     /// a neighbour leaves within the grace, its entries (which this node's full main store
     /// cannot take, and which no other node holds) take the room of those copies, not lose
-    /// to them (see `Core::receive_handoff`).
+    /// to them (see [`receive`]).
     #[test]
     fn a_leaving_neighbours_entries_displace_a_joiners_copies() {
         let c = core();
@@ -234,7 +234,7 @@ mod tests {
     }
 
     /// What a node is sent as it joins goes into its main store and, for the grace, into
-    /// its handoff store too (see `Core::receive_handoff`); when it hands off in turn, each
+    /// its handoff store too (see [`receive`]); when it hands off in turn, each
     /// key goes once.
     #[test]
     fn a_joiners_entries_are_kept_twice_and_sent_once() {
