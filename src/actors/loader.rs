@@ -131,7 +131,7 @@ impl Handler<Load> for LoaderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Load, ctx: &mut Self::Context) {
-        let counters = self.loader.core.counters.group(msg.group);
+        let counters = self.loader.core.counters(msg.group);
         if let Some(result) = self.loader.core.recheck(msg.group, &msg.key) {
             counters.cache_hits.increment(1);
             let _ = msg.reply.send(result);
@@ -260,7 +260,7 @@ mod tests {
             assert_eq!(w.await.unwrap().unwrap().value, "v-k");
         }
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
-        let main = core.stores.main(products());
+        let main = core.stores().main(products());
         assert_eq!(main.get(products(), "k").unwrap().value.unwrap(), "v-k");
         // Now cached: the recheck inside the actor answers without a fetch.
         assert_eq!(load(&addr, "k").await.unwrap().unwrap().value, "v-k");
@@ -275,7 +275,10 @@ mod tests {
         assert!(matches!(a.await.unwrap(), Err(LoadError::Source(_))));
         assert!(matches!(b.await.unwrap(), Err(LoadError::Source(_))));
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
-        assert_eq!(core.stores.main(products()).get(products(), "bad-1"), None);
+        assert_eq!(
+            core.stores().main(products()).get(products(), "bad-1"),
+            None
+        );
         // The next request tries again.
         assert!(load(&addr, "bad-1").await.unwrap().is_err());
         assert_eq!(source.fetches.load(Ordering::SeqCst), 2);

@@ -20,18 +20,18 @@ use crate::telemetry::metrics::Counters;
 #[derive(Debug, Default)]
 pub struct FeedState {
     /// Whether any group is feed-backed and the node follows the feed.
-    pub enabled: AtomicBool,
+    enabled: AtomicBool,
     /// When the last successful poll was sent (`clock::now_ms`): every change committed before
     /// then has been applied.
-    pub fresh_as_of_ms: AtomicU64,
+    fresh_as_of_ms: AtomicU64,
     /// Every transaction below it has been applied (the last poll's `xmin`); 0: not following.
-    pub applied_xmin: AtomicU64,
+    applied_xmin: AtomicU64,
     /// Every change of a transaction from this one on has been (or will be) applied here:
     /// the first poll's `xmax`, moved forward when the groups were dropped for a gap. A copy
     /// from an owner at a position at least this far can be checked against `last_xid`.
-    pub complete_since: AtomicU64,
+    complete_since: AtomicU64,
     /// Values of feed-backed groups are not answered as fresh past this long without a poll.
-    pub max_staleness_ms: AtomicU64,
+    max_staleness_ms: AtomicU64,
 }
 
 impl FeedState {
@@ -56,6 +56,43 @@ impl FeedState {
 
     pub fn complete_since(&self) -> u64 {
         self.complete_since.load(Ordering::Acquire)
+    }
+
+    /// Whether the node follows the feed (some group is feed-backed).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Follows the feed from `now_ms`: values of feed-backed groups are fresh until
+    /// `max_staleness` passes without a poll.
+    pub fn enable(&self, now_ms: u64) {
+        self.fresh_as_of_ms.store(now_ms, Ordering::Release);
+        self.enabled.store(true, Ordering::Release);
+    }
+
+    /// A poll sent at `sent_ms` has been applied: every transaction below `xmin` with it.
+    pub fn polled(&self, sent_ms: u64, xmin: u64) {
+        self.applied_xmin.store(xmin, Ordering::Release);
+        self.fresh_as_of_ms.store(sent_ms, Ordering::Release);
+    }
+
+    /// When the last poll that was applied was sent.
+    pub fn fresh_as_of_ms(&self) -> u64 {
+        self.fresh_as_of_ms.load(Ordering::Acquire)
+    }
+
+    /// Every change from transaction `xmax` on is (or will be) applied here.
+    pub fn complete_from(&self, xmax: u64) {
+        self.complete_since.store(xmax, Ordering::Release);
+    }
+
+    pub fn max_staleness_ms(&self) -> u64 {
+        self.max_staleness_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_staleness(&self, max: Duration) {
+        self.max_staleness_ms
+            .store(clock::ms(max), Ordering::Relaxed);
     }
 }
 
@@ -152,27 +189,27 @@ pub(crate) enum Found {
 
 /// What the request path and every flight read and fill.
 pub struct Core {
-    pub groups: Groups,
-    pub stores: Stores,
-    pub policy: HotPolicy,
-    pub cluster: Arc<Cluster>,
-    pub counters: Counters,
-    pub versions: Versions,
+    pub(super) groups: Groups,
+    pub(super) stores: Stores,
+    pub(super) policy: HotPolicy,
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) counters: Counters,
+    pub(super) versions: Versions,
     /// Longest life of a copy of a key owned elsewhere.
-    pub hot_ttl: Duration,
+    pub(super) hot_ttl: Duration,
     /// The change feed, as far as this node has followed it.
-    pub feed: FeedState,
+    pub(super) feed: FeedState,
     /// Per group: how many times this node dropped the group's entries (the feed lost track),
     /// and when last; entries filled before then are misses, loads begun before are not cached.
-    pub drops: Vec<AtomicU64>,
-    pub dropped_at_ms: Vec<AtomicU64>,
+    pub(super) drops: Vec<AtomicU64>,
+    pub(super) dropped_at_ms: Vec<AtomicU64>,
     /// For how long after a ring change a new owner asks a moved key's previous owner before
     /// the source (0: never).
-    pub handoff_grace_ms: AtomicU64,
+    pub(super) handoff_grace_ms: AtomicU64,
     /// Peeks this node answered (a leaving node drains while they come).
-    pub peeks_served: AtomicU64,
+    pub(super) peeks_served: AtomicU64,
     /// Previous owners whose last peek failed, not asked again for a while.
-    pub peek_backoff: crate::cache::handoff::PeekBackoff,
+    pub(super) peek_backoff: crate::cache::handoff::PeekBackoff,
     /// Per group: its triggers are missing from the database, so the feed would not tell of
     /// its changes; it caches nothing meanwhile (`feed::Follower::check_triggers`).
     unfed: Vec<AtomicBool>,
@@ -215,6 +252,37 @@ impl Core {
     /// back.
     pub fn set_unfed(&self, group: Group, unfed: bool) {
         self.unfed[group.index()].store(unfed, Ordering::Release);
+    }
+
+    /// The groups this node serves.
+    pub fn groups(&self) -> Groups {
+        self.groups
+    }
+
+    /// The ring and purge generations, as membership publishes them.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// What this node knows of the change feed.
+    pub fn feed(&self) -> &FeedState {
+        &self.feed
+    }
+
+    /// A group's counters (gets, hits, loads, ...).
+    pub fn counters(&self, group: Group) -> &crate::telemetry::metrics::GroupCounters {
+        self.counters.group(group)
+    }
+
+    /// The stores, for their upkeep (`ShardActor`) and for tests.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// How long after a ring change a new owner asks a moved key's previous owner first.
+    pub fn set_handoff_grace(&self, grace: Duration) {
+        self.handoff_grace_ms
+            .store(clock::ms(grace), Ordering::Relaxed);
     }
 
     /// Until when an entry counts as fresh: its own ttl, and for a feed-backed group no later

@@ -34,7 +34,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
@@ -152,7 +151,7 @@ struct GroupTriggers {
 
 impl Follower {
     fn state(&self) -> &FeedState {
-        &self.core.feed
+        self.core.feed()
     }
 
     /// Drops every entry of the feed-backed groups (they may have missed changes).
@@ -204,8 +203,7 @@ impl Follower {
             let age: f64 = row.get::<_, Option<f64>>(4).unwrap_or(0.0);
             changes.push(Change(grp, key.to_owned(), xid.parse().unwrap_or(0), age));
         }
-        let complete_from =
-            |s: &Snapshot| self.state().complete_since.store(s.xmax, Ordering::Release);
+        let complete_from = |s: &Snapshot| self.state().complete_from(s.xmax);
         match &self.prev {
             // The first read: from here on, no change can be missed, and the groups may cache
             // (a load that began before this point is not kept, see `Loader::populate`).
@@ -227,9 +225,7 @@ impl Follower {
             Some(_) => self.apply(&changes),
         }
         self.prev = Some(snap.clone());
-        let state = self.state();
-        state.applied_xmin.store(snap.xmin, Ordering::Release);
-        state.fresh_as_of_ms.store(sent, Ordering::Release);
+        self.state().polled(sent, snap.xmin);
         metrics::gauge!("geecache_feed_position").set(snap.xmin as f64);
         Ok(())
     }
@@ -293,9 +289,8 @@ impl Follower {
         &mut self,
         client: &tokio_postgres::Client,
     ) -> Result<(), tokio_postgres::Error> {
-        let every =
-            Duration::from_millis(self.state().max_staleness_ms.load(Ordering::Relaxed) / 4)
-                .clamp(self.settings.poll_every, TRIGGER_CHECK_EVERY);
+        let every = Duration::from_millis(self.state().max_staleness_ms() / 4)
+            .clamp(self.settings.poll_every, TRIGGER_CHECK_EVERY);
         if self.last_trigger_check.is_some_and(|t| t.elapsed() < every) {
             return Ok(());
         }
@@ -357,20 +352,17 @@ impl Follower {
 /// nothing until the first poll, and are not answered as fresh past `max_staleness` without
 /// one. True when some group is feed-backed.
 pub fn enable(core: &Core) -> bool {
-    if !core.groups.all().any(Group::feed_backed) {
+    if !core.groups().all().any(Group::feed_backed) {
         return false;
     }
-    core.feed
-        .fresh_as_of_ms
-        .store(clock::now_ms(), Ordering::Release);
-    core.feed.enabled.store(true, Ordering::Release);
+    core.feed().enable(clock::now_ms());
     true
 }
 
 /// Follows the feed for the node's life, reconnecting as needed (after [`enable`]).
 pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
     let groups: BTreeMap<&'static str, Group> = core
-        .groups
+        .groups()
         .all()
         .filter(|g| g.feed_backed())
         .map(|g| (g.name(), g))

@@ -34,11 +34,11 @@ fn refused(e: ApiError) -> HttpResponse {
 }
 
 fn from_query(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
-    parse_query(req.query_string(), state.cache.core.groups)
+    parse_query(req.query_string(), state.cache.core.groups())
 }
 
 fn from_path(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
-    parse_path(req.uri().path(), state.cache.core.groups)
+    parse_path(req.uri().path(), state.cache.core.groups())
 }
 
 /// `?key=K[&group=G]`; the group defaults to the first configured (`scores` for the demo).

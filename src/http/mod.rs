@@ -91,7 +91,7 @@ impl AppState {
             if !self.membership_required {
                 return None;
             }
-            let cluster = &self.cache.core.cluster;
+            let cluster = self.cache.core.cluster();
             let view = cluster.view();
             let in_ring = match (self.role, cluster.self_name()) {
                 (Role::Node, Some(me)) => view.ring.members().iter().any(|m| &*m.name == me),
@@ -105,7 +105,7 @@ impl AppState {
 impl AppState {
     /// Parses a group name, 404 when this node does not serve it.
     pub fn group(&self, name: &str) -> Result<Group, ApiError> {
-        group_named(self.cache.core.groups, name)
+        group_named(self.cache.core.groups(), name)
     }
 }
 

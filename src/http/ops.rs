@@ -20,7 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// This node's view of the cluster.
 async fn cluster(state: web::Data<AppState>) -> HttpResponse {
-    let cluster = &state.cache.core.cluster;
+    let cluster = &state.cache.core.cluster();
     let view = cluster.view();
     let mut body = json!({
         "self": cluster.self_name(),
@@ -41,7 +41,7 @@ async fn cluster(state: web::Data<AppState>) -> HttpResponse {
         "node_id": null,
         "leader_id": null,
         "term": null,
-        "groups": state.cache.core.groups.names(),
+        "groups": state.cache.core.groups().names(),
         "groups_digest": state.digest.mine(),
         "groups_match": state.digest.matches(),
     });
@@ -72,7 +72,7 @@ async fn owner(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     }
     let key = key.ok_or_else(|| ApiError::bad_request("bad_query", "missing parameter \"key\""))?;
     validate_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
-    let cluster = &state.cache.core.cluster;
+    let cluster = &state.cache.core.cluster();
     let view = cluster.view();
     let owner = view.ring.owner(&key).map(|m| m.name.to_string());
     Ok(HttpResponse::Ok().json(json!({
@@ -101,11 +101,9 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let feed = &state.cache.core.feed;
-    if feed.enabled.load(std::sync::atomic::Ordering::Relaxed) {
-        let at = feed
-            .fresh_as_of_ms
-            .load(std::sync::atomic::Ordering::Acquire);
+    let feed = state.cache.core.feed();
+    if feed.enabled() {
+        let at = feed.fresh_as_of_ms();
         let lag = crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0;
         metrics::gauge!("geecache_feed_lag_seconds").set(lag);
     }

@@ -98,7 +98,7 @@ async fn fetch_one(state: &AppState, index: u32, fetch: Fetch) -> FetchAnswer {
         error: e.code.to_owned(),
         epoch,
     };
-    let group = match group_named(state.cache.core.groups, &fetch.group) {
+    let group = match group_named(state.cache.core.groups(), &fetch.group) {
         Ok(group) => group,
         Err(e) => return failed(e, 0),
     };
@@ -199,7 +199,7 @@ pub async fn require_secret(
 /// The group and key of a data path, `+` read as a space (GeeCache's Go client escapes keys
 /// with `url.QueryEscape`).
 fn group_and_key(req: &HttpRequest, state: &AppState) -> Result<(Group, String), ApiError> {
-    parse_data_path(req.uri().path(), state.cache.core.groups)
+    parse_data_path(req.uri().path(), state.cache.core.groups())
 }
 
 /// `/_geecache/{group}/{key}`, as `peer::wire::data_path` writes it.
@@ -265,13 +265,13 @@ fn response(state: &AppState, group: Group, hit: crate::cache::PeerHit) -> Respo
     Response {
         value: loaded.value,
         minute_qps: hit.minute_qps,
-        epoch: state.cache.core.cluster.epoch(),
+        epoch: state.cache.core.cluster().epoch(),
         generation: hit.generation,
         age_ms: loaded.age_ms,
         fresh_ms: loaded.fresh_ms,
         stale: loaded.stale,
         content_type: group.content_type().to_owned(),
-        feed_xmin: state.cache.core.feed.applied_xmin(),
+        feed_xmin: state.cache.core.feed().applied_xmin(),
     }
 }
 

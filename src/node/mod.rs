@@ -109,14 +109,8 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
         )),
         config.hot_ttl,
     );
-    core.feed.max_staleness_ms.store(
-        crate::clock::ms(config.max_staleness),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    core.handoff_grace_ms.store(
-        crate::clock::ms(config.handoff_grace),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    core.feed().set_max_staleness(config.max_staleness);
+    core.set_handoff_grace(config.handoff_grace);
     Arc::new(core)
 }
 
@@ -125,7 +119,7 @@ fn build_core(config: &Config, groups: Groups) -> Arc<Core> {
 /// client and its own lane of the source, keys split by hash (see [`Loaders`] for why not on
 /// the HTTP workers' threads).
 fn start_cache(config: &Config, core: Arc<Core>, source: Arc<dyn Source>) -> anyhow::Result<Cache> {
-    ShardActor::start(core.stores.all());
+    ShardActor::start(core.stores().all());
     DbActor::new(Arc::clone(&source)).start();
     let settings = peer_settings(config);
     let loaders = (0..worker_count(config))
@@ -298,7 +292,7 @@ fn start_raft(config: &Config, state: &AppState) -> anyhow::Result<(Addr<RaftAct
     let actor = RaftActor::new(
         node,
         me.clone(),
-        Arc::clone(&state.cache.core.cluster),
+        Arc::clone(state.cache.core.cluster()),
         settings,
     )?;
     let addr = RaftActor::start_in_arbiter(&actix_rt::Arbiter::new().handle(), move |_| actor);
@@ -429,7 +423,7 @@ fn start_membership(
     let peers = || PeerClient::new(&peer_settings(config));
     let Some((addr, me)) = raft else {
         if config.uses_raft() {
-            let cluster = Arc::clone(&state.cache.core.cluster);
+            let cluster = Arc::clone(state.cache.core.cluster());
             let me = config.self_url.clone();
             let digest = state.digest.clone();
             actix_rt::spawn(follow_ring(cluster, discovery, peers()?, me, digest));
@@ -514,15 +508,8 @@ impl Node {
         // has completed, or for at most the connect timeout (a database that is down at
         // startup does not keep the node out; misses answer 503 until it is back).
         let deadline = std::time::Instant::now() + config.source.connect_timeout;
-        while state
-            .cache
-            .core
-            .feed
-            .enabled
-            .load(std::sync::atomic::Ordering::Acquire)
-            && state.cache.core.feed.applied_xmin() == 0
-            && std::time::Instant::now() < deadline
-        {
+        let feed = state.cache.core.feed();
+        while feed.enabled() && feed.applied_xmin() == 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         state.health.set_ready();
@@ -532,7 +519,7 @@ impl Node {
         }
         let (fatal_tx, fatal) = tokio::sync::mpsc::channel(1);
         let raft = start_membership(&config, &state, raft, fatal_tx)?;
-        let view = state.cache.core.cluster.view();
+        let view = state.cache.core.cluster().view();
         tracing::info!(
             api_addr = %servers.api_addr, peer_addr = %servers.peer_addr,
             role = config.role.as_str(), source = config.source.kind.as_str(),
