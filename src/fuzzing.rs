@@ -68,7 +68,7 @@ pub fn raft_batch(data: &[u8]) {
 /// A ring command (`POST /_raft/command`'s JSON, or a committed entry's protobuf) applied to a
 /// three-member membership, then a member to add (JSON or protobuf), and the ring built from
 /// the result: no panic, and a refused change leaves the membership as it was (a weight of
-/// 2^32 - 1 used to make every node abort on an allocation of 10 TB).
+/// 2^32 - 1 must not make every node allocate a ring of 10 TB).
 pub fn raft_command(data: &[u8]) {
     let mut m = three_members();
     let cmd = match crate::http::membership::command_from_json(data) {

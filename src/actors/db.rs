@@ -2,8 +2,8 @@
 //!
 //! Loads do not pass through its mailbox: each loader fetches on its own lane of the source
 //! (see `source::postgres`), so that a miss is polled on one thread from the request to the
-//! row. A mailbox hop here, and one thread polling every query of the node, were most of a
-//! miss's cost (issue 16). The actor keeps what is the pool owner's: the gauges of each lane's
+//! row: a mailbox hop here would cost every miss a thread crossing, and one thread would poll
+//! every query of the node. The actor keeps what is the pool owner's: the gauges of each lane's
 //! connections, published every second, and the one `Arc` the node shuts down with.
 
 use std::sync::Arc;

@@ -83,13 +83,9 @@ impl Actor for LoaderActor {
 
 /// The node's loaders, keys split by hash: a key's flights all live in one loader.
 ///
-/// Each runs on an arbiter (thread) of its own, one per core. They were tried on the client
-/// API's HTTP workers' threads (a miss whose key hashes to its own worker then makes no thread
-/// hop): on a 2-core machine (`load/bench-miss.sh`, pool 16, one query per connection at a
-/// time) that was within noise of arbiters of their own (23,500 against 25,000 cold misses/s),
-/// and it lost flights on SIGTERM, when actix-web stops its idle workers (and with them their
-/// threads' loaders) while the other workers still wait for those flights. What doubled the
-/// miss rate was pipelining the source's connections (`source/postgres.rs`).
+/// Each runs on an arbiter (thread) of its own, one per core, not on the client API's HTTP
+/// workers' threads: actix-web stops its idle workers on SIGTERM, and with them their threads'
+/// loaders, while the other workers still wait for those loaders' flights.
 pub struct Loaders {
     slots: Vec<Addr<LoaderActor>>,
 }

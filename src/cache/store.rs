@@ -4,9 +4,8 @@
 //!
 //! moka is itself concurrent (lock-free reads, striped writes), so a `Store` is a cheap,
 //! cloneable handle that the request path reads directly from the HTTP worker's thread; the
-//! `ShardActor` owns its maintenance and statistics. (Reading through the actor's mailbox cost
-//! a cross-thread round trip per hit: 0.76x a bare handler's throughput against 0.86x when
-//! measured with `load/bench-hit.sh`; see the README.)
+//! `ShardActor` owns its maintenance and statistics. (Reading through the actor's mailbox would
+//! cost every hit a cross-thread round trip.)
 
 use std::time::Duration;
 
@@ -30,8 +29,8 @@ type Hasher = foldhash::fast::RandomState;
 /// The most entries a store can ever hold is `max_bytes / ENTRY_OVERHEAD`; moka's hash table
 /// is sized for that many at startup (capped at 2^26), so that it never grows. A table that
 /// grows is rehashed in one go by the insert that crossed the threshold, which holds that HTTP
-/// worker for tens of milliseconds at a million entries: the miss p99 of `load/bench-miss.sh`
-/// went from 4-6 ms to 30-60 ms whenever the cache passed a doubling. The price is about 50
+/// worker for tens of milliseconds at a million entries, a spike in the miss p99 at every
+/// doubling. The price is about 50
 /// bytes of RSS per possible entry taken at startup (66 MB for `--cache-bytes 512MiB`), memory
 /// that `ENTRY_OVERHEAD` already counts for a full store of small entries.
 fn table_entries(max_bytes: u64) -> usize {
@@ -154,8 +153,7 @@ impl Store {
 
     /// A second look for a key that was just missed (the loader's re-check inside a flight):
     /// a read only when it hits. A plain `get` would count the miss again in moka's popularity
-    /// sketch, and TinyLFU would then admit cold keys over warm ones (measured: 1.2 points of
-    /// hit rate under Zipf 0.99, `load/bench.sh`).
+    /// sketch, and TinyLFU would then admit cold keys over warm ones.
     pub fn recheck(&self, group: Group, key: &str) -> Option<Entry> {
         let key = cache_key(group, key);
         if self.cache.contains_key(&*key) {
@@ -270,10 +268,10 @@ mod tests {
         assert!(items > 0 && items < 10_000, "{items}");
     }
 
-    /// Why a warm handoff pulls rather than pushes (BENCHMARKS.md, issue 15): a full store
-    /// admits a new key only if it was asked for more often than the resident it would evict
-    /// (moka's TinyLFU counts reads, not writes). An entry pushed to a successor that never
-    /// asked for its key is dropped; a key the successor is being asked for gets in.
+    /// Why handed-off entries do not go into a full main store (`handoff::receive` keeps them
+    /// in the handoff store instead): a full store admits a new key only if it was asked for
+    /// more often than the resident it would evict (moka's TinyLFU counts reads, not writes).
+    /// An entry pushed that nobody asked for is dropped; a key being asked for gets in.
     #[test]
     fn a_full_store_admits_keys_it_is_asked_for_not_pushed_ones() {
         let p = g("products");

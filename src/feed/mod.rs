@@ -5,9 +5,9 @@
 //! entry of a group, row triggers on the table (insert, update, delete) write the changed row's
 //! key, computed by the entry's SQL expression over the old and the new row, to
 //! `geecache.changes (xid, grp, key, at)`. The row carries the writing transaction's id
-//! (`pg_current_xact_id()`), and becomes visible when that transaction commits. No NOTIFY: its
-//! commit-time lock cost the writers a fifth of their throughput (measured with pgbench, see
-//! the README), and a notification sent while a node is disconnected is lost anyway.
+//! (`pg_current_xact_id()`), and becomes visible when that transaction commits. No NOTIFY: it
+//! takes a lock at every writer's commit (see docs/change-feed.md), and a notification sent
+//! while a node is disconnected is lost anyway.
 //!
 //! **On a node** ([`follow`]): a connection of its own polls every `feed_poll` (5 ms). A poll
 //! reads, in one statement (one snapshot), the current snapshot and every row of a transaction

@@ -16,8 +16,7 @@
 //!
 //! The connections are split into lanes, one pool per loader: a tokio-postgres connection is a
 //! task on the runtime that opened it, so with one shared pool a query sent from one loader's
-//! thread was often written and read by another thread, and every query of the node used to be
-//! polled on the one thread that ran `DbActor` (issue 16, `load/bench-miss.sh`).
+//! thread would often be written and read by another thread.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,8 +56,7 @@ const TOO_LARGE_FOR: Duration = Duration::from_secs(5);
 /// A lane's connections, each taking up to `depth` queries at once. tokio-postgres pipelines
 /// the queries of one connection (writes them together, reads the answers in order), so a
 /// few connections kept busy cost PostgreSQL and the node far fewer wake-ups than many
-/// connections taking one query each: on this 2-core machine, cold misses went from 24,000 to
-/// 45,000 a second (`load/bench-miss.sh`). A query goes to the first connection with room, so
+/// connections taking one query each. A query goes to the first connection with room, so
 /// a lane opens a second connection only when the first is full, up to its share of
 /// `pool_size`; the price is that a slow query delays the (at most `depth - 1`) queries queued
 /// behind it on its connection.

@@ -20,11 +20,9 @@ use crate::clock;
 /// The handoff store's room goes first to entries held nowhere else on this node (a
 /// leaving neighbour's, for keys its full main store cannot take), then to copies (of
 /// entries its main store holds). A copy is not inserted into a full handoff store, and
-/// when a sole entry does not fit, the copies there are dropped first. Traced in a rolling
-/// restart (BENCHMARKS.md, issue 15): a node that had rejoined 10 s before held a copy of
-/// everything it was sent back, which filled its handoff store for the grace, and its
-/// neighbour's restart then lost about 860 of the 1,566 entries it sent there; the
-/// neighbour, back, loaded them again.
+/// when a sole entry does not fit, the copies there are dropped first: a node that rejoined
+/// holds a copy of everything it was sent back, and without this a neighbour's restart within
+/// the grace lost what it sent there (its copies held nowhere else).
 pub fn receive(
     core: &Core,
     entries: impl IntoIterator<Item = crate::peer::wire::HandoffEntry>,
@@ -85,10 +83,8 @@ pub fn receive(
         // A copy in the handoff store too (the value's bytes are shared), for the grace:
         // the main store's TinyLFU sketch is as new as the node and knows none of these
         // keys, so the first keys asked for once outweigh them and moka evicts handed-off
-        // entries before their first read. Traced in a rolling restart (BENCHMARKS.md,
-        // issue 15): 8-10 keys of rank below 1,000 a second were evicted that way and
-        // loaded again, against under 1 before the restart. From the handoff store, a
-        // miss takes them back without a query (`handoff::from_handoff_store`).
+        // entries before their first read. From the handoff store, a miss takes them back
+        // without a query (`handoff::from_handoff_store`).
         let copy = (in_main && handoff_left >= weight).then(|| entry.clone());
         if core.fill(store, group, &e.key, entry, lease) {
             kept += 1;
