@@ -11,5 +11,7 @@ pub mod membership;
 pub mod node;
 pub mod storage;
 
-#[cfg(test)]
+/// The in-process cluster for tests: the crate's own, and integration tests with the
+/// `harness` feature (the test command builds with every feature).
+#[cfg(any(test, feature = "harness"))]
 pub mod harness;
