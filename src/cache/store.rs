@@ -17,7 +17,7 @@ use crate::group::{Group, Groups};
 
 /// Bytes moka and the allocator spend per entry beyond key and value: the entry's Arcs, its
 /// access-order deque node, its hash-table bucket, deferred frees, allocator slack. Measured by
-/// `load/bench-hit.sh` (about 410 bytes with jemalloc for ~95-byte entries: 503 bytes of RSS
+/// `load/bench.sh hit` (about 410 bytes with jemalloc for ~95-byte entries: 503 bytes of RSS
 /// per entry against 94 of payload). Counting it makes `--cache-bytes` bound the memory the
 /// cache really takes, not just its payload.
 pub const ENTRY_OVERHEAD: u32 = 400;

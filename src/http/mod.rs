@@ -245,7 +245,7 @@ fn get_or_head() -> actix_web::Route {
 /// Every path under `prefix/` answered by `handler` (which dispatches on the method), timed
 /// under `label`. Routed by the static prefix: a pattern with `{group}/{key}` segments is
 /// matched by actix-router with a regex on every request, which was 37 % of a hit's
-/// instructions (load/instr.py).
+/// instructions (load/bench/instr.py).
 pub fn subtree<F, Args>(
     prefix: &'static str,
     label: &'static str,

@@ -196,7 +196,7 @@ pub struct Config {
     pub handoff_drain: Duration,
     /// On leave, send this node's values to their new owners; when a node joins (or comes
     /// back), send it what this node holds for it, and drop that here (`false`: neither,
-    /// only peeks, as `load/bench-handoff.sh --variants pull` compares).
+    /// only peeks, as `load/bench.sh handoff --variants pull` compares).
     #[arg(long, env = "GEECACHE_HANDOFF_SEND", default_value_t = true, action = clap::ArgAction::Set)]
     pub handoff_send: bool,
     /// Deadline of a fetch from a peer.

@@ -6,7 +6,7 @@ default `--handoff-grace 60s`) and without it (`--handoff-grace 0s`: a new owner
 to PostgreSQL, as before issue 15). Prints database peak over steady and the hit-rate dip per
 phase for both.
 
-  load/bench-handoff.sh [quick|full] [--rounds N] [--variants handoff,cold,drain15,...]
+  load/bench.sh handoff [quick|full] [--rounds N] [--variants handoff,cold,drain15,...]
 
 More variants (`--variants`) compare the handoff's own settings in the same run. Each run's
 geeload report (its per-second cluster timeline included) is kept as
@@ -14,9 +14,8 @@ load/out/handoff-VARIANT-ROUND.json.
 """
 import argparse, json, os, shutil, statistics, sys, tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import suite  # noqa: E402
-from suite import MODES, Cluster, Pg, wait  # noqa: E402
+from . import suite
+from .suite import MODES, Cluster, Pg, wait  # noqa: E402
 
 VARIANTS = {"handoff": [], "cold": ["--handoff-grace", "0s"],
             "pull": ["--handoff-send", "false"],

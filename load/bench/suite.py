@@ -9,14 +9,14 @@ table on stdout. Scenarios:
   zipf       Zipf 0.99 over the products, total cache 10 % of the data, 3 nodes, against one
              moka cache of the same bytes replaying the same key trace
   herd       1,000 concurrent requests for one cold key over all nodes -> queries at PostgreSQL
-  miss       load/bench_miss.py: cold misses on one node against pgbench with the same query
+  miss       load/bench/miss.py: cold misses on one node against pgbench with the same query
              (throughput, CPU and context switches per miss, p99 at a fixed rate)
-  remote     load/bench_remote.py: remote hits through a non-owner, with and without the hot
+  remote     load/bench/remote.py: remote hits through a non-owner, with and without the hot
              cache, against local hits; the peer connections opened counted
   handoff    3 -> 5, 5 -> 3 and a rolling restart under an open-loop Zipf load through a
              frontend, with the consistency checker: database peak over steady, hit-rate dip
   failover   SIGKILL of the leader under an open-loop load -> failed requests, p99, recovery
-  consistency  load/consistency.py: geeload check with faults -> stale reads, stale forever,
+  consistency  load/bench/consistency.py: geeload check with faults -> stale reads, stale forever,
              the staleness window, a hot key under write churn; pgbench writers with and
              without the change feed
   seed       the seed talk's tests: deployment, scale-up, discovery, observability, peer latency
@@ -27,13 +27,13 @@ longer runs, medians of 5 for the seed's timings (Terraform against the emulator
 import argparse, json, os, platform, shutil, signal, statistics, subprocess, sys, tempfile
 import threading, time, urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_hit import cpu_seconds, free_port, wrk  # noqa: E402  (the per-feature scripts' helpers)
-from consistency import scenario_consistency, writers_cost  # noqa: E402
-from bench_miss import scenario_miss  # noqa: E402
-import bench_remote  # noqa: E402
+from .kit import cpu_seconds, free_port
+from .hit import wrk
+from .consistency import scenario_consistency, writers_cost  # noqa: E402
+from .miss import scenario_miss  # noqa: E402
+from . import remote as bench_remote
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .kit import ROOT
 # Every node these scripts start shares this peer secret (nodes refuse to run without one).
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
 OUT = os.path.join(ROOT, "load/out")
@@ -171,7 +171,7 @@ class Cluster:
     """Node processes that form one Raft-agreed ring on 127.0.0.1."""
 
     def __init__(self, pg, cache_bytes, workdir, extra=()):
-        """`extra`: more flags for every node (load/bench_handoff.py: `--handoff-grace 0s`)."""
+        """`extra`: more flags for every node (load/bench/handoff.py: `--handoff-grace 0s`)."""
         self.pg, self.cache_bytes, self.dir, self.extra = pg, cache_bytes, workdir, list(extra)
         self.ports = {i: (free_port(), free_port()) for i in range(1, 6)}
         self.seeds = ",".join(f"http://127.0.0.1:{self.ports[i][1]}" for i in (1, 2, 3))
@@ -475,7 +475,7 @@ def scenario_handoff(m, cl, work):
     figures count the group `products` only: its loads, about 50/s from its writes, were 2
     points of the hit rate at this rate, and they came and went with its probes and its hot
     key, not with the handoff."""
-    from consistency import start_frontend_with
+    from .consistency import start_frontend_with
     front, front_api = start_frontend_with(cl, work, ["--hot-min-qps", "1e12"])
     ev = Events(f"{cl.dir}/handoff.events")
     ph = m["handoff_phase_secs"]
@@ -702,8 +702,8 @@ def full_seed_timings(report):
             return False
 
     raft = f"{OUT}/raft.json"
-    if step("bench_raft.py", [sys.executable, os.path.join(ROOT, "load/bench_raft.py"),
-                              "--runs", "5", "--json", raft]):
+    if step("bench.raft", [sys.executable, "-m", "bench.raft", "--runs", "5", "--json", raft],
+            dict(os.environ, PYTHONPATH=os.path.join(ROOT, "load"))):
         seed["raft_processes"] = json.load(open(raft))["medians_ms"]
     env = dict(os.environ, RUNS="5")
     if shutil.which("terraform") and os.path.isdir("/opt/tf-plugins"):

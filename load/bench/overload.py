@@ -8,14 +8,13 @@ that. Meanwhile: (1) warm hits, geeload open loop at 2,000/s over 1,000 cached k
 is reported beside the same run without the overload; (2) a probe that asks for fresh keys one
 at a time and times each answer: the shed ones must be 503 `overloaded`, fast.
 
-  load/bench-overload.sh [--duration SECONDS]
+  load/bench.sh overload [--duration SECONDS]
 """
 import argparse, http.client, json, os, statistics, subprocess, sys, tempfile, threading, time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_hit import free_port, wait_http  # noqa: E402
+from .kit import free_port, wait_http  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .kit import ROOT
 BIN = os.path.join(ROOT, "target/release/geecache")
 GEELOAD = os.path.join(ROOT, "target/release/geeload")
 

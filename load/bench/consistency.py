@@ -1,4 +1,4 @@
-"""The consistency checker and the staleness benchmark (run by load/suite.py).
+"""The consistency checker and the staleness benchmark (run by load/bench/suite.py).
 
   consistency   geeload check: writers in PostgreSQL with increasing versions, readers on every
                 node and a frontend, while faults are injected (every feed connection killed
@@ -10,9 +10,9 @@
 """
 import json, os, signal, statistics, subprocess, tempfile, threading, time
 
-from bench_hit import free_port
+from .kit import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .kit import ROOT
 BIN = os.path.join(ROOT, "target/release/geecache")
 GEELOAD = os.path.join(ROOT, "target/release/geeload")
 

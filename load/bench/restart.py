@@ -5,14 +5,13 @@ and a frontend (its hot cache off) over the quick suite's 100,000 products, open
 second, each node's source queries; per restart, the queries above the 6 s before, over the
 10 s after, and the peak of the 3-s average.
 
-  python3 load/bench_restart.py [node flags, e.g. --handoff-send false]
+  load/bench.sh restart [node flags, e.g. --handoff-send false]
 """
 import os, shutil, signal, sys, tempfile, threading, time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import suite  # noqa: E402
-from suite import MODES, Cluster, Pg, geeload, wait, metric_sum  # noqa: E402
-from consistency import start_frontend_with  # noqa: E402
+from . import suite
+from .suite import MODES, Cluster, Pg, geeload, wait, metric_sum  # noqa: E402
+from .consistency import start_frontend_with  # noqa: E402
 
 SECS, RESTARTS = 75, ((30, 1), (50, 2))
 

@@ -5,12 +5,11 @@
   failover   SIGKILL of the leader -> new leader, and the dead node out of the ring on both
              survivors (--dead-after 3s)
   scale-up   2 more processes started -> both /ready and all 5 on the same epoch
-Run through load/bench-raft.sh, which builds the release binary first.
+Run through load/bench.sh raft, which builds the release binary first.
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_hit as b  # noqa: E402
+from . import hit as b
 
 
 def view(api):

@@ -11,14 +11,13 @@ load. Interleaved rounds, all sharing the machine with PostgreSQL:
   open     both at a fixed rate, half of pgbench's closed-loop rate: p99 against p99
            (pgbench -R with per-transaction logs, so its p99 counts from the schedule too)
 
-Run through load/bench-miss.sh (builds first), or as scenario `miss` of load/suite.py.
+Run through load/bench.sh miss (builds first), or as scenario `miss` of load/bench/suite.py.
 """
 import argparse, glob, json, os, re, statistics, subprocess, sys, tempfile, time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_hit import free_port, wait_http  # noqa: E402
+from .kit import free_port, wait_http  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .kit import ROOT
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
 BIN = os.environ.get("GEECACHE_BIN", os.path.join(ROOT, "target/release/geecache"))  # A/B: another build
 GEELOAD = os.path.join(ROOT, "target/release/geeload")
@@ -160,7 +159,7 @@ def metrics(api):
 
 
 def main():
-    from suite import Pg
+    from .suite import Pg
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--duration", type=int, default=5)

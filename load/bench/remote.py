@@ -7,12 +7,11 @@ same crc32 ring as the nodes). Interleaved rounds of wrk -t2 -c64:
   remote+hot  GET A' (hot cache on: --hot-min-qps 1, keys come back from A's hot cache)
   remote      GET A  (hot cache off: every request is a peer fetch to B, batched)
   remote-1    GET S  (the same with --peer-batch 1: one peer request per fetch)
-Run through load/bench-remote.sh, which builds the release binary first.
+Run through load/bench.sh remote, which builds the release binary first.
 """
 import argparse, bisect, os, statistics, sys, zlib
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_hit as b  # noqa: E402
+from . import hit as b
 
 
 def owned_keys(owner, peers, vnodes=150, count=10_000):

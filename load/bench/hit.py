@@ -6,53 +6,14 @@ the cache full against --cache-bytes. (Until the read path moved into src/cache/
 `--hit-path actor` variant that read the store through ShardActor's mailbox: 0.76x the bare
 handler's throughput at 1.50x its CPU per request, against 0.86x and 1.26x for the direct read;
 the option is gone, the README keeps the figures.)
-Run through load/bench-hit.sh, which builds the release binaries first.
+Run through load/bench.sh hit, which builds the release binaries first.
 """
 import argparse, json, os, re, socket, statistics, subprocess, sys, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .kit import BARE, BIN, LUA, ROOT, TICK, cpu_seconds, free_port, metric, rss_mib, wait_http  # noqa: F401
+
 # Every node these scripts start shares this peer secret (nodes refuse to run without one).
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
-BIN = os.environ.get("GEECACHE_BIN", os.path.join(ROOT, "target/release/geecache"))  # A/B: another build
-BARE = os.path.join(ROOT, "target/release/examples/bare_handler")
-LUA = os.path.join(ROOT, "load/keys.lua")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait_http(url, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def metric(api, series):
-    text = urllib.request.urlopen(f"{api}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def start_node(extra):

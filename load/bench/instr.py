@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Instructions per request, counted by valgrind's callgrind: repeatable on a noisy machine
-where wall-clock throughput is not. Run through load/bench-instr.sh.
+where wall-clock throughput is not. Run through load/bench.sh instr.
 
 For each path, a server runs under callgrind with one worker; the script warms what the path
 needs, zeroes the counters, sends N requests one at a time on one keep-alive connection, dumps
@@ -16,7 +16,7 @@ Prints a table and the ratios to the bare handler; --json writes them.
 """
 import argparse, http.client, json, os, re, socket, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .kit import ROOT
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
 
 
