@@ -9,21 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::{NodeProc, Pg};
 
-struct ConfigFile {
-    _dir: tempfile::TempDir,
-    path: String,
-}
-
-fn config(toml: &str) -> ConfigFile {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.toml");
-    std::fs::write(&path, toml).unwrap();
-    ConfigFile {
-        path: path.to_str().unwrap().to_owned(),
-        _dir: dir,
-    }
-}
-
 /// `geecache ARGS`: whether it succeeded, its stdout and stderr.
 fn geecache(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
@@ -38,13 +23,13 @@ fn geecache(args: &[&str]) -> (bool, String, String) {
 }
 
 /// `geecache db feed COMMAND --config FILE --database-url URL EXTRA...`, which must succeed.
-fn feed(command: &str, file: &ConfigFile, url: &str, extra: &[&str]) -> String {
+fn feed(command: &str, file: &common::ConfigFile, url: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "db",
         "feed",
         command,
         "--config",
-        &file.path,
+        file.arg(),
         "--database-url",
         url,
     ];
@@ -56,10 +41,10 @@ fn feed(command: &str, file: &ConfigFile, url: &str, extra: &[&str]) -> String {
 
 /// A node of `file`'s groups on `url`, which stops answering feed-backed values as fresh 1 s
 /// after it loses track of the feed.
-fn node(file: &ConfigFile, url: &str) -> NodeProc {
+fn node(file: &common::ConfigFile, url: &str) -> NodeProc {
     NodeProc::spawn(&[
         "--config",
-        &file.path,
+        file.arg(),
         "--source",
         "postgres",
         "--database-url",
@@ -108,7 +93,7 @@ async fn an_application_role_with_only_its_table_rights_writes_and_its_changes_r
          GRANT SELECT, INSERT, UPDATE, DELETE ON accounts TO app; \
          GRANT SELECT ON accounts TO cache;",
     );
-    let file = config(
+    let file = common::config(
         "[[group]]\nname = \"accounts\"\nquery = \"SELECT name FROM accounts WHERE id = $1::int\"\n\
          invalidate = [{ table = \"accounts\", key = \"id::text\" }]\n",
     );
@@ -173,7 +158,7 @@ async fn an_application_role_with_only_its_table_rights_writes_and_its_changes_r
         "feed",
         "status",
         "--config",
-        &file.path,
+        file.arg(),
         "--database-url",
         &pg.url(),
     ]);
@@ -199,7 +184,7 @@ async fn two_installs_in_one_database_leave_each_other_alone() {
         "CREATE TABLE t_a (id int PRIMARY KEY, v text); CREATE TABLE t_b (id int PRIMARY KEY, v text); \
          INSERT INTO t_a VALUES (1, 'a0'); INSERT INTO t_b VALUES (1, 'b0');",
     );
-    let (a, b) = (config(ALPHA), config(BETA));
+    let (a, b) = (common::config(ALPHA), common::config(BETA));
     let url = pg.url();
     feed("install", &a, &url, &[]);
     feed("install", &b, &url, &[]);
@@ -231,7 +216,7 @@ async fn two_installs_in_one_database_leave_each_other_alone() {
         "feed",
         "status",
         "--config",
-        &b.path,
+        b.arg(),
         "--database-url",
         &url,
     ]);
@@ -320,7 +305,7 @@ async fn tables_are_named_as_postgresql_names_them() {
          INSERT INTO app.items VALUES (1, 'item'); INSERT INTO \"Order Lines\" VALUES (1, 'line');",
     );
     // Unquoted, `Users` would be `users`: refused, with the way to say either.
-    let folded = config(
+    let folded = common::config(
         "[[group]]\nname = \"upper\"\nquery = \"SELECT v FROM \\\"Users\\\" WHERE id = $1::int\"\n\
          invalidate = [{ table = \"Users\", key = \"id::text\" }]\n",
     );
@@ -329,7 +314,7 @@ async fn tables_are_named_as_postgresql_names_them() {
         "feed",
         "install",
         "--config",
-        &folded.path,
+        folded.arg(),
         "--database-url",
         &pg.url(),
     ]);
@@ -339,7 +324,7 @@ async fn tables_are_named_as_postgresql_names_them() {
         "{err}"
     );
     // A table that does not exist: the group and the table are named.
-    let missing = config(
+    let missing = common::config(
         "[[group]]\nname = \"ghost\"\nquery = \"SELECT v FROM users WHERE id = $1::int\"\n\
          invalidate = [{ table = \"app.ghosts\", key = \"id::text\" }]\n",
     );
@@ -348,7 +333,7 @@ async fn tables_are_named_as_postgresql_names_them() {
         "feed",
         "install",
         "--config",
-        &missing.path,
+        missing.arg(),
         "--database-url",
         &pg.url(),
     ]);
@@ -356,7 +341,7 @@ async fn tables_are_named_as_postgresql_names_them() {
         !ok && err.contains("group ghost") && err.contains("\"app\".\"ghosts\""),
         "{err}"
     );
-    let file = config(
+    let file = common::config(
         r#"
 [[group]]
 name = "upper"
@@ -419,13 +404,13 @@ fn a_query_that_writes_stops_the_node_and_never_runs() {
         "WITH d AS (DELETE FROM jobs WHERE id::text = $1 OR true RETURNING name) SELECT name FROM d",
         "SELECT nextval('tickets')::text || $1",
     ] {
-        let file = config(&format!(
+        let file = common::config(&format!(
             "[[group]]\nname = \"eats\"\nquery = \"{query}\"\n"
         ));
         let (ok, out, err) = geecache(&[
             "node",
             "--config",
-            &file.path,
+            file.arg(),
             "--source",
             "postgres",
             "--database-url",
@@ -475,13 +460,13 @@ async fn rows_over_the_value_limit_are_never_read_into_the_node() {
              convert_to(repeat('y', 100000000), 'UTF8') FROM generate_series(1, 8) g; \
          INSERT INTO blobs VALUES ('small', 'fits', '\\x00ff');",
     );
-    let file = config(
+    let file = common::config(
         "[[group]]\nname = \"text\"\nquery = \"SELECT body FROM blobs WHERE id = $1;\"\n\n\
          [[group]]\nname = \"bytes\"\nquery = \"SELECT data FROM blobs WHERE id = $1 -- the raw bytes\"\n",
     );
     let n = NodeProc::spawn(&[
         "--config",
-        &file.path,
+        file.arg(),
         "--source",
         "postgres",
         "--database-url",
@@ -535,11 +520,11 @@ async fn the_feed_is_pruned_while_no_poll_gets_through() {
         "CREATE ROLE cache LOGIN; CREATE TABLE t_a (id int PRIMARY KEY, v text); \
          INSERT INTO t_a VALUES (1, 'a0'); GRANT SELECT ON t_a TO cache;",
     );
-    let file = config(ALPHA);
+    let file = common::config(ALPHA);
     feed("install", &file, &pg.url(), &["--grant", "cache"]);
     let n = NodeProc::spawn(&[
         "--config",
-        &file.path,
+        file.arg(),
         "--source",
         "postgres",
         "--database-url",
@@ -571,4 +556,49 @@ async fn the_feed_is_pruned_while_no_poll_gets_through() {
             .await
             >= 1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_drops_the_group_and_a_key_past_1_kib_is_not_written() {
+    let c = common::client();
+    let pg = Pg::start();
+    pg.psql(
+        "geecache",
+        "CREATE TABLE t_a (id int PRIMARY KEY, v text); INSERT INTO t_a VALUES (1, 'a0');",
+    );
+    let file = common::config(ALPHA);
+    feed("install", &file, &pg.url(), &[]);
+    let n = node(&file, &pg.url());
+    let at = format!("{}/api/alpha/1", n.api);
+    // TRUNCATE fires no row trigger: without the statement trigger the old value stayed.
+    common::warm(&c, &at).await;
+    pg.psql("geecache", "TRUNCATE t_a");
+    let start = Instant::now();
+    while read(&c, &at).await.0 != 404 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the truncated row still answers"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pg.psql("geecache", "INSERT INTO t_a VALUES (1, 'a0')");
+    assert!(
+        common::metric(&c, &n.api, "geecache_feed_drops_total{cause=\"truncate\"}").await >= 1.0
+    );
+    // A key longer than a cache key takes no row in the feed (the node, which prunes, gone).
+    drop(n);
+    let other = common::config(
+        "[[group]]\nname = \"long\"\nquery = \"SELECT v FROM t_a WHERE id::text = $1\"\n\
+         invalidate = [{ table = \"t_a\", key = \"repeat('k', 2000) || id\" }]\n",
+    );
+    feed("install", &other, &pg.url(), &[]);
+    let count = || {
+        pg.psql(
+            "geecache",
+            "SELECT count(*) FROM geecache.changes WHERE grp = 'long'",
+        )
+    };
+    let before = count();
+    pg.psql("geecache", "UPDATE t_a SET v = 'x' WHERE id = 1");
+    assert_eq!(count(), before);
 }

@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::raft::{Raft, converged};
 use common::{NodeProc, Pg, free_port};
 use futures_util::stream::{self, StreamExt};
-use tempfile::TempDir;
 
 const ADMIN: &str = "admin-token-0123456789";
 
@@ -29,19 +27,6 @@ fn tables(pg: &Pg) {
              INSERT INTO notes (id, body) SELECT 'k' || i, 'v1' FROM generate_series(1, 1000) i;"
         ),
     );
-}
-
-/// A config file of these groups, in a temporary directory.
-struct ConfigFile {
-    _dir: TempDir,
-    path: PathBuf,
-}
-
-fn config(toml: &str) -> ConfigFile {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.toml");
-    std::fs::write(&path, toml).unwrap();
-    ConfigFile { _dir: dir, path }
 }
 
 const GROUPS: &str = r#"
@@ -100,7 +85,7 @@ name = "slow"
 query = "SELECT body FROM (SELECT body, pg_sleep(CASE WHEN $1 LIKE 'slow%' THEN 0.8 ELSE 0 END) FROM notes WHERE id = $1) s"
 "#;
 
-fn pg_node(pg: &Pg, file: &ConfigFile, extra: &[&str]) -> NodeProc {
+fn pg_node(pg: &Pg, file: &common::ConfigFile, extra: &[&str]) -> NodeProc {
     let url = pg.url();
     let mut args = vec![
         "--config",
@@ -140,7 +125,7 @@ fn calls(pg: &Pg, fragment: &str) -> i64 {
 async fn a_table_of_your_own_is_served_with_its_content_type() {
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
     let c = common::client();
     let api = &node.api;
@@ -226,7 +211,7 @@ async fn a_table_of_your_own_is_served_with_its_content_type() {
 async fn ttl_expires_within_its_jitter_and_spreads_the_expiry() {
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
     let c = common::client();
     let keys: Vec<String> = (1..=1000).map(|i| format!("k{i}")).collect();
@@ -305,7 +290,7 @@ async fn ttl_expires_within_its_jitter_and_spreads_the_expiry() {
 async fn stale_while_revalidate_answers_at_once_and_reloads_once() {
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
     let c = common::client();
     let url = format!("{}/api/swr/k1", node.api);
@@ -353,7 +338,7 @@ async fn stale_while_revalidate_answers_at_once_and_reloads_once() {
 async fn stale_if_error_covers_an_outage_within_its_window() {
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let node = pg_node(
         &pg,
         &file,
@@ -394,7 +379,7 @@ async fn stale_if_error_covers_an_outage_within_its_window() {
 async fn a_missing_row_is_remembered_for_negative_ttl() {
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let node = pg_node(&pg, &file, &[]);
     let c = common::client();
     let url = format!("{}/api/neg/ghost", node.api);
@@ -445,7 +430,7 @@ struct Cluster {
     apis: Vec<String>,
 }
 
-async fn cluster(pg: &Pg, file: &ConfigFile) -> Cluster {
+async fn cluster(pg: &Pg, file: &common::ConfigFile) -> Cluster {
     let c = common::client();
     let url = pg.url();
     let args = [
@@ -513,7 +498,7 @@ async fn delete(
 async fn delete_needs_the_admin_token_and_reaches_every_node_and_the_frontend() {
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let c = common::client();
     // Without a configured token: 403.
     let lone = pg_node(&pg, &file, &[]);
@@ -601,7 +586,7 @@ async fn a_load_that_read_the_old_row_before_a_delete_caches_nothing() {
         "geecache",
         "INSERT INTO notes (id, body) VALUES ('slow1', 'old')",
     );
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let cl = cluster(&pg, &file).await;
     let c = common::client();
     // Through a non-owner, so that the owner loads and the asker waits on it.
@@ -664,7 +649,7 @@ async fn a_load_that_read_the_old_row_before_a_delete_caches_nothing() {
 
 /// `geecache node --config FILE` with a bad file: its exit status and what it said.
 fn refused_with(toml: &str) -> String {
-    let file = config(toml);
+    let file = common::config(toml);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
         .args(["node", "--config", file.path.to_str().unwrap()])
         .args([
@@ -722,7 +707,7 @@ async fn startup_checks_the_queries_but_not_the_database_being_up() {
     let pg = Pg::start();
     tables(&pg);
     // A query PostgreSQL refuses stops the node, naming the group and PostgreSQL's reason.
-    let bad = config(
+    let bad = common::config(
         "[[group]]\nname = \"broken\"\nquery = \"SELECT body FROM nowhere WHERE id = $1\"\n",
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
@@ -745,8 +730,9 @@ async fn startup_checks_the_queries_but_not_the_database_being_up() {
         "{err}"
     );
     // So does a column that is not a value type, with the cast to use.
-    let uuid =
-        config("[[group]]\nname = \"ids\"\nquery = \"SELECT id FROM users WHERE id = $1::uuid\"\n");
+    let uuid = common::config(
+        "[[group]]\nname = \"ids\"\nquery = \"SELECT id FROM users WHERE id = $1::uuid\"\n",
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
         .args(["node", "--config", uuid.path.to_str().unwrap()])
         .args(["--source", "postgres", "--database-url", &pg.url()])
@@ -779,7 +765,7 @@ async fn startup_checks_the_queries_but_not_the_database_being_up() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("embedded source serves only"));
 
     // A database that is down at startup: the node starts, misses are 503 until it is back.
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     pg.stop();
     let node = pg_node(&pg, &file, &["--connect-timeout", "300ms"]);
     let c = common::client();
@@ -805,7 +791,7 @@ async fn startup_checks_the_queries_but_not_the_database_being_up() {
 async fn a_hot_copy_lives_no_longer_than_its_ttl() {
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let cl = cluster(&pg, &file).await;
     let c = common::client();
     // The frontend owns nothing: every value it holds is a hot copy (--hot-ttl is 10 s).
@@ -834,7 +820,7 @@ async fn a_member_with_other_groups_is_flagged_and_keeps_serving() {
     let c = common::client();
     let raft = Raft::new(1, "30s");
     let (_nodes, _) = raft.form(&c, 1).await;
-    let other = config(
+    let other = common::config(
         "[source.queries]\nscores = \"SELECT value FROM scores WHERE name = $1 AND true\"\n",
     );
     let two = raft.start_with(2, &["--config", other.path.to_str().unwrap()]);
@@ -866,7 +852,7 @@ async fn a_delete_reaches_a_node_that_left_and_still_drains() {
     use geecache::ring::{Member, Ring, RingHash};
     let pg = Pg::start();
     tables(&pg);
-    let file = config(GROUPS);
+    let file = common::config(GROUPS);
     let c = common::client();
     let url = pg.url();
     let base = [

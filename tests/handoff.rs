@@ -30,19 +30,6 @@ fn moved(raft: &Raft, before: &[u64], after: &[u64], from: u64, to: u64, rows: u
         .collect()
 }
 
-/// GETs `url` until it is a HIT.
-async fn warm(c: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = c.get(url).send().await.unwrap();
-        if r.headers().get("x-cache").is_some_and(|v| v == "HIT") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{url} never cached");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Nodes 1-3 of `raft` started with `args`, ready and agreed on one ring.
 async fn three_nodes(c: &reqwest::Client, raft: &Raft, args: &[&str]) -> Vec<NodeProc> {
     let nodes: Vec<NodeProc> = (1..=3).map(|id| raft.start_with(id, args)).collect();
@@ -137,7 +124,7 @@ async fn node_four_joins(c: &reqwest::Client, three_args: &[&str], four_args: &[
     assert!(keys.len() >= 20, "{} keys move", keys.len());
     keys.truncate(20);
     for k in &keys {
-        warm(c, &format!("{}/api/products/{k}", raft.api(1))).await;
+        common::warm(c, &format!("{}/api/products/{k}", raft.api(1))).await;
     }
     let four = raft.start_with(4, &[&args[..], four_args].concat());
     four.wait_ready();
@@ -353,7 +340,7 @@ async fn a_key_changed_before_the_ring_change_is_not_handed_off() {
     converged(&c, &raft, &[1, 2, 3], &[1, 2, 3], Duration::from_secs(15)).await;
     let keys = moved(&raft, &[1, 2, 3], &[1, 2, 3, 4], 1, 4, 2000);
     let key = &keys[0];
-    warm(&c, &format!("{}/api/products/{key}", raft.api(1))).await;
+    common::warm(&c, &format!("{}/api/products/{key}", raft.api(1))).await;
     proxy.cut(true);
     pg.psql(
         "geecache",
@@ -421,7 +408,7 @@ async fn a_leaving_node_hands_its_keys_to_its_successors() {
         .take(30)
         .collect();
     for k in &keys {
-        warm(&c, &format!("{}/api/products/{k}", raft.api(3))).await;
+        common::warm(&c, &format!("{}/api/products/{k}", raft.api(3))).await;
     }
     let before = products_queries(&pg);
     // Under load on the survivors while node 3 leaves.
@@ -484,7 +471,7 @@ async fn a_peek_never_loads_and_never_forwards() {
         before,
         "a peek of a key not held loads nothing"
     );
-    warm(&c, &format!("{}/api/products/5", node.api)).await;
+    common::warm(&c, &format!("{}/api/products/5", node.api)).await;
     let r = peek("5").await.unwrap();
     assert_eq!(r.status(), 200);
     let body = r.bytes().await.unwrap();
@@ -548,7 +535,7 @@ async fn a_leaving_node_sends_its_entries_and_gets_them_back_when_it_returns() {
         .take(30)
         .collect();
     for k in &keys {
-        warm(&c, &format!("{}/api/products/{k}", raft.api(3))).await;
+        common::warm(&c, &format!("{}/api/products/{k}", raft.api(3))).await;
     }
     let heir = |k: &str| {
         let owner = r2.owner(k).unwrap().name.clone();

@@ -345,6 +345,27 @@ pub async fn metric_sum(client: &reqwest::Client, api: &str, name: &str) -> f64 
         .sum()
 }
 
+/// A config file in a directory of its own, removed with it.
+pub struct ConfigFile {
+    _dir: TempDir,
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    /// Its path, as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+/// Writes `toml` as a node's config file.
+pub fn config(toml: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, toml).unwrap();
+    ConfigFile { _dir: dir, path }
+}
+
 /// The peer secret test nodes share unless a test gives its own.
 pub const TEST_SECRET: &str = "geecache-test-secret-0123456789";
 
