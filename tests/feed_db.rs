@@ -22,8 +22,14 @@ fn geecache(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `geecache db feed COMMAND --config FILE --database-url URL EXTRA...`, which must succeed.
-fn feed(command: &str, file: &common::ConfigFile, url: &str, extra: &[&str]) -> String {
+/// `geecache db feed COMMAND --config FILE --database-url URL EXTRA...`: whether it
+/// succeeded, its stdout and stderr.
+fn feed_try(
+    command: &str,
+    file: &common::ConfigFile,
+    url: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
     let mut args = vec![
         "db",
         "feed",
@@ -34,7 +40,12 @@ fn feed(command: &str, file: &common::ConfigFile, url: &str, extra: &[&str]) -> 
         url,
     ];
     args.extend_from_slice(extra);
-    let (ok, out, err) = geecache(&args);
+    geecache(&args)
+}
+
+/// [`feed_try`], which must succeed; its stdout.
+fn feed(command: &str, file: &common::ConfigFile, url: &str, extra: &[&str]) -> String {
+    let (ok, out, err) = feed_try(command, file, url, extra);
     assert!(ok, "db feed {command}: {out}{err}");
     out
 }
@@ -153,15 +164,7 @@ async fn an_application_role_with_only_its_table_rights_writes_and_its_changes_r
         "{log}"
     );
     // The triggers write with the installer's rights, whoever wrote the row.
-    let (ok, out, err) = geecache(&[
-        "db",
-        "feed",
-        "status",
-        "--config",
-        file.arg(),
-        "--database-url",
-        &pg.url(),
-    ]);
+    let (ok, out, err) = feed_try("status", &file, &pg.url(), &[]);
     assert!(ok, "{out}{err}");
     assert!(
         out.lines()
@@ -211,15 +214,7 @@ async fn two_installs_in_one_database_leave_each_other_alone() {
     // One uninstalled: the other's changes keep reaching it ...
     feed("uninstall", &b, &url, &[]);
     check("t_a", &at_a).await;
-    let (ok, out, _) = geecache(&[
-        "db",
-        "feed",
-        "status",
-        "--config",
-        b.arg(),
-        "--database-url",
-        &url,
-    ]);
+    let (ok, out, _) = feed_try("status", &b, &url, &[]);
     assert!(!ok && out.contains("missing: trigger"), "{out}");
     // ... and the node whose triggers went stops answering its group as fresh within
     // --max-staleness (1 s): every read is a load, so a change is served at once.
@@ -309,15 +304,7 @@ async fn tables_are_named_as_postgresql_names_them() {
         "[[group]]\nname = \"upper\"\nquery = \"SELECT v FROM \\\"Users\\\" WHERE id = $1::int\"\n\
          invalidate = [{ table = \"Users\", key = \"id::text\" }]\n",
     );
-    let (ok, out, err) = geecache(&[
-        "db",
-        "feed",
-        "install",
-        "--config",
-        folded.arg(),
-        "--database-url",
-        &pg.url(),
-    ]);
+    let (ok, out, err) = feed_try("install", &folded, &pg.url(), &[]);
     assert!(!ok, "{out}");
     assert!(
         err.contains("upper") && err.contains("invalidate") && err.contains("folds"),
@@ -328,15 +315,7 @@ async fn tables_are_named_as_postgresql_names_them() {
         "[[group]]\nname = \"ghost\"\nquery = \"SELECT v FROM users WHERE id = $1::int\"\n\
          invalidate = [{ table = \"app.ghosts\", key = \"id::text\" }]\n",
     );
-    let (ok, _, err) = geecache(&[
-        "db",
-        "feed",
-        "install",
-        "--config",
-        missing.arg(),
-        "--database-url",
-        &pg.url(),
-    ]);
+    let (ok, _, err) = feed_try("install", &missing, &pg.url(), &[]);
     assert!(
         !ok && err.contains("group ghost") && err.contains("\"app\".\"ghosts\""),
         "{err}"

@@ -38,9 +38,27 @@ def rss_mib(pid):
     return 0.0
 
 
+def metrics_text(api):
+    """The Prometheus text of the node whose client API is at `api`."""
+    with urllib.request.urlopen(f"{api}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metrics(api):
+    """Every series of the node at `api`, by its name and labels as printed."""
+    out = {}
+    for line in metrics_text(api).splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def metric(api, series):
-    text = urllib.request.urlopen(f"{api}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
+    """One series (name and labels as printed), 0 when absent."""
+    return metrics(api).get(series, 0.0)
+
+
+def metric_sum(api, name):
+    """A metric summed over its label sets."""
+    return sum(v for k, v in metrics(api).items() if k == name or k.startswith(name + "{"))

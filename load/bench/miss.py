@@ -15,7 +15,7 @@ Run through load/bench.sh miss (builds first), or as scenario `miss` of load/ben
 """
 import argparse, glob, json, os, re, statistics, subprocess, sys, tempfile, time
 
-from .kit import free_port, wait_http  # noqa: E402
+from .kit import free_port, metrics, wait_http
 
 from .kit import ROOT
 os.environ.setdefault("GEECACHE_PEER_SECRET", "geecache-bench-secret-0123456789")
@@ -145,17 +145,6 @@ def scenario_miss(pg, rows, secs, rounds, work, extra=()):
             "setup": "1 node, --pool-size 16, default workers; geeload -c 64 (closed) and "
                      "open loop at half pgbench's rate; pgbench -M prepared -c 16 -j 2 with "
                      "the group's query; interleaved rounds, medians"}
-
-
-def metrics(api):
-    import urllib.request
-    text = urllib.request.urlopen(f"{api}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def main():

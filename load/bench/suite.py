@@ -27,7 +27,7 @@ longer runs, medians of 5 for the seed's timings (Terraform against the emulator
 import argparse, json, os, platform, shutil, signal, statistics, subprocess, sys, tempfile
 import threading, time, urllib.request
 
-from .kit import cpu_seconds, free_port
+from .kit import cpu_seconds, free_port, metric_sum, metrics_text  # noqa: F401
 from .hit import wrk
 from .consistency import scenario_consistency, writers_cost  # noqa: E402
 from .miss import scenario_miss  # noqa: E402
@@ -86,19 +86,6 @@ def wait(pred, timeout, what):
             return
         time.sleep(0.02)
     raise SystemExit(f"timed out waiting for {what}")
-
-
-def metrics_text(api):
-    with urllib.request.urlopen(f"{api}/metrics", timeout=2) as r:
-        return r.read().decode()
-
-
-def metric_sum(api, name):
-    total = 0.0
-    for line in metrics_text(api).splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def geeload(*args, json_path=None):
