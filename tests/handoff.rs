@@ -59,11 +59,10 @@ async fn seeded_three(c: &reqwest::Client, extra: &[&str]) -> (Pg, Raft, Vec<Nod
 
 /// Waits (10 s at most) until `series` at `api` reaches `at_least`; else fails with `what`.
 async fn until_metric(c: &reqwest::Client, api: &str, series: &str, at_least: f64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::metric(c, api, series).await < at_least {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(what, Duration::from_secs(10), async || {
+        common::metric(c, api, series).await >= at_least
+    })
+    .await;
 }
 
 fn products_queries(pg: &Pg) -> i64 {

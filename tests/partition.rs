@@ -8,7 +8,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -137,14 +137,6 @@ impl Drop for Proc {
     }
 }
 
-async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut f: F) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
     if std::env::var("GEECACHE_SKIP_NETNS").is_ok() {
@@ -204,7 +196,7 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    until("one ring of three", Duration::from_secs(20), async || {
+    common::eventually("one ring of three", Duration::from_secs(20), async || {
         let mut ok = true;
         for i in 1..=3 {
             ok &= common::cluster_view(&client, &net.api(i))
@@ -228,7 +220,7 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
 
     net.cut(loner, true);
     // The majority removes the silent node: a membership change it can commit.
-    until(
+    common::eventually(
         "the majority removes the isolated node",
         Duration::from_secs(15),
         async || {
@@ -272,7 +264,7 @@ async fn the_majority_serves_and_the_isolated_node_converges_after_healing() {
 
     // Healed: it learns it was removed, rejoins, and converges to the majority's epoch.
     net.cut(loner, false);
-    until(
+    common::eventually(
         "the healed node converges",
         Duration::from_secs(20),
         async || {

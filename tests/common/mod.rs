@@ -291,6 +291,15 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Polls `f` every 100 ms until it holds, for up to `within`; `what` names it if it never does.
+pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut f: F) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls `url` until it answers 200 with `want`, for up to `within`; how long that took.
 pub async fn until(client: &reqwest::Client, url: &str, want: &[u8], within: Duration) -> Duration {
     let start = Instant::now();
