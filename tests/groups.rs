@@ -650,24 +650,8 @@ async fn a_load_that_read_the_old_row_before_a_delete_caches_nothing() {
 /// `geecache node --config FILE` with a bad file: its exit status and what it said.
 fn refused_with(toml: &str) -> String {
     let file = common::config(toml);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
-        .args(["node", "--config", file.path.to_str().unwrap()])
-        .args([
-            "--peer-secret",
-            common::TEST_SECRET,
-            "--api-addr",
-            "127.0.0.1:0",
-            "--peer-addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "accepted:\n{toml}");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        err.contains(file.path.to_str().unwrap()),
-        "the file is named: {err}"
-    );
+    let err = common::node_refused(&["--config", file.arg()]);
+    assert!(err.contains(file.arg()), "the file is named: {err}");
     err
 }
 
@@ -710,21 +694,14 @@ async fn startup_checks_the_queries_but_not_the_database_being_up() {
     let bad = common::config(
         "[[group]]\nname = \"broken\"\nquery = \"SELECT body FROM nowhere WHERE id = $1\"\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
-        .args(["node", "--config", bad.path.to_str().unwrap()])
-        .args(["--source", "postgres", "--database-url", &pg.url()])
-        .args([
-            "--peer-secret",
-            common::TEST_SECRET,
-            "--api-addr",
-            "127.0.0.1:0",
-            "--peer-addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::node_refused(&[
+        "--config",
+        bad.arg(),
+        "--source",
+        "postgres",
+        "--database-url",
+        &pg.url(),
+    ]);
     assert!(
         err.contains("group broken") && err.contains("\"nowhere\" does not exist"),
         "{err}"
@@ -733,36 +710,18 @@ async fn startup_checks_the_queries_but_not_the_database_being_up() {
     let uuid = common::config(
         "[[group]]\nname = \"ids\"\nquery = \"SELECT id FROM users WHERE id = $1::uuid\"\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
-        .args(["node", "--config", uuid.path.to_str().unwrap()])
-        .args(["--source", "postgres", "--database-url", &pg.url()])
-        .args([
-            "--peer-secret",
-            common::TEST_SECRET,
-            "--api-addr",
-            "127.0.0.1:0",
-            "--peer-addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cast it"));
+    let err = common::node_refused(&[
+        "--config",
+        uuid.arg(),
+        "--source",
+        "postgres",
+        "--database-url",
+        &pg.url(),
+    ]);
+    assert!(err.contains("cast it"), "{err}");
     // The embedded source has only the demo tables.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_geecache"))
-        .args(["node", "--config", bad.path.to_str().unwrap()])
-        .args([
-            "--peer-secret",
-            common::TEST_SECRET,
-            "--api-addr",
-            "127.0.0.1:0",
-            "--peer-addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("embedded source serves only"));
+    let err = common::node_refused(&["--config", bad.arg()]);
+    assert!(err.contains("embedded source serves only"), "{err}");
 
     // A database that is down at startup: the node starts, misses are 503 until it is back.
     let file = common::config(GROUPS);

@@ -375,6 +375,21 @@ pub fn config(toml: &str) -> ConfigFile {
     ConfigFile { _dir: dir, path }
 }
 
+/// `geecache node ARGS` (on ports of its own choosing), which must refuse to start: its
+/// stderr, the reason.
+pub fn node_refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_geecache"))
+        .arg("node")
+        .args(args)
+        .args(["--peer-secret", TEST_SECRET])
+        .args(["--api-addr", "127.0.0.1:0", "--peer-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} started:\n{err}");
+    err
+}
+
 /// The peer secret test nodes share unless a test gives its own.
 pub const TEST_SECRET: &str = "geecache-test-secret-0123456789";
 
