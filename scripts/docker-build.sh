@@ -19,13 +19,15 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   tar -C "$root" -c . | docker import - "$BASE" >/dev/null
 fi
 
-# GEECACHE_PROFILE=debug reuses the test build (CI: the compose test checks behaviour, not speed).
+# GEECACHE_PROFILE=debug reuses the test build (CI: the compose test checks behaviour, not speed):
+# the test command's workspace and features, so that only the binary is linked again (with
+# `--features aws` alone, cargo resolved the dependencies' features anew and rebuilt them).
 profile=${GEECACHE_PROFILE:-release}
 if [ "$profile" = release ]; then
   cargo build --release --locked --features aws --bin geecache
   bin=target/release/geecache
 else
-  cargo build --locked --features aws --bin geecache
+  cargo build --locked --workspace --all-features --bin geecache
   bin=target/debug/geecache
 fi
 mkdir -p target/docker
