@@ -295,6 +295,7 @@ async fn tables_are_named_as_postgresql_names_them() {
         "CREATE TABLE users (id int PRIMARY KEY, v text); \
          CREATE TABLE \"Users\" (id int PRIMARY KEY, v text); \
          CREATE SCHEMA app; CREATE TABLE app.items (id int PRIMARY KEY, v text); \
+         CREATE FUNCTION app.item_key(int) RETURNS text LANGUAGE sql AS 'SELECT $1::text'; \
          CREATE TABLE \"Order Lines\" (id int PRIMARY KEY, v text); \
          INSERT INTO users VALUES (1, 'lower'); INSERT INTO \"Users\" VALUES (1, 'upper'); \
          INSERT INTO app.items VALUES (1, 'item'); INSERT INTO \"Order Lines\" VALUES (1, 'line');",
@@ -309,6 +310,26 @@ async fn tables_are_named_as_postgresql_names_them() {
     assert!(
         err.contains("upper") && err.contains("invalidate") && err.contains("folds"),
         "{err}"
+    );
+    // A function of one's own without its schema would fail every write (the triggers run
+    // with search_path = pg_catalog): refused at install, naming the group.
+    let unqualified = common::config(
+        "[[group]]\nname = \"bare\"\nquery = \"SELECT v FROM app.items WHERE id = $1::int\"\n\
+         invalidate = [{ table = \"app.items\", key = \"item_key(items.id)\" }]\n",
+    );
+    pg.psql(
+        "geecache",
+        "CREATE FUNCTION public.item_key(int) RETURNS text LANGUAGE sql AS 'SELECT $1::text'",
+    );
+    let (ok, _, err) = feed_try("install", &unqualified, &pg.url(), &[]);
+    assert!(
+        !ok && err.contains("group bare") && err.contains("item_key") && err.contains("schema"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql("geecache", "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.items'::regclass AND NOT tgisinternal"),
+        "0",
+        "nothing installed"
     );
     // A table that does not exist: the group and the table are named.
     let missing = common::config(
@@ -330,7 +351,8 @@ invalidate = [{ table = '"Users"', key = "id::text" }]
 [[group]]
 name = "items"
 query = "SELECT v FROM app.items WHERE id = $1::int"
-invalidate = [{ table = "app.items", key = "items.id::text" }]
+# A function of one's own in the key, with its schema (the triggers' search_path is pinned).
+invalidate = [{ table = "app.items", key = "app.item_key(items.id)" }]
 
 [[group]]
 name = "lines"

@@ -224,22 +224,51 @@ pub async fn feed_install(
     grants: &[String],
 ) -> anyhow::Result<usize> {
     let sql = feed_db::install_sql(groups, grants).map_err(|e| anyhow::anyhow!(e))?;
-    // Each table exists, or the install says which group names which missing table.
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+    // Each table exists, and each key expression evaluates as the triggers will evaluate it
+    // (with `search_path = pg_catalog`), or the install says which group is wrong and why:
+    // a key that fails there would fail the application's writes.
+    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
         .await
         .context("cannot connect to the database")?;
     tokio::spawn(connection);
     for e in feed_db::entries(groups).map_err(|e| anyhow::anyhow!(e))? {
-        let found: Option<String> = client
-            .query_one("SELECT to_regclass($1)::text", &[&e.table.sql()])
-            .await?
-            .get(0);
-        anyhow::ensure!(
-            found.is_some(),
-            "group {}: invalidate: no table {} in this database",
-            e.group,
-            e.table.sql()
+        let table: Option<String> = client
+            .query_one(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+                &[&e.table.sql()],
+            )
+            .await
+            .ok()
+            .map(|r| r.get(0));
+        let Some(table) = table else {
+            anyhow::bail!(
+                "group {}: invalidate: no table {} in this database",
+                e.group,
+                e.table.sql()
+            );
+        };
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+            .await?;
+        let probe = format!(
+            // The row type alone (no right to read the table needed), and no row evaluated.
+            "SELECT ({})::text FROM (SELECT (NULL::{table}).*) AS {} WHERE false",
+            e.key,
+            crate::group::table::quote_ident(&e.table.name)
         );
+        if let Err(err) = tx.batch_execute(&probe).await {
+            anyhow::bail!(
+                "group {}: invalidate: key {:?} on {}: {} (the triggers evaluate it with \
+                 search_path = pg_catalog: write functions of your own with their schema)",
+                e.group,
+                e.key,
+                e.table.sql(),
+                err.as_db_error()
+                    .map_or(err.to_string(), |d| d.message().to_owned())
+            );
+        }
+        drop(tx); // rolled back
     }
     drop(client);
     execute(database_url, &sql)
