@@ -270,10 +270,11 @@ pub async fn feed_install(
         }
         drop(tx); // rolled back
     }
-    drop(client);
-    execute(database_url, &sql)
+    let tx = client.transaction().await?;
+    tx.batch_execute(&sql)
         .await
         .context("installing the change feed")?;
+    tx.commit().await.context("installing the change feed")?;
     Ok(groups.all().map(|g| g.def().invalidate.len()).sum())
 }
 

@@ -138,6 +138,8 @@ struct Follower {
     recorded: bool,
     /// The triggers each feed-backed group needs (`feed_db`), and what the last check found.
     triggers: Vec<GroupTriggers>,
+    /// `feed_db::PRESENT_SQL`'s arguments for every group's triggers, in their order.
+    present_args: (Vec<String>, Vec<String>),
     last_trigger_check: Option<Instant>,
 }
 
@@ -296,15 +298,8 @@ impl Follower {
         }
         self.last_trigger_check = Some(Instant::now());
         // One query for every group's triggers, two per entry, in the groups' order.
-        let entries: Vec<_> = self
-            .triggers
-            .iter()
-            .flat_map(|g| g.entries.clone())
-            .collect();
-        let (tables, names) = feed_db::present_args(&entries);
-        let rows = client
-            .query(feed_db::PRESENT_SQL, &[&tables, &names])
-            .await?;
+        let (tables, names) = &self.present_args;
+        let rows = client.query(feed_db::PRESENT_SQL, &[tables, names]).await?;
         let mut oids = rows.iter().map(|r| r.get::<_, Option<i64>>(1));
         let mut names = names.iter();
         for g in &mut self.triggers {
@@ -370,7 +365,7 @@ pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
     if groups.is_empty() {
         return;
     }
-    let triggers = groups
+    let triggers: Vec<GroupTriggers> = groups
         .values()
         .filter_map(|&group| match feed_db::group_entries(group) {
             Ok(entries) => Some(GroupTriggers {
@@ -384,6 +379,11 @@ pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
             }
         })
         .collect();
+    let entries: Vec<feed_db::EntryObjects> = triggers
+        .iter()
+        .flat_map(|g: &GroupTriggers| g.entries.clone())
+        .collect();
+    let present_args = feed_db::present_args(&entries);
     let mut f = Follower {
         core,
         settings,
@@ -392,6 +392,7 @@ pub async fn follow(core: Arc<Core>, settings: FeedSettings) {
         last_record: Instant::now() - RECORD_EVERY,
         recorded: false,
         triggers,
+        present_args,
         last_trigger_check: None,
     };
     let mut first = true;

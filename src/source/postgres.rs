@@ -18,8 +18,8 @@
 //! task on the runtime that opened it, so with one shared pool a query sent from one loader's
 //! thread would often be written and read by another thread.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,6 +62,8 @@ const TOO_LARGE_FOR: Duration = Duration::from_secs(5);
 /// behind it on its connection.
 struct Lane {
     pool: Pool,
+    /// Each group's size-guarded query text, by `Group::index`, made once.
+    guarded: Guarded,
     want: usize,
     depth: usize,
     conns: std::sync::Mutex<Conns>,
@@ -152,6 +154,11 @@ pub struct PostgresSource {
     too_large: Moka<(usize, String), SourceError>,
 }
 
+/// Each group's size-guarded query text (`guarded_sql`), made at its first use from the value's
+/// type then (a different type later, after a schema change, is made afresh): not formatted
+/// again at every miss.
+type Guarded = Vec<OnceLock<(Type, Option<String>)>>;
+
 /// A group's query, prepared: the statement run, the value's type, and whether the statement
 /// is the size-guarded wrapper (its second column the value's length).
 struct Prepared {
@@ -189,6 +196,7 @@ impl PostgresSource {
             .map(|pool: Result<Pool, SourceError>| {
                 pool.map(|pool| {
                     Arc::new(Lane {
+                        guarded: groups.all().map(|_| OnceLock::new()).collect(),
                         want: pool.status().max_size,
                         depth: config.pipeline.max(1),
                         pool,
@@ -244,9 +252,19 @@ impl PostgresSource {
         client: &deadpool_postgres::Client,
         group: Group,
         max: usize,
+        guarded: &Guarded,
     ) -> Result<Prepared, SourceError> {
         let (stmt, ty) = Self::plain(client, group).await?;
-        let Some(sql) = guarded_sql(&group.def().query, &ty, max) else {
+        let made = || guarded_sql(&group.def().query, &ty, max);
+        let (first, once) = guarded[group.index()].get_or_init(|| (ty.clone(), made()));
+        let afresh;
+        let sql = if *first == ty {
+            once.as_deref()
+        } else {
+            afresh = made();
+            afresh.as_deref()
+        };
+        let Some(sql) = sql else {
             return Ok(Prepared {
                 stmt,
                 ty,
@@ -254,7 +272,7 @@ impl PostgresSource {
             });
         };
         let stmt = client
-            .prepare_typed_cached(&sql, &[Type::TEXT])
+            .prepare_typed_cached(sql, &[Type::TEXT])
             .await
             .map_err(|e| {
                 SourceError::Query(format!(
@@ -278,7 +296,7 @@ impl PostgresSource {
     ) -> Result<Option<Bytes>, SourceError> {
         let claim = lane.claim().await?;
         let client = &claim.0.client;
-        let p = Self::statement(client, group, max).await?;
+        let p = Self::statement(client, group, max, &lane.guarded).await?;
         let row = client
             .query_opt(&p.stmt, &[&key])
             .await
@@ -434,6 +452,7 @@ impl Source for PostgresSource {
         let (groups, max) = (self.groups, self.max_value_bytes);
         Box::pin(async move {
             let pool = pool.map_err(|e| e.to_string())?;
+            let guarded: Guarded = groups.all().map(|_| OnceLock::new()).collect();
             let mut client = match pool.get().await {
                 Ok(client) => client,
                 Err(e) => {
@@ -444,7 +463,9 @@ impl Source for PostgresSource {
             for group in groups.all() {
                 let checked = match Self::refuse_writes(&mut client, group).await {
                     Err(why) if why.starts_with("group ") => return Err(why),
-                    _ => Self::statement(&client, group, max).await.map(drop),
+                    _ => Self::statement(&client, group, max, &guarded)
+                        .await
+                        .map(drop),
                 };
                 match checked {
                     Ok(()) => {}
